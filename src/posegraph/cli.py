@@ -1,0 +1,167 @@
+"""``posegraph`` command line. Errors a user can act on print one line and exit non-zero."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import PosegraphError
+
+log = logging.getLogger("posegraph")
+
+
+def _profile_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default="cpu", help="built-in profile (cpu, gpu) or a .yaml file (default: cpu)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a profile value, e.g. --set detect.score_threshold=0.5 (repeatable)")
+    p.add_argument("--checkpoints", type=Path, default=None,
+                   help="directory with <model>.pth checkpoints (default: $POSEGRAPH_CHECKPOINTS or "
+                        "~/.cache/posegraph/checkpoints)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="posegraph", description="Human pose in 3D: detect → 2D → 3D.")
+    parser.add_argument("--version", action="version", version=f"posegraph {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the pipeline in this process on an image or a video")
+    run.add_argument("input", help="image or video: a path, file://, s3:// or https:// URI")
+    run.add_argument("--out", type=Path, default=Path("posegraph-out"), help="output directory")
+    run.add_argument("--stride", type=int, default=1, help="video: process every N-th frame")
+    run.add_argument("--max-frames", type=int, default=None, help="video: stop after N processed frames")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _profile_args(run)
+
+    demo = sub.add_parser("demo", help="the quick tour: a bundled photo and a clip made from it, end to end")
+    demo.add_argument("--out", type=Path, default=Path("posegraph-demo"), help="output directory")
+    demo.add_argument("--frames", type=int, default=36, help="length of the synthetic clip")
+    _profile_args(demo)
+
+    models = sub.add_parser("models", help="list, download or create model checkpoints")
+    msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    mlist = msub.add_parser("list", help="the model catalogue and what is present locally")
+    mlist.add_argument("--dir", type=Path, default=None, help="checkpoint directory to check")
+    fetch = msub.add_parser("fetch", help="download the official OpenMMLab checkpoints")
+    fetch.add_argument("--dir", type=Path, default=None, help="where to write <model>.pth")
+    fetch.add_argument("--model", action="append", default=[], help="a model name (repeatable)")
+    fetch.add_argument("--profile", default="cpu", help="fetch the models this profile uses (default: cpu)")
+    fetch.add_argument("--all", action="store_true", help="every model in the catalogue")
+    init = msub.add_parser("init", help="write checkpoints in mmengine format without downloading")
+    init.add_argument("--random", action="store_true", required=True,
+                      help="randomly initialised weights (offline use, tests): results are noise")
+    init.add_argument("dir", nargs="?", type=Path, default=None, help="where to write <model>.pth")
+    init.add_argument("--model", action="append", default=[], help="a model name (repeatable; default: all)")
+    init.add_argument("--seed", type=int, default=0)
+
+    schema = sub.add_parser("schema", help="write the frame/track document JSON Schemas")
+    schema.add_argument("--out", type=Path, default=Path("docs/schemas"))
+    return parser
+
+
+def cmd_run(args) -> int:
+    from .config import load_profile
+    from .pipeline import Pipeline, run_input
+
+    pipeline = Pipeline(load_profile(args.profile, args.overrides), checkpoint_dir=args.checkpoints).load()
+    result = run_input(pipeline, args.input, args.out, stride=args.stride, max_frames=args.max_frames,
+                       show_progress=not args.quiet)
+    _report(result, as_json=args.json)
+    return 0
+
+
+def _report(result, *, as_json: bool = False) -> None:
+    if as_json:
+        print(json.dumps(result.summary()))
+        return
+    what = "1 image" if result.kind == "image" else f"{result.frames} frames"
+    tracks = f", {result.tracks} tracks" if result.kind == "video" else ""
+    print(f"{what}: {result.persons} persons{tracks} in {result.seconds:.1f}s")
+    if result.truncated:
+        print("  note: the video ended early (truncated or damaged); results cover the decoded frames")
+    print(f"  documents  {result.documents}")
+    print(f"  overlay    {result.overlay}")
+    print(f"  3D plot    {result.plot}")
+    if result.random_weights:
+        print("  RANDOM WEIGHTS were used: these results are noise. `posegraph models fetch` gets real ones.")
+
+
+def cmd_models(args) -> int:
+    from .checkpoints import checkpoint_path, default_checkpoint_dir, fetch_official, write_random
+    from .zoo import MODELS, get_model
+
+    if args.models_command == "list":
+        directory = args.dir or default_checkpoint_dir()
+        print(f"checkpoint directory: {directory}")
+        for spec in MODELS.values():
+            present = "present" if checkpoint_path(directory, spec.name).is_file() else "-"
+            print(f"  {spec.name:20s} {spec.stage:7s} {present:8s} {spec.url}")
+        return 0
+    if args.models_command == "fetch":
+        directory = args.dir or default_checkpoint_dir()
+        if args.all:
+            specs = list(MODELS.values())
+        elif args.model:
+            specs = [get_model(name) for name in args.model]
+        else:
+            from .config import load_profile
+
+            profile = load_profile(args.profile)
+            specs = [get_model(profile.stage_settings(s).model) for s in ("detect", "pose2d", "lift3d")]
+        for spec in specs:
+            path = fetch_official(spec, directory)
+            print(f"{spec.name}: {path}")
+        return 0
+    directory = args.dir or default_checkpoint_dir()
+    specs = [get_model(name) for name in args.model] if args.model else list(MODELS.values())
+    for spec in specs:
+        path = write_random(spec, checkpoint_path(directory, spec.name), seed=args.seed)
+        print(f"{spec.name}: {path} (RANDOM weights)")
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from .frame import json_schemas
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, schema in json_schemas().items():
+        (args.out / name).write_text(json.dumps(schema, indent=2) + "\n")
+        print(args.out / name)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="posegraph: %(levelname)s: %(message)s")
+    handlers = {"run": cmd_run, "models": cmd_models, "schema": cmd_schema, "demo": cmd_demo}
+    try:
+        return handlers[args.command](args)
+    except PosegraphError as exc:
+        if args.debug:
+            raise
+        print(f"posegraph: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("posegraph: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: still one line, with the way to see more
+        if args.debug or os.environ.get("POSEGRAPH_DEBUG"):
+            raise
+        print(f"posegraph: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 70
+

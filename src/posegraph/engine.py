@@ -1,0 +1,214 @@
+"""Run a network: exported ONNX under onnxruntime (default on CPU), or PyTorch.
+
+Why ONNX by default: measured here, onnxruntime runs these CNNs 1.5–3× faster than
+eager PyTorch on CPU with outputs within 1e-4, and an exported model needs
+neither PyTorch nor any OpenMMLab package to serve (small images, no mmcv
+build). A ``.pth`` checkpoint is exported once and cached by content hash;
+a ``.onnx`` file (what model archives carry) is loaded directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .checkpoints import load_state_dict, require_torch
+from .errors import UsageError
+from .uri import cache_dir, fetch_to_cache, file_sha256
+from .zoo import ModelSpec
+
+log = logging.getLogger(__name__)
+
+# Bump when the exported graph changes for the same checkpoint.
+EXPORT_VERSION = "1"
+ONNX_OPSET = 17
+
+
+@dataclass
+class ExportSpec:
+    """How to trace a network: example inputs and which axes stay dynamic."""
+
+    inputs: dict[str, tuple[int, ...]]
+    outputs: list[str]
+    dynamic: dict[str, dict[int, str]]
+    arch_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def export_spec(spec: ModelSpec) -> ExportSpec:
+    if spec.family == "rtmdet":
+        s = spec.params["input_size"]
+        return ExportSpec({"images": (1, 3, s, s)}, ["scores", "distances"],
+                          {"images": {0: "batch"}, "scores": {0: "batch"}, "distances": {0: "batch"}})
+    if spec.family == "rtmpose":
+        w, h = spec.params["input_size"]
+        return ExportSpec({"crops": (1, 3, h, w)}, ["simcc_x", "simcc_y"],
+                          {"crops": {0: "batch"}, "simcc_x": {0: "batch"}, "simcc_y": {0: "batch"}})
+    if spec.family == "videopose3d":
+        # The dilated layout: a padded sequence of any length ≥ the receptive field in, T frames out.
+        return ExportSpec({"keypoints": (1, spec.params["seq_len"] + 8, 17, 2)}, ["keypoints3d"],
+                          {"keypoints": {0: "batch", 1: "frames"}, "keypoints3d": {0: "batch", 1: "out_frames"}},
+                          {"dilated": True})
+    if spec.family == "motionbert":
+        return ExportSpec({"keypoints": (1, spec.params["seq_len"], 17, 3)}, ["keypoints3d"],
+                          {"keypoints": {0: "batch", 1: "frames"}, "keypoints3d": {0: "batch", 1: "frames"}})
+    raise ValueError(spec.family)
+
+
+class Runner:
+    """Calls a network on numpy arrays and returns numpy arrays."""
+
+    backend: str
+    random_init: bool
+    source: str
+
+    def __call__(self, *inputs: np.ndarray) -> list[np.ndarray]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class OrtRunner(Runner):
+    backend = "onnxruntime"
+
+    def __init__(self, path: Path, *, device: str, threads: int | None, random_init: bool, source: str) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Several stages share a few cores: spinning threads steal them from each other
+        # (measured: 12.5 → 6.7 frames/s with spinning on, 3 stages on 2 cores).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.inter_op_num_threads = 1
+        if threads:
+            options.intra_op_num_threads = threads
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise UsageError("device cuda asked for onnxruntime, but this onnxruntime has no CUDA provider; "
+                                 "install onnxruntime-gpu or use backend: torch")
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.random_init = random_init or meta.get("posegraph.random_init") == "true"
+        self.source = source
+
+    def __call__(self, *inputs: np.ndarray) -> list[np.ndarray]:
+        feeds = {name: np.ascontiguousarray(x, dtype=np.float32) for name, x in zip(self.input_names, inputs)}
+        return self.session.run(None, feeds)
+
+
+class TorchRunner(Runner):
+    backend = "torch"
+
+    def __init__(self, module, *, device: str, random_init: bool, source: str, threads: int | None) -> None:
+        torch = require_torch()
+        if threads:
+            torch.set_num_threads(threads)
+        self.torch = torch
+        self.device = torch.device(device)
+        self.module = module.to(self.device).eval()
+        self.random_init = random_init
+        self.source = source
+
+    def __call__(self, *inputs: np.ndarray) -> list[np.ndarray]:
+        torch = self.torch
+        with torch.inference_mode():
+            tensors = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device) for x in inputs]
+            out = self.module(*tensors)
+        if isinstance(out, torch.Tensor):
+            out = (out,)
+        return [o.float().cpu().numpy() for o in out]
+
+
+def build_torch_module(spec: ModelSpec, state_dict: dict, **arch_overrides):
+    from .zoo import build_network
+
+    net = build_network(spec, **arch_overrides)
+    missing, unexpected = net.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        from .errors import PosegraphError
+
+        raise PosegraphError(
+            f"checkpoint does not fit {spec.name}: {len(missing)} missing keys (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})"
+        )
+    return net.eval()
+
+
+def export_onnx(module, spec: ModelSpec, dest: Path, *, random_init: bool) -> Path:
+    """Export ``module`` to ``dest`` (atomically). Uses the TorchScript exporter: ~50× faster to
+    export than the dynamo one here and writes a single self-contained file."""
+    torch = require_torch()
+    import onnx
+
+    ex = export_spec(spec)
+    args = tuple(torch.zeros(shape) for shape in ex.inputs.values())
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+    started = time.perf_counter()
+    with torch.no_grad():
+        torch.onnx.export(
+            module,
+            args,
+            str(tmp),
+            input_names=list(ex.inputs),
+            output_names=ex.outputs,
+            dynamic_axes=ex.dynamic,
+            opset_version=ONNX_OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    model = onnx.load(str(tmp))
+    for key, value in {"posegraph.model": spec.name, "posegraph.random_init": str(random_init).lower(),
+                       "posegraph.export_version": EXPORT_VERSION}.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(tmp))
+    os.replace(tmp, dest)
+    log.info("exported %s to %s in %.1fs", spec.name, dest, time.perf_counter() - started)
+    return dest
+
+
+def load_runner(
+    spec: ModelSpec,
+    checkpoint_uri: str,
+    *,
+    device: str = "cpu",
+    backend: str = "auto",
+    threads: int | None = None,
+    on_export: Callable[[str], None] | None = None,
+) -> Runner:
+    """Load ``checkpoint_uri`` (.pth or .onnx) for ``spec`` on ``device`` with ``backend``."""
+    if backend not in {"auto", "onnxruntime", "torch"}:
+        raise UsageError(f"backend must be auto, onnxruntime or torch, not {backend!r}")
+    uri = str(checkpoint_uri)
+    if uri.endswith(".onnx"):
+        if backend == "torch":
+            raise UsageError(f"{uri} is an ONNX model: use backend onnxruntime")
+        return OrtRunner(fetch_to_cache(uri), device=device, threads=threads, random_init=False, source=uri)
+
+    ckpt = load_state_dict(uri)
+    if backend == "auto":
+        backend = "onnxruntime"
+        if device.startswith("cuda"):
+            import onnxruntime as ort
+
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                backend = "torch"
+    overrides = export_spec(spec).arch_overrides
+    if backend == "torch":
+        module = build_torch_module(spec, ckpt.state_dict, **overrides)
+        return TorchRunner(module, device=device, random_init=ckpt.random_init, source=uri, threads=threads)
+
+    digest = file_sha256(ckpt.local_path)[:20]
+    onnx_path = cache_dir("onnx") / f"{spec.name}-{digest}-v{EXPORT_VERSION}.onnx"
+    if not onnx_path.is_file():
+        if on_export:
+            on_export(spec.name)
+        module = build_torch_module(spec, ckpt.state_dict, **overrides)
+        export_onnx(module, spec, onnx_path, random_init=ckpt.random_init)
+    return OrtRunner(onnx_path, device=device, threads=threads, random_init=ckpt.random_init, source=uri)

@@ -1,0 +1,177 @@
+"""The frame document: the one contract every stage, runtime, graph, job and the operator speak.
+
+A frame document describes one image (or one video frame) and the persons found
+in it. Stages never replace a document: each reads the fields it needs and adds
+its own (detect → ``persons[*].bbox/score``, pose2d → ``persons[*].keypoints2d``,
+lift3d → ``persons[*].keypoints3d``), and records itself under ``stages``.
+Unknown fields are kept, so a client may attach its own metadata and get it back.
+
+A track document carries T frames of one person; lift3d lifts the whole track
+at once (temporal models need the sequence), which is what the video path uses.
+
+Over KServe's v1 protocol a batch is ``{"instances": [doc, ...]}`` in and
+``{"predictions": [doc, ...]}`` out. JSON Schemas: ``docs/schemas/``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+
+FRAME_SCHEMA = "posegraph/frame/v1"
+TRACK_SCHEMA = "posegraph/track/v1"
+
+COCO17 = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear",
+    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
+    "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
+)  # fmt: skip
+H36M17 = (
+    "root", "right_hip", "right_knee", "right_foot", "left_hip", "left_knee", "left_foot",
+    "spine", "thorax", "neck_base", "head",
+    "left_shoulder", "left_elbow", "left_wrist", "right_shoulder", "right_elbow", "right_wrist",
+)  # fmt: skip
+
+def _check_bbox(value: list[float]) -> list[float]:
+    if len(value) != 4 or not np.isfinite(np.asarray(value, dtype=np.float64)).all():
+        raise ValueError("bbox must be 4 finite numbers: x1, y1, x2, y2")
+    return value
+
+
+def _keypoints_checker(name: str):
+    def check(value: list[list[float]]) -> list[list[float]]:
+        if len(value) != 17 or any(len(p) != 3 for p in value):
+            raise ValueError(f"{name} must be 17 points of 3 numbers each")
+        if not np.isfinite(np.asarray(value, dtype=np.float64)).all():
+            raise ValueError(f"{name} must be finite numbers")
+        return value
+
+    return check
+
+
+BBox = Annotated[list[float], AfterValidator(_check_bbox), Field(description="x1, y1, x2, y2 in image pixels")]
+# [x, y, score] per joint in image pixels, COCO-17 order.
+Keypoints2D = Annotated[
+    list[list[float]],
+    AfterValidator(_keypoints_checker("keypoints2d")),
+    Field(description=f"17 × [x, y, score], image pixels, COCO order: {', '.join(COCO17)}"),
+]
+# [x, y, z] per joint in metres, camera axes (x right, y down, z away), root-relative, Human3.6M-17 order.
+Keypoints3D = Annotated[
+    list[list[float]],
+    AfterValidator(_keypoints_checker("keypoints3d")),
+    Field(description=f"17 × [x, y, z], metres, root-relative, Human3.6M order: {', '.join(H36M17)}"),
+]
+
+
+class _Open(BaseModel):
+    # Keep fields we do not know: stages add only their own and pass the rest through.
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class ImageRef(_Open):
+    """The pixels: inline (base64 JPEG/PNG) or by reference (s3://, https://, file://)."""
+
+    data: str | None = Field(None, description="base64-encoded JPEG or PNG bytes")
+    uri: str | None = Field(None, description="s3://, https:// or file:// location of a JPEG/PNG")
+    format: Literal["jpeg", "png"] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.data is None) == (self.uri is None):
+            raise ValueError("image needs exactly one of 'data' (base64) or 'uri'")
+        return self
+
+
+class StageRecord(_Open):
+    """What ran: lets a client see the model and, loudly, whether its weights were random."""
+
+    model: str
+    random_weights: bool = False
+    ms: float | None = Field(None, description="stage time for this document's batch, milliseconds")
+
+
+class Person(_Open):
+    bbox: BBox
+    score: float = Field(..., description="detection score")
+    track_id: int | None = None
+    keypoints2d: Keypoints2D | None = None
+    keypoints3d: Keypoints3D | None = None
+
+
+class FrameDocument(_Open):
+    schema_: Literal["posegraph/frame/v1"] = Field(FRAME_SCHEMA, alias="schema")
+    image: ImageRef | None = None
+    width: int | None = Field(None, gt=0)
+    height: int | None = Field(None, gt=0)
+    frame_index: int | None = Field(None, ge=0)
+    timestamp_s: float | None = None
+    persons: list[Person] | None = Field(None, description="absent: not detected yet; []: nobody found")
+    stages: dict[str, StageRecord] = Field(default_factory=dict)
+
+    # Decoded BGR pixels, kept in-process so stages do not decode twice. Never serialised.
+    _pixels: np.ndarray | None = PrivateAttr(default=None)
+
+    @classmethod
+    def from_pixels(cls, pixels: np.ndarray, **fields: Any) -> "FrameDocument":
+        doc = cls(width=int(pixels.shape[1]), height=int(pixels.shape[0]), **fields)
+        doc._pixels = pixels
+        return doc
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class TrackFrame(_Open):
+    frame_index: int = Field(..., ge=0)
+    bbox: BBox
+    score: float | None = None
+    keypoints2d: Keypoints2D
+    keypoints3d: Keypoints3D | None = None
+
+
+class TrackDocument(_Open):
+    """T consecutive frames of one person, for lift3d."""
+
+    schema_: Literal["posegraph/track/v1"] = Field(TRACK_SCHEMA, alias="schema")
+    track_id: int
+    width: int = Field(..., gt=0)
+    height: int = Field(..., gt=0)
+    frames: list[TrackFrame] = Field(..., min_length=1)
+    stages: dict[str, StageRecord] = Field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+Document = FrameDocument | TrackDocument
+
+
+def parse_document(payload: Any, *, where: str = "document") -> Document:
+    """Validate one JSON object as a frame or track document (by its ``schema`` field)."""
+    from pydantic import ValidationError
+
+    from .errors import BadInput
+
+    if not isinstance(payload, dict):
+        raise BadInput(f"{where} must be a JSON object, got {type(payload).__name__}")
+    kind = payload.get("schema", FRAME_SCHEMA)
+    model = {FRAME_SCHEMA: FrameDocument, TRACK_SCHEMA: TrackDocument}.get(kind)
+    if model is None:
+        raise BadInput(f"{where}: unknown schema {kind!r}; expected {FRAME_SCHEMA!r} or {TRACK_SCHEMA!r}")
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "(root)"
+        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise BadInput(f"{where}: {loc}: {first['msg']}{more}") from None
+
+
+def json_schemas() -> dict[str, dict]:
+    return {
+        "frame-document.schema.json": FrameDocument.model_json_schema(by_alias=True),
+        "track-document.schema.json": TrackDocument.model_json_schema(by_alias=True),
+    }

@@ -1,0 +1,97 @@
+"""Pixels in and out of frame documents."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import os
+
+import cv2
+import numpy as np
+
+from .errors import BadInput, FetchError, MissingInput
+from .frame import FrameDocument, ImageRef
+
+# A 50-megapixel frame is far above what the detector looks at (≤ 640²) and keeps a
+# hostile or mistaken upload from taking gigabytes of memory in every stage.
+MAX_PIXELS = int(os.environ.get("POSEGRAPH_MAX_PIXELS", 50_000_000))
+MAX_IMAGE_BYTES = int(os.environ.get("POSEGRAPH_MAX_IMAGE_BYTES", 64 << 20))
+
+
+def check_size(width: int, height: int, *, what: str = "image", max_pixels: int = MAX_PIXELS) -> None:
+    if width <= 0 or height <= 0:
+        raise BadInput(f"{what} has no pixels ({width}×{height})")
+    if width * height > max_pixels:
+        raise BadInput(
+            f"{what} is {width}×{height} = {width * height / 1e6:.0f} MP, above the "
+            f"{max_pixels / 1e6:.0f} MP limit (POSEGRAPH_MAX_PIXELS)"
+        )
+
+
+def decode_image(data: bytes, *, what: str = "image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """JPEG/PNG bytes → BGR uint8 array, refusing oversized images before decoding them."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as header:  # reads the header only
+            width, height = header.size
+            fmt = header.format
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise BadInput(f"{what} is not a decodable image (expected JPEG or PNG bytes)") from None
+    if fmt not in {"JPEG", "PNG", "BMP", "WEBP", "TIFF"}:
+        raise BadInput(f"{what} is a {fmt} image; send JPEG or PNG")
+    check_size(width, height, what=what, max_pixels=max_pixels)
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if pixels is None:
+        raise BadInput(f"{what} is truncated or corrupt ({fmt}, {len(data)} bytes)")
+    return pixels
+
+
+def decode_base64_image(text: str, *, what: str = "image.data") -> np.ndarray:
+    if "," in text[:64] and text.startswith("data:"):
+        text = text.split(",", 1)[1]  # tolerate data URLs
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadInput(f"{what} is not valid base64") from None
+    return decode_image(data, what=what)
+
+
+def pixels_of(doc: FrameDocument, *, stage: str, allow_uri: bool = True) -> np.ndarray:
+    """The document's BGR pixels, decoding them once per document."""
+    if doc._pixels is not None:
+        return doc._pixels
+    image: ImageRef | None = doc.image
+    if image is None:
+        raise MissingInput(stage, ["image (base64 'data' or 'uri')"])
+    if image.data is not None:
+        pixels = decode_base64_image(image.data)
+    else:
+        if not allow_uri:
+            raise BadInput(f"{stage}: image.uri is not accepted here; send the image inline as base64 'data'")
+        from .uri import read_bytes
+
+        try:
+            data = read_bytes(image.uri, max_bytes=MAX_IMAGE_BYTES)
+        except FetchError as exc:
+            raise BadInput(f"{stage}: {exc}") from None
+        pixels = decode_image(data, what=f"image at {image.uri}")
+    height, width = pixels.shape[:2]
+    if (doc.width is not None and doc.width != width) or (doc.height is not None and doc.height != height):
+        raise BadInput(f"{stage}: document says {doc.width}×{doc.height} but the image is {width}×{height}")
+    doc.width, doc.height = width, height
+    doc._pixels = pixels
+    return pixels
+
+
+def encode_image(pixels: np.ndarray, fmt: str = "jpeg", quality: int = 92) -> bytes:
+    ext, params = (".jpg", [cv2.IMWRITE_JPEG_QUALITY, quality]) if fmt == "jpeg" else (".png", [])
+    ok, buf = cv2.imencode(ext, pixels, params)
+    if not ok:  # pragma: no cover - OpenCV only fails on empty input
+        raise BadInput("cannot encode image")
+    return buf.tobytes()
+
+
+def image_ref(pixels: np.ndarray, fmt: str = "jpeg") -> ImageRef:
+    return ImageRef(data=base64.b64encode(encode_image(pixels, fmt)).decode("ascii"), format=fmt)

@@ -1,0 +1,28 @@
+"""The three pipeline stages. Each is preprocess → infer → postprocess over frame documents."""
+
+from __future__ import annotations
+
+from .base import Stage, StageSettings
+from .detect import DetectSettings, DetectStage
+from .lift3d import Lift3dSettings, Lift3dStage
+from .pose2d import Pose2dSettings, Pose2dStage
+
+STAGES: dict[str, type[Stage]] = {
+    "detect": DetectStage,
+    "pose2d": Pose2dStage,
+    "lift3d": Lift3dStage,
+}
+STAGE_ORDER = ("detect", "pose2d", "lift3d")
+
+__all__ = [
+    "STAGES",
+    "STAGE_ORDER",
+    "Stage",
+    "StageSettings",
+    "DetectStage",
+    "DetectSettings",
+    "Pose2dStage",
+    "Pose2dSettings",
+    "Lift3dStage",
+    "Lift3dSettings",
+]

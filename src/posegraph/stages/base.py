@@ -1,0 +1,90 @@
+"""What every stage shares: loading weights, the run loop, and recording itself in documents.
+
+A stage is ``preprocess → infer → postprocess`` over a batch of documents and knows
+nothing about HTTP or serving; runtimes (TorchServe handler, KServe model,
+in-process pipeline) are thin adapters that call :meth:`Stage.run`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from ..checkpoints import warn_random_weights
+from ..engine import Runner, load_runner
+from ..errors import PosegraphError
+from ..frame import StageRecord
+from ..zoo import ModelSpec, get_model
+
+
+class StageSettings(BaseModel):
+    # A typo in a profile should fail loudly, not be ignored.
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    checkpoint: str | None = None
+    batch_size: int = 16
+
+
+class Stage:
+    name: ClassVar[str]
+    Settings: ClassVar[type[StageSettings]]
+
+    def __init__(self, settings: StageSettings | dict[str, Any] | None = None) -> None:
+        if not isinstance(settings, StageSettings):
+            settings = self.Settings.model_validate(settings or {})
+        self.settings = settings
+        self.spec: ModelSpec = get_model(settings.model)
+        if self.spec.stage != self.name:
+            raise PosegraphError(f"{settings.model} is a {self.spec.stage} model, not a {self.name} model")
+        self.runner: Runner | None = None
+
+    # -- loading ---------------------------------------------------------------------------------
+    def load(self, checkpoint_uri: str | None = None, device: str = "cpu", *, backend: str = "auto",
+             threads: int | None = None) -> "Stage":
+        uri = checkpoint_uri or self.settings.checkpoint
+        if not uri:
+            raise PosegraphError(f"{self.name}: no checkpoint given for {self.spec.name}")
+        self.runner = load_runner(self.spec, uri, device=device, backend=backend, threads=threads)
+        if self.runner.random_init:
+            warn_random_weights(self.spec.name, uri)
+        return self
+
+    @property
+    def random_weights(self) -> bool:
+        return bool(self.runner and self.runner.random_init)
+
+    def _run_network(self, *inputs: np.ndarray) -> list[np.ndarray]:
+        """Call the network in chunks of ``batch_size`` along the first axis and concatenate."""
+        if self.runner is None:
+            raise PosegraphError(f"{self.name}: call load() before running the stage")
+        n = inputs[0].shape[0]
+        step = max(1, self.settings.batch_size)
+        chunks = [self.runner(*(x[i : i + step] for x in inputs)) for i in range(0, n, step)]
+        return [np.concatenate(parts, axis=0) for parts in zip(*chunks)]
+
+    # -- the three steps ---------------------------------------------------------------------------
+    def preprocess(self, docs: Sequence[Any]) -> Any:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def infer(self, batch: Any) -> Any:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def postprocess(self, docs: Sequence[Any], batch: Any, outputs: Any) -> list[Any]:  # pragma: no cover
+        raise NotImplementedError
+
+    def run(self, docs: Sequence[Any]) -> list[Any]:
+        started = time.perf_counter()
+        batch = self.preprocess(docs)
+        outputs = self.infer(batch)
+        result = self.postprocess(docs, batch, outputs)
+        ms = (time.perf_counter() - started) * 1000
+        for doc in result:
+            doc.stages[self.name] = StageRecord(model=self.spec.name, random_weights=self.random_weights,
+                                                ms=round(ms, 2))
+        return result
+
+    __call__ = run

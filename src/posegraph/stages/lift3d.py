@@ -1,0 +1,163 @@
+"""lift3d: 2D → 3D lifting on Human3.6M-17 joints (VideoPose3D or MotionBERT).
+
+Input: frame documents (each person lifted from that one frame, as for a still
+image) or track documents (one person over T frames, lifted as a sequence, as
+the video path needs). Output: ``keypoints3d`` in metres, root-relative.
+
+Reproduces mmpose's lifting path (``Pose3DInferencer``): COCO → H36M conversion,
+the 2D normalisation by each box and the H36M dataset statistics, the image-size
+normalisation of the codec, edge-replicated temporal windows, and decoding.
+VideoPose3D runs in its dilated layout: a whole track in one pass (see nets/videopose3d.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import MissingInput
+from ..frame import FrameDocument, TrackDocument
+from ..keypoints import coco_to_h36m
+from .base import Stage, StageSettings
+
+
+class Lift3dSettings(StageSettings):
+    model: str = "videopose3d-243"
+    # Map each person to the scale/position of H36M training images before lifting (mmpose default).
+    normalize_2d: bool = True
+    # MotionBERT's configs test with flip averaging; None: the model's default.
+    flip_test: bool | None = None
+    batch_size: int = 64
+
+
+@dataclass
+class LiftBatch:
+    sequences: list[np.ndarray] = field(default_factory=list)  # each (T, 17, 2), codec-normalised
+    image_sizes: list[tuple[int, int]] = field(default_factory=list)  # (w, h) per sequence
+    owners: list[tuple[int, int | None]] = field(default_factory=list)  # (doc, person) or (doc, None)
+
+
+class Lift3dStage(Stage):
+    name = "lift3d"
+    Settings = Lift3dSettings
+
+    def __init__(self, settings=None) -> None:
+        super().__init__(settings)
+        p = self.spec.params
+        self.seq_len = int(p["seq_len"])
+        self.flip_indices = np.asarray(p["flip_indices"])
+        flip = self.settings.flip_test
+        self.flip_test = p.get("flip_test", False) if flip is None else flip
+
+    # -- preprocessing ---------------------------------------------------------------------------
+    def normalise(self, keypoints2d: np.ndarray, boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+        """(T, 17, ≥2) COCO image pixels + (T, 4) boxes → (T, 17, 2) H36M, codec-normalised."""
+        kp = coco_to_h36m(np.asarray(keypoints2d, np.float64)[..., :2])
+        if self.settings.normalize_2d:
+            p = self.spec.params
+            boxes = np.asarray(boxes, np.float64)
+            center = ((boxes[:, :2] + boxes[:, 2:]) / 2)[:, None]
+            scale = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])[:, None, None]
+            kp = (kp - center) / scale * p["bbox_scale"] + np.asarray(p["bbox_center"])
+        # The codec: image centre at 0, x in [-1, 1] across the image width.
+        return ((kp - [width / 2, height / 2]) / (width / 2)).astype(np.float32)
+
+    def preprocess(self, docs: Sequence[FrameDocument | TrackDocument]) -> LiftBatch:
+        batch = LiftBatch()
+        for d, doc in enumerate(docs):
+            if isinstance(doc, TrackDocument):
+                kp = np.asarray([f.keypoints2d for f in doc.frames])
+                boxes = np.asarray([f.bbox for f in doc.frames])
+                batch.sequences.append(self.normalise(kp, boxes, doc.width, doc.height))
+                batch.image_sizes.append((doc.width, doc.height))
+                batch.owners.append((d, None))
+                continue
+            if doc.persons is None:
+                raise MissingInput(self.name, ["persons (run detect and pose2d first)"])
+            lacking = [f"persons[{i}].keypoints2d" for i, p in enumerate(doc.persons) if p.keypoints2d is None]
+            if lacking:
+                raise MissingInput(self.name, lacking[:3] + (["…"] if len(lacking) > 3 else []))
+            if doc.persons and (doc.width is None or doc.height is None):
+                raise MissingInput(self.name, ["width", "height"])
+            for i, person in enumerate(doc.persons):
+                seq = self.normalise(np.asarray([person.keypoints2d]), np.asarray([person.bbox]), doc.width,
+                                     doc.height)
+                batch.sequences.append(seq)
+                batch.image_sizes.append((doc.width, doc.height))
+                batch.owners.append((d, i))
+        return batch
+
+    # -- inference -------------------------------------------------------------------------------
+    def infer(self, batch: LiftBatch) -> list[np.ndarray]:
+        if not batch.sequences:
+            return []
+        if self.spec.family == "videopose3d":
+            return self._infer_tcn(batch.sequences)
+        return self._infer_motionbert(batch.sequences)
+
+    def _infer_tcn(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
+        """Each output frame t sees frames t-121 … t+121 of its sequence, edges replicated.
+        Sequences are padded on the right to a common length so they share one batch; the
+        extra frames lie outside every real frame's receptive field."""
+        half = (self.seq_len - 1) // 2
+        longest = max(len(s) for s in sequences)
+        padded = np.stack([
+            np.concatenate([np.repeat(s[:1], half, 0), s, np.repeat(s[-1:], half + longest - len(s), 0)])
+            for s in sequences
+        ])
+        (out,) = self._run_network(padded)  # (B, longest, 17, 3)
+        return [out[i, : len(s)] for i, s in enumerate(sequences)]
+
+    def _motionbert_pass(self, clips: np.ndarray) -> np.ndarray:
+        """clips: (B, T, 17, 2) → (B, T, 17, 3), with flip averaging when enabled."""
+        visible = np.ones(clips.shape[:-1] + (1,), np.float32)  # mmpose's inferencer passes visibility 1
+        x = np.concatenate([clips, visible], -1)
+        (out,) = self._run_network(x)
+        if self.flip_test:
+            flipped = x[:, :, self.flip_indices].copy()
+            flipped[..., 0] *= -1
+            (out_f,) = self._run_network(flipped)
+            out_f = out_f[:, :, self.flip_indices].copy()
+            out_f[..., 0] *= -1
+            out = (out + out_f) * 0.5
+        return out
+
+    def _infer_motionbert(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
+        """MotionBERT maps a clip of ≤ 243 frames to 243 outputs; longer tracks go in clips.
+        Clips of equal length share a batch (single frames are all length 1)."""
+        pieces: dict[int, list[tuple[int, int, np.ndarray]]] = {}
+        for i, seq in enumerate(sequences):
+            for start in range(0, len(seq), self.seq_len):
+                clip = seq[start : start + self.seq_len]
+                pieces.setdefault(len(clip), []).append((i, start, clip))
+        outputs = [np.zeros((len(s), 17, 3), np.float32) for s in sequences]
+        for items in pieces.values():
+            result = self._motionbert_pass(np.stack([clip for _, _, clip in items]))
+            for (i, start, clip), out in zip(items, result):
+                outputs[i][start : start + len(clip)] = out
+        return outputs
+
+    # -- postprocessing --------------------------------------------------------------------------
+    def to_metres(self, raw: np.ndarray, width: int) -> np.ndarray:
+        """Network output → metres, root-relative (each model's mmpose decoder)."""
+        if self.spec.family == "motionbert":
+            # MotionBERTLabel.decode (rootrel): the root joint is *set* to zero (the network's other
+            # joints are already root-relative), normalised units × w/2 → pixel-like units, × the
+            # codec's depth factor (4 without camera intrinsics), mm → m.
+            raw = raw.copy()
+            raw[:, 0] = 0.0
+            return raw * (width / 2) * 4.0 / 1000.0
+        # VideoPose3D predicts root-relative poses; subtracting its (near-zero) root makes it exact.
+        return raw - raw[:, :1]
+
+    def postprocess(self, docs, batch: LiftBatch, outputs: list[np.ndarray]):
+        for (d, p), (width, _), raw in zip(batch.owners, batch.image_sizes, outputs):
+            metres = self.to_metres(np.asarray(raw, np.float64), width)
+            if p is None:
+                for frame, k3 in zip(docs[d].frames, metres):
+                    frame.keypoints3d = k3.tolist()
+            else:
+                docs[d].persons[p].keypoints3d = metres[0].tolist()
+        return list(docs)

@@ -1,0 +1,111 @@
+"""Reading and writing video with OpenCV, with readable errors for bad files."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from .errors import BadInput
+from .imageio import check_size
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class VideoInfo:
+    width: int
+    height: int
+    fps: float
+    frame_count: int  # what the container claims; may be 0 or wrong for damaged files
+
+
+class VideoReader:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.capture = cv2.VideoCapture(str(self.path))
+        if not self.capture.isOpened():
+            raise BadInput(f"{self.path.name} is neither an image nor a video OpenCV can read")
+        width = int(self.capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+        height = int(self.capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        fps = float(self.capture.get(cv2.CAP_PROP_FPS)) or 0.0
+        count = max(0, int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT)))
+        if width <= 0 or height <= 0:
+            raise BadInput(f"{self.path.name}: no video stream found")
+        check_size(width, height, what=f"{self.path.name}'s frames")
+        self.info = VideoInfo(width, height, fps if 0 < fps < 1000 else 25.0, count)
+        self.decoded = 0
+        self.truncated = False
+
+    def frames(self, stride: int = 1, max_frames: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """(frame index, BGR pixels) for every ``stride``-th frame. Stops cleanly at a damaged tail."""
+        index = 0
+        yielded = 0
+        while max_frames is None or yielded < max_frames:
+            ok = self.capture.grab()
+            if not ok:
+                break
+            if index % stride == 0:
+                ok, pixels = self.capture.retrieve()
+                if not ok or pixels is None:
+                    break
+                self.decoded += 1
+                yielded += 1
+                yield index, pixels
+            index += 1
+        expected = self.info.frame_count
+        read_all = max_frames is None or yielded < max_frames
+        if read_all and expected and index < expected:
+            self.truncated = True
+            log.warning("%s: decoding stopped after %d of %d frames (truncated or damaged file?)",
+                        self.path.name, index, expected)
+        if self.decoded == 0 and read_all:
+            raise BadInput(f"{self.path.name}: no frame could be decoded (empty, truncated or corrupt video)")
+
+    def close(self) -> None:
+        self.capture.release()
+
+    def __enter__(self) -> "VideoReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class VideoWriter:
+    """MP4 (mp4v) via OpenCV; written to a temporary name and moved into place when complete."""
+
+    def __init__(self, path: Path, fps: float, size: tuple[int, int]) -> None:
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.stem}.part{self.path.suffix}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+        if not self.writer.isOpened():
+            raise BadInput(f"cannot write video {self.path} (OpenCV has no mp4 encoder?)")
+        self.frames = 0
+
+    def write(self, pixels: np.ndarray) -> None:
+        self.writer.write(pixels)
+        self.frames += 1
+
+    def close(self) -> Path:
+        self.writer.release()
+        self.tmp.replace(self.path)
+        return self.path
+
+
+def is_image_file(path: Path) -> bool:
+    """By content when possible (a .jpg that is really a video, or no suffix at all)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return img.format is not None
+    except (UnidentifiedImageError, OSError):
+        return False
