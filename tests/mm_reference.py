@@ -110,3 +110,71 @@ def init_reference_model(model_name: str, checkpoint: str):
 
 # Importing this module is what a fidelity test does first: make mmdet/mmpose importable.
 install_mmcv_ext()
+
+
+# ---- the reference chain: mmdet/mmpose's own inference APIs, used as mmpose's demos use them ----
+
+def reference_detect(model, image, score_threshold: float = 0.3, nms_iou: float | None = 0.3):
+    """``inference_detector``, then mmpose's top-down filter (score > thr, its NMS)."""
+    import numpy as np
+    from mmdet.apis import inference_detector
+    from mmengine.registry import init_default_scope
+    from mmpose.evaluation.functional import nms
+
+    # As mmpose's top-down demo does: the detector's pipeline lives in mmdet's registry scope.
+    init_default_scope(model.cfg.get("default_scope", "mmdet"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pred = inference_detector(model, image).pred_instances.cpu().numpy()
+    dets = np.concatenate([pred.bboxes, pred.scores[:, None]], axis=1)
+    dets = dets[np.logical_and(pred.labels == 0, pred.scores > score_threshold)]
+    if nms_iou is not None and len(dets):
+        dets = dets[nms(dets, nms_iou)]
+    return dets[:, :4], dets[:, 4]
+
+
+def reference_pose2d(model, image, boxes, flip_test: bool):
+    import numpy as np
+    from mmpose.apis import inference_topdown
+
+    model.test_cfg["flip_test"] = flip_test
+    if len(boxes) == 0:
+        return np.zeros((0, 17, 2)), np.zeros((0, 17))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        samples = inference_topdown(model, image, np.asarray(boxes, np.float32), bbox_format="xyxy")
+    keypoints = np.stack([s.pred_instances.keypoints[0] for s in samples])
+    scores = np.stack([s.pred_instances.keypoint_scores[0] for s in samples])
+    return keypoints, scores
+
+
+def reference_lift_track(model, keypoints2d, boxes, width: int, height: int):
+    """Lift one person's T frames the way mmpose's lifting inferencer path does: COCO→H36M, per frame a
+    window from ``extract_pose_sequence`` (edges replicated), ``inference_pose_lifter_model`` with
+    the dataset-statistics normalisation and the image size. Returns (T, 17, 3) in metres."""
+    import numpy as np
+    from mmengine.structures import InstanceData
+    from mmpose.apis import convert_keypoint_definition, extract_pose_sequence, inference_pose_lifter_model
+    from mmpose.structures import PoseDataSample
+
+    frames = []
+    for kp, box in zip(keypoints2d, boxes):
+        sample = PoseDataSample()
+        inst = InstanceData()
+        inst.keypoints = convert_keypoint_definition(np.asarray(kp, np.float32)[None, :, :2], "coco", "h36m")
+        inst.keypoint_scores = np.ones((1, 17), np.float32)
+        inst.bboxes = np.asarray(box, np.float32)[None]
+        sample.pred_instances = inst
+        sample.gt_instances = InstanceData()
+        sample.track_id = 0
+        frames.append([sample])
+    dataset = model.cfg.test_dataloader.dataset
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for t in range(len(frames)):
+            window = extract_pose_sequence(frames, t, causal=dataset.get("causal", False),
+                                           seq_len=dataset.get("seq_len", 1), step=dataset.get("seq_step", 1))
+            result = inference_pose_lifter_model(model, window, image_size=(width, height), norm_pose_2d=True)
+            out.append(np.squeeze(result[0].pred_instances.keypoints))
+    return np.stack(out)

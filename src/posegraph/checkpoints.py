@@ -201,7 +201,7 @@ def write_random(spec: ModelSpec, dest: Path, *, seed: int = 0) -> Path:
 def fetch_official(spec: ModelSpec, directory: Path, *, progress: bool = True) -> Path:
     dest = checkpoint_path(directory, spec.name)
     try:
-        download(spec.url, dest, progress=progress)
+        download(spec.download_url(), dest, progress=progress)
     except FetchError as exc:
         raise FetchError(
             f"{exc} — offline? `posegraph models init --random DIR` writes random weights for offline use"

@@ -24,7 +24,7 @@ def ensure_checkpoints(profile, directory: Path) -> None:
         if path.is_file():
             continue
         try:
-            print(f"downloading {spec.name} ({spec.url})")
+            print(f"downloading {spec.name} ({spec.download_url()})")
             fetch_official(spec, directory)
         except FetchError as exc:
             print(f"cannot download {spec.name} ({str(exc).split(' — ')[0]}); writing RANDOM weights instead")

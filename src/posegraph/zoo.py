@@ -8,12 +8,14 @@ Which entry a deployment uses is configuration (``profiles/*.yaml``), not code.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import UsageError
 
-_MMPOSE = "https://download.openmmlab.com/mmpose"
+ZOO_HOST = "https://download.openmmlab.com"
+_MMPOSE = f"{ZOO_HOST}/mmpose"
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,13 @@ class ModelSpec:
     @property
     def filename(self) -> str:
         return self.url.rsplit("/", 1)[-1]
+
+    def download_url(self) -> str:
+        """The official URL, or the same path under ``$POSEGRAPH_ZOO_MIRROR`` (an internal mirror)."""
+        mirror = os.environ.get("POSEGRAPH_ZOO_MIRROR")
+        if mirror and self.url.startswith(ZOO_HOST):
+            return mirror.rstrip("/") + self.url[len(ZOO_HOST):]
+        return self.url
 
 
 _DET_NORM = dict(mean=(103.53, 116.28, 123.675), std=(57.375, 57.12, 58.395), to_rgb=False, pad_value=114)

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TESTS = Path(__file__).parent
+sys.path.insert(0, str(TESTS))
+
+ARTIFACTS = TESTS / "artifacts"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_environment(tmp_path_factory):
+    """Caches, checkpoints and kubeconfig of the tests never touch the developer's own."""
+    root = tmp_path_factory.mktemp("posegraph-home")
+    os.environ["POSEGRAPH_CACHE"] = str(root / "cache")
+    os.environ["POSEGRAPH_CHECKPOINTS"] = str(root / "no-checkpoints-here")
+    os.environ["KUBECONFIG"] = str(root / "kubeconfig-none")
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
+        os.environ.pop(name, None)
+    yield
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> Path:
+    """Randomly initialised checkpoints of every catalogue model, in mmengine format, made by
+    `posegraph models init --random` (the real command)."""
+    from posegraph.cli import main
+
+    directory = tmp_path_factory.mktemp("checkpoints")
+    assert main(["models", "init", "--random", str(directory)]) == 0
+    return directory
+
+
+@pytest.fixture(scope="session")
+def astronaut():
+    from posegraph.samples import astronaut_bgr
+
+    return astronaut_bgr()
+
+
+@pytest.fixture(scope="session")
+def clip_frames():
+    from posegraph.samples import synthetic_clip_frames
+
+    return synthetic_clip_frames(16)
+
+
+@pytest.fixture(scope="session")
+def clip_path(tmp_path_factory, clip_frames) -> Path:
+    from posegraph.samples import write_clip
+
+    return write_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", clip_frames)
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    from services import s3_server
+
+    with s3_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_env(s3, monkeypatch):
+    for key, value in s3.env().items():
+        monkeypatch.setenv(key, value)
+    return s3
+
+
+@pytest.fixture(scope="session")
+def mm():
+    """The OpenMMLab reference stack (test-only). Skips, saying why, if it cannot import."""
+    from mm_reference import mm_available
+
+    reason = mm_available()
+    if reason:
+        pytest.skip(f"OpenMMLab reference stack unavailable ({reason}); `make test` installs it")
+    import mm_reference
+
+    return mm_reference
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+def pytest_report_header(config):
+    try:
+        import onnxruntime
+        import torch
+
+        return f"posegraph tests: torch {torch.__version__}, onnxruntime {onnxruntime.__version__}"
+    except ImportError:
+        return "posegraph tests: torch not installed"
+
+
+np.set_printoptions(precision=4, suppress=True)
