@@ -126,17 +126,21 @@ class TorchRunner(Runner):
 
 
 def build_torch_module(spec: ModelSpec, state_dict: dict, **arch_overrides):
+    from .errors import PosegraphError
     from .zoo import build_network
 
     net = build_network(spec, **arch_overrides)
-    missing, unexpected = net.load_state_dict(state_dict, strict=False)
-    if missing or unexpected:
-        from .errors import PosegraphError
-
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong_shape = [k for k in expected if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong_shape:
         raise PosegraphError(
-            f"checkpoint does not fit {spec.name}: {len(missing)} missing keys (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})"
+            f"checkpoint does not fit {spec.name}: {len(missing)} missing, {len(unexpected)} unexpected and "
+            f"{len(wrong_shape)} wrongly shaped tensors (e.g. {(missing + unexpected + wrong_shape)[:2]}) — "
+            "is it a checkpoint of another model?"
         )
+    net.load_state_dict(state_dict, strict=True)
     return net.eval()
 
 

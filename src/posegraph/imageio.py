@@ -37,6 +37,8 @@ def decode_image(data: bytes, *, what: str = "image", max_pixels: int = MAX_PIXE
         with Image.open(io.BytesIO(data)) as header:  # reads the header only
             width, height = header.size
             fmt = header.format
+    except Image.DecompressionBombError:
+        raise BadInput(f"{what} is above the {max_pixels / 1e6:.0f} MP limit (POSEGRAPH_MAX_PIXELS)") from None
     except (UnidentifiedImageError, OSError, ValueError):
         raise BadInput(f"{what} is not a decodable image (expected JPEG or PNG bytes)") from None
     if fmt not in {"JPEG", "PNG", "BMP", "WEBP", "TIFF"}:

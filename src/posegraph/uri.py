@@ -54,7 +54,9 @@ def s3_client():
     style = os.environ.get("POSEGRAPH_S3_ADDRESSING_STYLE", "path" if endpoint else "auto")
     config = Config(s3={"addressing_style": style}, retries={"max_attempts": 5, "mode": "standard"},
                     connect_timeout=HTTP_TIMEOUT_S, read_timeout=HTTP_TIMEOUT_S)
-    return boto3.client("s3", endpoint_url=endpoint, config=config)
+    # A fresh session reads the current environment/config (boto3's default session caches
+    # credentials from the first call).
+    return boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
 
 
 def split_s3(uri: str) -> tuple[str, str]:

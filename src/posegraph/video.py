@@ -7,8 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import cv2
-import numpy as np
+import os
+
+# FFmpeg's own console messages ("moov atom not found") would interleave with ours: errors are
+# reported as one readable line instead.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
 from .errors import BadInput
 from .imageio import check_size
@@ -26,12 +32,40 @@ class VideoInfo:
     frame_count: int  # what the container claims; may be 0 or wrong for damaged files
 
 
+def sniff_container(path: Path) -> str | None:
+    """The video container by its magic bytes, or None. OpenCV's FFmpeg backend accepts almost
+    anything (a text file decodes as "tty" video), so we only hand it files that look like video."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if len(head) >= 12 and head[4:8] in {b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"}:
+        return "mp4/mov"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "matroska/webm"
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return "avi"
+    if head.startswith(b"FLV"):
+        return "flv"
+    if head.startswith(b"OggS"):
+        return "ogg"
+    if head.startswith(b"\x00\x00\x01\xba") or head.startswith(b"\x00\x00\x01\xb3"):
+        return "mpeg-ps"
+    if len(head) > 376 and head[0] == 0x47 and head[188] == 0x47 and head[376] == 0x47:
+        return "mpeg-ts"
+    if head[:4] in {b"\x30\x26\xb2\x75"}:
+        return "asf/wmv"
+    return None
+
+
 class VideoReader:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        if sniff_container(self.path) is None:
+            raise BadInput(f"{self.path.name} is neither an image nor a video OpenCV can read "
+                           "(expected JPEG/PNG, or MP4/MOV/MKV/WebM/AVI)")
         self.capture = cv2.VideoCapture(str(self.path))
         if not self.capture.isOpened():
-            raise BadInput(f"{self.path.name} is neither an image nor a video OpenCV can read")
+            raise BadInput(f"{self.path.name} looks like {sniff_container(self.path)} video but cannot be opened "
+                           "(truncated or corrupt?)")
         width = int(self.capture.get(cv2.CAP_PROP_FRAME_WIDTH))
         height = int(self.capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
         fps = float(self.capture.get(cv2.CAP_PROP_FPS)) or 0.0

@@ -15,6 +15,8 @@ from typing import Any
 from .errors import UsageError
 
 ZOO_HOST = "https://download.openmmlab.com"
+# RTMDet's feature levels (mmdet ``MlvlPointGenerator`` strides), shared by the network and decoding.
+RTMDET_STRIDES = (8, 16, 32)
 _MMPOSE = f"{ZOO_HOST}/mmpose"
 
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..zoo import RTMDET_STRIDES as STRIDES
 from .common import conv_module_factory
 from .cspnext import CSPNeXt, CSPNeXtPAFPN
-
-STRIDES = (8, 16, 32)
 
 
 class RTMDetSepBNHead(nn.Module):

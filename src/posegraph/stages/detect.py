@@ -15,7 +15,7 @@ import numpy as np
 
 from ..frame import FrameDocument, Person
 from ..imageio import pixels_of
-from ..nets.rtmdet import STRIDES
+from ..zoo import RTMDET_STRIDES as STRIDES
 from .base import Stage, StageSettings
 
 

@@ -1,0 +1,22 @@
+# The two commands of the README. Everything they install is in this repository.
+VENV ?= .venv
+PYTEST_ARGS ?=
+
+.PHONY: demo test bootstrap-run bootstrap-test clean
+
+# Main job on the embedded default: a bundled photo and a clip made from it, end to end.
+demo: bootstrap-run
+	$(VENV)/bin/posegraph demo
+
+# The test suite (what CI runs through .ci/run).
+test: bootstrap-test
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+bootstrap-run:
+	@scripts/bootstrap.sh run
+
+bootstrap-test:
+	@scripts/bootstrap.sh test
+
+clean:
+	rm -rf posegraph-demo posegraph-out tests/artifacts .pytest_cache

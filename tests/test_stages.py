@@ -1,0 +1,278 @@
+"""Stage behaviour that needs no OpenMMLab reference: contracts, errors, batching, tracks, weights."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import struct
+import subprocess
+import sys
+import textwrap
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from posegraph.errors import BadInput, FetchError, MissingInput
+from posegraph.frame import FrameDocument, Person, TrackDocument, TrackFrame
+from posegraph.imageio import image_ref
+from posegraph.stages import DetectStage, Lift3dStage, Pose2dStage
+
+
+@pytest.fixture(scope="module")
+def stages(checkpoints):
+    return {
+        "detect": DetectStage({"model": "rtmdet-nano-person", "max_persons": 5}).load(
+            str(checkpoints / "rtmdet-nano-person.pth")),
+        "pose2d": Pose2dStage({"model": "rtmpose-t"}).load(str(checkpoints / "rtmpose-t.pth")),
+        "lift3d": Lift3dStage({"model": "videopose3d-243"}).load(str(checkpoints / "videopose3d-243.pth")),
+    }
+
+
+def chain(stages, docs):
+    for name in ("detect", "pose2d", "lift3d"):
+        docs = stages[name].run(docs)
+    return docs
+
+
+def test_each_stage_adds_only_its_own_fields(stages, astronaut):
+    doc = FrameDocument(image=image_ref(astronaut, "png"), client_tag="keep-me")
+    stages["detect"].run([doc])
+    assert doc.persons and all(p.keypoints2d is None and p.keypoints3d is None for p in doc.persons)
+    boxes = [p.bbox for p in doc.persons]
+    stages["pose2d"].run([doc])
+    assert [p.bbox for p in doc.persons] == boxes
+    assert all(len(p.keypoints2d) == 17 and p.keypoints3d is None for p in doc.persons)
+    k2 = [p.keypoints2d for p in doc.persons]
+    stages["lift3d"].run([doc])
+    assert [p.keypoints2d for p in doc.persons] == k2
+    for person in doc.persons:
+        k3 = np.asarray(person.keypoints3d)
+        assert k3.shape == (17, 3) and np.isfinite(k3).all()
+        assert np.allclose(k3[0], 0.0), "root-relative: the pelvis is the origin"
+    out = doc.to_json()
+    assert out["client_tag"] == "keep-me"
+    assert set(out["stages"]) == {"detect", "pose2d", "lift3d"}
+    assert out["width"] == 512 and out["height"] == 512
+
+
+def test_zero_persons_pass_through_pose2d_and_lift3d(stages, astronaut):
+    detect = DetectStage({"model": "rtmdet-nano-person", "score_threshold": 1.0}).load(
+        stages["detect"].runner.source)
+    doc = detect.run([FrameDocument.from_pixels(astronaut)])[0]
+    assert doc.persons == []
+    before = doc.to_json()
+    stages["pose2d"].run([doc])
+    stages["lift3d"].run([doc])
+    after = doc.to_json()
+    after_stages = after.pop("stages")
+    before.pop("stages")
+    assert after == before, "a document with nobody in it comes back unchanged"
+    assert {"pose2d", "lift3d"} <= set(after_stages)
+
+
+def test_stage_given_document_without_its_inputs_names_what_is_missing(stages, astronaut):
+    with pytest.raises(MissingInput, match="image"):
+        stages["detect"].run([FrameDocument(width=4, height=4)])
+    with pytest.raises(MissingInput, match="persons"):
+        stages["pose2d"].run([FrameDocument.from_pixels(astronaut)])
+    doc = FrameDocument(width=512, height=512, persons=[Person(bbox=[0, 0, 9, 9], score=1.0)])
+    with pytest.raises(MissingInput, match=r"persons\[0\]\.keypoints2d"):
+        stages["lift3d"].run([doc])
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width×height (no pixel data needed to read the size)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(
+        b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    "image,message",
+    [
+        ({"data": "not base64 at all!"}, "not valid base64"),
+        ({"data": base64.b64encode(b"hello, I am text").decode()}, "not a decodable image"),
+        ({"data": base64.b64encode(_png_header_only(30000, 30000)).decode()}, "above the"),
+        ({"uri": "file:///nonexistent/photo.jpg"}, "no such file"),
+    ],
+)
+def test_bad_images_are_rejected_with_a_message(stages, image, message):
+    with pytest.raises(BadInput, match=message):
+        stages["detect"].run([FrameDocument(image=image)])
+
+
+def test_truncated_jpeg_is_rejected(stages, astronaut):
+    data = cv2.imencode(".jpg", astronaut)[1].tobytes()
+    doc = FrameDocument(image={"data": base64.b64encode(data[: len(data) // 3]).decode()})
+    with pytest.raises(BadInput):
+        stages["detect"].run([doc])
+
+
+def test_declared_size_must_match_the_pixels(stages, astronaut):
+    doc = FrameDocument(image=image_ref(astronaut, "png"), width=100, height=100)
+    with pytest.raises(BadInput, match="100×100"):
+        stages["detect"].run([doc])
+
+
+def test_image_by_uri_equals_inline_image(stages, astronaut, tmp_path):
+    path = tmp_path / "a.png"
+    cv2.imwrite(str(path), astronaut)
+    by_uri = stages["detect"].run([FrameDocument(image={"uri": path.as_uri()})])[0]
+    inline = stages["detect"].run([FrameDocument(image=image_ref(astronaut, "png"))])[0]
+    assert [p.bbox for p in by_uri.persons] == [p.bbox for p in inline.persons]
+
+
+def test_a_batch_gives_what_each_document_gives_alone(stages, astronaut, clip_frames):
+    images = [astronaut, clip_frames[2], clip_frames[9]]
+    batch = chain(stages, [FrameDocument.from_pixels(im) for im in images])
+    for im, together in zip(images, batch):
+        alone = chain(stages, [FrameDocument.from_pixels(im)])[0]
+        assert len(alone.persons) == len(together.persons)
+        for a, b in zip(alone.persons, together.persons):
+            assert np.abs(np.subtract(a.bbox, b.bbox)).max() < 1e-2
+            assert np.abs(np.subtract(a.keypoints3d, b.keypoints3d)).max() < 1e-3
+
+
+def _track(frames: int, seed: int = 0) -> TrackDocument:
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(100, 400, (17, 2))
+    kps = base + np.cumsum(rng.normal(0, 2, (frames, 17, 2)), 0)
+    return TrackDocument(track_id=1, width=640, height=480, frames=[
+        TrackFrame(frame_index=i, bbox=[*(k.min(0) - 5), *(k.max(0) + 5)], keypoints2d=np.c_[k, np.ones(17)].tolist())
+        for i, k in enumerate(kps)
+    ])
+
+
+def test_track_lifting_equals_lifting_each_window(stages, checkpoints):
+    """One pass of the dilated network over a track == the strided network on each frame's
+    243-frame window with replicated edges (VideoPose3D's two layouts)."""
+    import torch
+
+    from posegraph.checkpoints import load_state_dict
+    from posegraph.engine import build_torch_module
+    from posegraph.zoo import get_model
+
+    track = _track(9)
+    lift = stages["lift3d"]
+    seq = lift.normalise(np.asarray([f.keypoints2d for f in track.frames]),
+                         np.asarray([f.bbox for f in track.frames]), track.width, track.height)
+    lift.run([track])
+    strided = build_torch_module(get_model("videopose3d-243"),
+                                 load_state_dict(str(checkpoints / "videopose3d-243.pth")).state_dict)
+    for t, frame in enumerate(track.frames):
+        idx = np.clip(np.arange(t - 121, t + 122), 0, len(seq) - 1)
+        with torch.no_grad():
+            raw = strided(torch.from_numpy(seq[idx][None]))[0, 0].numpy()
+        assert np.abs(np.asarray(frame.keypoints3d) - (raw - raw[:1])).max() < 1e-4
+
+
+@pytest.mark.parametrize("model,frames", [("videopose3d-243", 300), ("motionbert", 250)])
+def test_long_tracks_are_lifted_whole(checkpoints, model, frames):
+    stage = Lift3dStage({"model": model}).load(str(checkpoints / f"{model}.pth"))
+    track = stage.run([_track(frames, seed=2)])[0]
+    k3 = np.asarray([f.keypoints3d for f in track.frames])
+    assert k3.shape == (frames, 17, 3) and np.isfinite(k3).all()
+    assert np.allclose(k3[:, 0], 0.0)
+    # Not a constant: consecutive frames differ (each frame got its own output).
+    assert np.abs(np.diff(k3, axis=0)).max() > 0
+
+
+def test_random_weights_are_announced_once_and_marked_on_documents(checkpoints, astronaut, capsys, caplog):
+    from posegraph import checkpoints as ck
+
+    ck._warned.discard("rtmpose-s")
+    stage = Pose2dStage({"model": "rtmpose-s"}).load(str(checkpoints / "rtmpose-s.pth"))
+    Pose2dStage({"model": "rtmpose-s"}).load(str(checkpoints / "rtmpose-s.pth"))
+    said = capsys.readouterr().err + caplog.text
+    assert said.count("RANDOM WEIGHTS: rtmpose-s") == 1
+    doc = FrameDocument.from_pixels(astronaut, persons=[Person(bbox=[100, 50, 400, 500], score=1)])
+    stage.run([doc])
+    assert doc.to_json()["stages"]["pose2d"]["random_weights"] is True
+
+
+def test_wrong_model_for_a_stage_is_refused():
+    with pytest.raises(Exception, match="not a detect model"):
+        DetectStage({"model": "rtmpose-m"})
+
+
+def test_checkpoint_that_does_not_fit_the_model_is_refused(checkpoints):
+    from posegraph.errors import PosegraphError
+
+    with pytest.raises(PosegraphError, match="does not fit rtmpose-m"):
+        Pose2dStage({"model": "rtmpose-m"}).load(str(checkpoints / "rtmpose-t.pth"), backend="torch")
+
+
+# ---- checkpoints from URIs: file://, s3:// (a real S3 server), http(s):// (a real HTTP server) ----
+
+def _detect_boxes(uri, image):
+    stage = DetectStage({"model": "rtmdet-nano-person"}).load(uri)
+    return [p.bbox for p in stage.run([FrameDocument.from_pixels(image)])[0].persons]
+
+
+def test_checkpoint_from_file_s3_and_http_uris(checkpoints, astronaut, s3_env, tmp_path):
+    from services import http_file_server
+
+    local = checkpoints / "rtmdet-nano-person.pth"
+    expected = _detect_boxes(str(local), astronaut)
+    assert _detect_boxes(local.as_uri(), astronaut) == expected
+
+    s3_env.create_bucket("models")
+    s3_env.client().upload_file(str(local), "models", "zoo/rtmdet-nano-person.pth")
+    assert _detect_boxes("s3://models/zoo/rtmdet-nano-person.pth", astronaut) == expected
+
+    served = tmp_path / "www"
+    served.mkdir()
+    shutil.copy(local, served / "det.pth")
+    with http_file_server(served) as base:
+        assert _detect_boxes(f"{base}/det.pth", astronaut) == expected
+
+
+def test_unreadable_checkpoint_uris_fail_clearly(s3_env, checkpoints, monkeypatch):
+    from services import http_file_server
+
+    s3_env.create_bucket("private")
+    s3_env.client().upload_file(str(checkpoints / "rtmdet-nano-person.pth"), "private", "det.pth")
+    with pytest.raises(FetchError, match="NoSuchKey|Not Found|404"):
+        DetectStage().load("s3://private/missing/nothing.pth")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+    with pytest.raises(FetchError, match="SignatureDoesNotMatch|AccessDenied|InvalidAccessKeyId|Forbidden|403"):
+        DetectStage().load("s3://private/det.pth")
+    with http_file_server(Path("/nonexistent-dir-for-404")) as base:
+        with pytest.raises(FetchError, match="404"):
+            DetectStage().load(f"{base}/none.pth")
+
+
+def test_onnx_models_serve_without_torch_or_openmmlab(checkpoints, astronaut, tmp_path):
+    """An exported .onnx (what model archives carry) runs with torch and mm* unimportable."""
+    from posegraph.engine import load_runner
+    from posegraph.zoo import get_model
+
+    load_runner(get_model("rtmdet-nano-person"), str(checkpoints / "rtmdet-nano-person.pth"))
+    from posegraph.uri import cache_dir
+
+    exported = sorted(cache_dir("onnx").glob("rtmdet-nano-person-*.onnx"))[0]
+    onnx_path = tmp_path / "detect.onnx"
+    shutil.copy(exported, onnx_path)
+    image_path = tmp_path / "a.png"
+    cv2.imwrite(str(image_path), astronaut)
+    script = textwrap.dedent(f"""
+        import importlib.abc, sys
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name.split('.')[0] in {{'torch', 'mmcv', 'mmdet', 'mmpose', 'mmengine'}}:
+                    raise ImportError('blocked: ' + name)
+        sys.meta_path.insert(0, Block())
+        from posegraph.stages import DetectStage
+        from posegraph.frame import FrameDocument
+        doc = FrameDocument(image={{'uri': {image_path.as_uri()!r}}})
+        stage = DetectStage({{'model': 'rtmdet-nano-person'}}).load({str(onnx_path)!r})
+        print(len(stage.run([doc])[0].persons))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.strip()) == len(_detect_boxes(str(checkpoints / "rtmdet-nano-person.pth"), astronaut))
