@@ -49,21 +49,26 @@ class Stage:
         if not uri:
             raise PosegraphError(f"{self.name}: no checkpoint given for {self.spec.name}")
         self.runner = load_runner(self.spec, uri, device=device, backend=backend, threads=threads)
+        self._load_extra(uri, device=device, backend=backend, threads=threads)
         if self.runner.random_init:
             warn_random_weights(self.spec.name, uri)
         return self
+
+    def _load_extra(self, uri: str, **kwargs) -> None:
+        """Hook for stages that run a second layout of the same weights."""
 
     @property
     def random_weights(self) -> bool:
         return bool(self.runner and self.runner.random_init)
 
-    def _run_network(self, *inputs: np.ndarray) -> list[np.ndarray]:
+    def _run_network(self, *inputs: np.ndarray, runner: Runner | None = None) -> list[np.ndarray]:
         """Call the network in chunks of ``batch_size`` along the first axis and concatenate."""
-        if self.runner is None:
+        runner = runner or self.runner
+        if runner is None:
             raise PosegraphError(f"{self.name}: call load() before running the stage")
         n = inputs[0].shape[0]
         step = max(1, self.settings.batch_size)
-        chunks = [self.runner(*(x[i : i + step] for x in inputs)) for i in range(0, n, step)]
+        chunks = [runner(*(x[i : i + step] for x in inputs)) for i in range(0, n, step)]
         return [np.concatenate(parts, axis=0) for parts in zip(*chunks)]
 
     # -- the three steps ---------------------------------------------------------------------------

@@ -43,6 +43,10 @@ class Lift3dStage(Stage):
     name = "lift3d"
     Settings = Lift3dSettings
 
+    # VideoPose3D: tracks up to this many frames are lifted window by window (strided layout),
+    # longer ones in one pass (dilated). Measured crossover ~7 frames (docs/models.md).
+    WINDOWED_MAX_FRAMES = 8
+
     def __init__(self, settings=None) -> None:
         super().__init__(settings)
         p = self.spec.params
@@ -50,6 +54,24 @@ class Lift3dStage(Stage):
         self.flip_indices = np.asarray(p["flip_indices"])
         flip = self.settings.flip_test
         self.flip_test = p.get("flip_test", False) if flip is None else flip
+        self.window_runner = None
+
+    def _load_extra(self, uri: str, **kwargs) -> None:
+        if self.spec.family != "videopose3d":
+            return
+        from ..engine import load_runner
+
+        if uri.endswith(".onnx"):
+            # An archive may carry the window layout beside the sequence one; without it,
+            # every track uses the sequence layout (same numbers, slower for single frames).
+            window = uri[: -len(".onnx")] + ".window.onnx"
+            from ..uri import local_path
+
+            path = local_path(window)
+            if path is None or not path.is_file():
+                return
+            uri = window
+        self.window_runner = load_runner(self.spec, uri, variant="window", **kwargs)
 
     # -- preprocessing ---------------------------------------------------------------------------
     def normalise(self, keypoints2d: np.ndarray, boxes: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -98,17 +120,27 @@ class Lift3dStage(Stage):
         return self._infer_motionbert(batch.sequences)
 
     def _infer_tcn(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
-        """Each output frame t sees frames t-121 … t+121 of its sequence, edges replicated.
-        Sequences are padded on the right to a common length so they share one batch; the
-        extra frames lie outside every real frame's receptive field."""
+        """Each output frame t sees frames t-121 … t+121 of its sequence, edges replicated (mmpose's
+        padding). Short sequences (single frames above all) go window by window through the strided
+        layout, all in one batch; each long one goes through the dilated layout in one pass."""
         half = (self.seq_len - 1) // 2
-        longest = max(len(s) for s in sequences)
-        padded = np.stack([
-            np.concatenate([np.repeat(s[:1], half, 0), s, np.repeat(s[-1:], half + longest - len(s), 0)])
-            for s in sequences
-        ])
-        (out,) = self._run_network(padded)  # (B, longest, 17, 3)
-        return [out[i, : len(s)] for i, s in enumerate(sequences)]
+        outputs: list[np.ndarray | None] = [None] * len(sequences)
+        windows, owners = [], []
+        for i, seq in enumerate(sequences):
+            padded = np.concatenate([np.repeat(seq[:1], half, 0), seq, np.repeat(seq[-1:], half, 0)])
+            if self.window_runner is not None and len(seq) <= self.WINDOWED_MAX_FRAMES:
+                windows.extend(padded[t : t + self.seq_len] for t in range(len(seq)))
+                owners.append((i, len(seq)))
+            else:
+                (out,) = self._run_network(padded[None])
+                outputs[i] = out[0]
+        if windows:
+            (out,) = self._run_network(np.stack(windows), runner=self.window_runner)  # (W, 1, 17, 3)
+            start = 0
+            for i, n in owners:
+                outputs[i] = out[start : start + n, 0]
+                start += n
+        return outputs
 
     def _motionbert_pass(self, clips: np.ndarray) -> np.ndarray:
         """clips: (B, T, 17, 2) → (B, T, 17, 3), with flip averaging when enabled."""
