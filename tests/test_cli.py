@@ -89,6 +89,20 @@ def test_run_on_clip_tracks_and_lifts_whole_tracks(checkpoints, clip_path, tmp_p
     shutil.copy(out / "pose3d.png", artifacts / "run-clip-pose3d.png")
 
 
+def test_run_reads_a_video_from_s3(checkpoints, clip_path, tmp_path, s3):
+    s3.create_bucket("videos")
+    s3.client().upload_file(str(clip_path), "videos", "in/clip.mp4")
+    out = tmp_path / "from-s3"
+    result = posegraph("run", "s3://videos/in/clip.mp4", "--out", out, "--checkpoints", checkpoints,
+                       "--max-frames", "3", "--quiet", env=s3.env())
+    assert result.returncode == 0, result.stderr
+    docs = read_docs(out / "frames.jsonl")
+    assert len(docs) == 3 and docs[0]["image"]["uri"] == "s3://videos/in/clip.mp4"
+    missing = posegraph("run", "s3://videos/in/nothing.mp4", "--checkpoints", checkpoints, "--out", out,
+                        env=s3.env())
+    one_line_error(missing, "s3://videos/in/nothing.mp4")
+
+
 def test_stride_and_max_frames(checkpoints, clip_path, tmp_path):
     out = tmp_path / "strided"
     result = posegraph("run", clip_path, "--out", out, "--checkpoints", checkpoints, "--stride", "3",

@@ -248,6 +248,21 @@ def test_checkpoint_from_file_s3_and_http_uris(checkpoints, astronaut, s3_env, t
         assert _detect_boxes(f"{base}/det.pth", astronaut) == expected
 
 
+def test_checkpoint_over_https_with_a_trusted_and_an_untrusted_certificate(checkpoints, astronaut, tmp_path,
+                                                                           monkeypatch):
+    from services import https_file_server
+
+    served = tmp_path / "www"
+    served.mkdir()
+    shutil.copy(checkpoints / "rtmdet-nano-person.pth", served / "det.pth")
+    expected = _detect_boxes(str(checkpoints / "rtmdet-nano-person.pth"), astronaut)
+    with https_file_server(served, tmp_path / "tls") as (base, ca_file):
+        with pytest.raises(FetchError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+            DetectStage().load(f"{base}/det.pth")
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+        assert _detect_boxes(f"{base}/det.pth", astronaut) == expected
+
+
 def test_unreadable_checkpoint_uris_fail_clearly(s3_env, checkpoints, monkeypatch):
     from services import http_file_server
 

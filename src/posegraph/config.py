@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import UsageError
 from .stages import DetectSettings, Lift3dSettings, Pose2dSettings
+
+
+class TrackingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["iou", "oks"] = "iou"  # match boxes (IoU) or keypoints (OKS) to the previous frames
+    threshold: float = 0.3  # a match needs similarity above this
+    max_gap: int = 2  # frames a person may be missed before their track ends
 
 
 class Profile(BaseModel):
@@ -22,6 +30,7 @@ class Profile(BaseModel):
     detect: DetectSettings = DetectSettings()
     pose2d: Pose2dSettings = Pose2dSettings()
     lift3d: Lift3dSettings = Lift3dSettings()
+    tracking: TrackingSettings = TrackingSettings()
 
     def stage_settings(self, stage: str):
         return getattr(self, stage)

@@ -68,7 +68,8 @@ class Pipeline:
     ) -> list[FrameDocument]:
         """Every ``stride``-th frame through detect and pose2d (``batch_frames`` at a time), persons
         tracked across frames, then each whole track lifted to 3D in one lift3d call."""
-        tracker = Tracker()
+        t = self.profile.tracking
+        tracker = Tracker(threshold=t.threshold, use_oks=t.method == "oks", max_gap=t.max_gap)
         docs: list[FrameDocument] = []
         pending: list[FrameDocument] = []
 

@@ -43,23 +43,28 @@ def oks_matrix(kp_a: np.ndarray, kp_b: np.ndarray, area_b: np.ndarray) -> np.nda
 @dataclass
 class _Track:
     track_id: int
-    last_frame: int
+    last_step: int
     bbox: np.ndarray
     keypoints: np.ndarray | None
 
 
 @dataclass
 class Tracker:
+    """Call :meth:`update` once per processed frame, in order. Gaps count processed frames, so
+    ``--stride`` does not change how long a track may miss its person."""
+
     threshold: float = 0.3
     use_oks: bool = False
     max_gap: int = 2
     next_id: int = 0
+    step: int = 0
     live: list[_Track] = field(default_factory=list)
 
     def update(self, doc: FrameDocument) -> None:
         """Give every person in ``doc`` a ``track_id`` (new or continued)."""
-        frame = doc.frame_index or 0
-        self.live = [t for t in self.live if frame - t.last_frame <= self.max_gap + 1]
+        self.step += 1
+        step = self.step
+        self.live = [t for t in self.live if step - t.last_step <= self.max_gap + 1]
         persons = doc.persons or []
         boxes = np.asarray([p.bbox for p in persons], np.float64).reshape(-1, 4)
         if self.use_oks and persons and all(p.keypoints2d for p in persons) and self.live:
@@ -83,10 +88,10 @@ class Tracker:
         for i, person in enumerate(persons):
             track = assigned.get(i)
             if track is None:
-                track = _Track(self.next_id, frame, boxes[i], None)
+                track = _Track(self.next_id, step, boxes[i], None)
                 self.next_id += 1
                 self.live.append(track)
-            track.last_frame, track.bbox = frame, boxes[i]
+            track.last_step, track.bbox = step, boxes[i]
             track.keypoints = np.asarray(person.keypoints2d) if person.keypoints2d else None
             person.track_id = track.track_id
 
