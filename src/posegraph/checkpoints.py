@@ -122,6 +122,7 @@ def _calibration_batch(spec: ModelSpec, generator):
     if spec.family in {"rtmdet", "rtmpose"}:
         import cv2
 
+        from .imageio import network_input
         from .samples import astronaut_bgr
 
         img = astronaut_bgr()
@@ -136,12 +137,7 @@ def _calibration_batch(spec: ModelSpec, generator):
             crop = img[y0 : y0 + 352, x0 : x0 + 352]
             if i % 2:
                 crop = crop[:, ::-1]
-            chw = cv2.resize(crop, (w, h)).transpose(2, 0, 1).astype("float32")
-            if p["to_rgb"]:
-                chw = chw[::-1]
-            mean = torch.tensor(p["mean"]).view(3, 1, 1)
-            std = torch.tensor(p["std"]).view(3, 1, 1)
-            views.append((torch.from_numpy(chw.copy()) - mean) / std)
+            views.append(torch.from_numpy(network_input(cv2.resize(crop, (w, h)), p).copy()))
         return torch.stack(views)
     if spec.family == "videopose3d":
         # Smooth random 2D trajectories in the codec's normalised range.

@@ -97,3 +97,14 @@ def encode_image(pixels: np.ndarray, fmt: str = "jpeg", quality: int = 92) -> by
 
 def image_ref(pixels: np.ndarray, fmt: str = "jpeg") -> ImageRef:
     return ImageRef(data=base64.b64encode(encode_image(pixels, fmt)).decode("ascii"), format=fmt)
+
+
+def network_input(pixels: np.ndarray, params: dict) -> np.ndarray:
+    """BGR uint8 (H, W, 3) → normalised float32 (3, H, W), channel order and statistics from a
+    model's params (mmcv's data preprocessor: optional BGR→RGB, then (x - mean) / std)."""
+    chw = pixels.transpose(2, 0, 1).astype(np.float32)
+    if params["to_rgb"]:
+        chw = chw[::-1]
+    mean = np.asarray(params["mean"], np.float32).reshape(3, 1, 1)
+    std = np.asarray(params["std"], np.float32).reshape(3, 1, 1)
+    return (chw - mean) / std

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from ..frame import FrameDocument, Person
-from ..imageio import pixels_of
+from ..imageio import network_input, pixels_of
 from ..zoo import RTMDET_STRIDES as STRIDES
 from .base import Stage, StageSettings
 
@@ -70,8 +70,6 @@ class DetectStage(Stage):
         super().__init__(settings)
         p = self.spec.params
         self.size = int(p["input_size"])
-        self.mean = np.asarray(p["mean"], np.float32).reshape(3, 1, 1)
-        self.std = np.asarray(p["std"], np.float32).reshape(3, 1, 1)
         self.priors = grid_priors(self.size)
 
     def preprocess(self, docs: Sequence[FrameDocument]) -> DetectBatch:
@@ -86,10 +84,7 @@ class DetectStage(Stage):
             resized = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
             padded = np.full((s, s, 3), self.spec.params["pad_value"], np.uint8)
             padded[:new_h, :new_w] = resized
-            chw = padded.transpose(2, 0, 1).astype(np.float32)
-            if self.spec.params["to_rgb"]:
-                chw = chw[::-1]
-            images[i] = (chw - self.mean) / self.std
+            images[i] = network_input(padded, self.spec.params)
             factors.append((new_w / w, new_h / h))
         return DetectBatch(images, factors)
 

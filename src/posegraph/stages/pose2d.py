@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import MissingInput
 from ..frame import FrameDocument
-from ..imageio import pixels_of
+from ..imageio import network_input, pixels_of
 from .base import Stage, StageSettings
 
 
@@ -76,8 +76,6 @@ class Pose2dStage(Stage):
         super().__init__(settings)
         p = self.spec.params
         self.input_size = tuple(p["input_size"])  # (w, h)
-        self.mean = np.asarray(p["mean"], np.float32).reshape(3, 1, 1)
-        self.std = np.asarray(p["std"], np.float32).reshape(3, 1, 1)
         self.flip_indices = np.asarray(p["flip_indices"])
 
     def preprocess(self, docs: Sequence[FrameDocument]) -> Pose2dBatch:
@@ -92,10 +90,7 @@ class Pose2dStage(Stage):
             for p, person in enumerate(doc.persons):
                 center, scale = box_to_center_scale(np.asarray(person.bbox), self.spec.params["bbox_padding"], w / h)
                 crop = cv2.warpAffine(img, warp_matrix(center, scale, (w, h)), (w, h), flags=cv2.INTER_LINEAR)
-                chw = crop.transpose(2, 0, 1).astype(np.float32)
-                if self.spec.params["to_rgb"]:
-                    chw = chw[::-1]
-                crops.append((chw - self.mean) / self.std)
+                crops.append(network_input(crop, self.spec.params))
                 centers.append(center)
                 scales.append(scale)
                 owners.append((d, p))
