@@ -55,6 +55,7 @@ def test_kserve_v1_envelope_carries_documents():
         ({"persons": [{"bbox": [1, 2, 3], "score": 1}]}, "persons.0.bbox"),
         ({"persons": [{"bbox": [1, 2, 3, 4], "score": 1, "keypoints2d": kp(16)}]}, "17 points"),
         ({"persons": [{"bbox": [1, 2, 3, float("nan")], "score": 1}]}, "finite"),
+        ({"persons": [{"bbox": [5, 2, 5, 9], "score": 1}]}, "x2 > x1"),
         ({"image": {}}, "exactly one of 'data'"),
         ({"image": {"data": "AAAA", "uri": "s3://b/k"}}, "exactly one of 'data'"),
         ({"width": 0, "height": 5}, "width"),

@@ -37,6 +37,8 @@ H36M17 = (
 def _check_bbox(value: list[float]) -> list[float]:
     if len(value) != 4 or not np.isfinite(np.asarray(value, dtype=np.float64)).all():
         raise ValueError("bbox must be 4 finite numbers: x1, y1, x2, y2")
+    if not (value[2] > value[0] and value[3] > value[1]):
+        raise ValueError("bbox must have x2 > x1 and y2 > y1")
     return value
 
 

@@ -65,7 +65,7 @@ def plot_3d(poses: list[tuple[str, np.ndarray]], path: Path, *, title: str = "",
     n = max(1, len(poses))
     cols = min(n, 4)
     rows = (n + cols - 1) // cols
-    fig = plt.figure(figsize=(3.6 * cols, 3.8 * rows + 0.4), dpi=110)
+    fig = plt.figure(figsize=(max(6.5, 3.6 * cols), 3.8 * rows + 0.6), dpi=110)
     for i, (label, k3) in enumerate(poses):
         ax = fig.add_subplot(rows, cols, i + 1, projection="3d")
         p = _display_axes(np.asarray(k3, np.float64))
@@ -89,7 +89,7 @@ def plot_3d(poses: list[tuple[str, np.ndarray]], path: Path, *, title: str = "",
         ax.text(0.5, 0.5, "no person found", ha="center", va="center")
         ax.axis("off")
     heading = title + ("  —  RANDOM WEIGHTS: noise, not a result" if random_weights else "")
-    fig.suptitle(heading, fontsize=10, color="darkred" if random_weights else "black")
+    fig.suptitle(heading, fontsize=10, color="darkred" if random_weights else "black", wrap=True)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

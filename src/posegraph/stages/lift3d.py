@@ -157,8 +157,8 @@ class Lift3dStage(Stage):
         return out
 
     def _infer_motionbert(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
-        """MotionBERT maps a clip of ≤ 243 frames to 243 outputs; longer tracks go in clips.
-        Clips of equal length share a batch (single frames are all length 1)."""
+        """MotionBERT maps a clip of T ≤ 243 frames to T outputs; longer tracks go in 243-frame
+        clips. Clips of equal length share a batch (single frames are all length 1)."""
         pieces: dict[int, list[tuple[int, int, np.ndarray]]] = {}
         for i, seq in enumerate(sequences):
             for start in range(0, len(seq), self.seq_len):
