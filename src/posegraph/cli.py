@@ -6,7 +6,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 from . import __version__
@@ -59,6 +61,29 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("dir", nargs="?", type=Path, default=None, help="where to write <model>.pth")
     init.add_argument("--model", action="append", default=[], help="a model name (repeatable; default: all)")
     init.add_argument("--seed", type=int, default=0)
+
+    archive = msub.add_parser("archive", help="build a stage's model archive in KServe's TorchServe layout")
+    archive.add_argument("--stage", required=True, choices=["detect", "pose2d", "lift3d"])
+    archive.add_argument("--checkpoint", default=None,
+                         help="weights URI (.pth or .onnx); default: <checkpoint dir>/<model>.pth")
+    archive.add_argument("--out", type=Path, required=True, help="layout directory (config/ + model-store/)")
+    archive.add_argument("--model-name", default=None,
+                         help="served model name; KServe graphs call it by its InferenceService's name "
+                              "(default: the stage name)")
+    archive.add_argument("--batch-size", type=int, default=8, help="TorchServe server-side batch size")
+    archive.add_argument("--max-batch-delay", type=int, default=20, help="milliseconds to wait to fill a batch")
+    archive.add_argument("--workers", type=int, default=1)
+    _profile_args(archive)
+    push = msub.add_parser("push", help="upload an archive layout to s3://bucket/prefix/")
+    push.add_argument("dir", type=Path)
+    push.add_argument("target", help="s3://bucket/prefix/<stage>/")
+
+    serve = sub.add_parser("serve", help="serve one stage archive on 127.0.0.1 (KServe v1 protocol)")
+    serve.add_argument("stage", choices=["detect", "pose2d", "lift3d"])
+    serve.add_argument("--runtime", choices=["torchserve", "kserve"], default="torchserve")
+    serve.add_argument("--model-dir", type=Path, required=True, help="archive layout (from `models archive`)")
+    serve.add_argument("--port", type=int, default=None, help="HTTP port (default: a free one)")
+    serve.add_argument("--metrics-port", type=int, default=None, help="TorchServe metrics port")
 
     schema = sub.add_parser("schema", help="write the frame/track document JSON Schemas")
     schema.add_argument("--out", type=Path, default=Path("docs/schemas"))
@@ -118,12 +143,57 @@ def cmd_models(args) -> int:
             path = fetch_official(spec, directory)
             print(f"{spec.name}: {path}")
         return 0
+    if args.models_command == "archive":
+        return cmd_archive(args)
+    if args.models_command == "push":
+        from .serving.archive import push
+
+        for uri in push(args.dir, args.target):
+            print(uri)
+        return 0
     directory = args.dir or default_checkpoint_dir()
     specs = [get_model(name) for name in args.model] if args.model else list(MODELS.values())
     for spec in specs:
         path = write_random(spec, checkpoint_path(directory, spec.name), seed=args.seed)
         print(f"{spec.name}: {path} (RANDOM weights)")
     return 0
+
+
+def cmd_archive(args) -> int:
+    from .checkpoints import resolve_checkpoint
+    from .config import load_profile
+    from .serving.archive import ArchiveOptions, build_archive
+
+    profile = load_profile(args.profile, args.overrides)
+    settings = profile.stage_settings(args.stage)
+    checkpoint = resolve_checkpoint(settings.model, args.checkpoint or settings.checkpoint, args.checkpoints)
+    options = ArchiveOptions(model_name=args.model_name, batch_size=args.batch_size,
+                             max_batch_delay_ms=args.max_batch_delay, workers=args.workers)
+    mar = build_archive(args.stage, checkpoint, args.out, settings=settings, options=options)
+    print(f"{args.stage}: {mar} ({mar.stat().st_size / 1e6:.1f} MB), config {args.out / 'config' / 'config.properties'}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .serving.local import start_stage_server
+
+    # SIGTERM (systemd, timeout, kubectl) must stop the child server too, not orphan it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    server = start_stage_server(args.stage, args.model_dir, runtime=args.runtime, port=args.port,
+                                metrics_port=args.metrics_port)
+    try:
+        server.wait_ready()
+        print(f"{args.stage} ({args.runtime}) ready: POST {server.predict_url}")
+        print(f"metrics: {server.metrics_url}   log: {server.log_path}   Ctrl-C stops it", flush=True)
+        while server.process.poll() is None:
+            time.sleep(0.5)
+        print(f"posegraph: error: the {args.runtime} server exited with {server.process.returncode}; "
+              f"see {server.log_path}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        server.stop()
 
 
 def cmd_schema(args) -> int:
@@ -147,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="posegraph: %(levelname)s: %(message)s")
-    handlers = {"run": cmd_run, "models": cmd_models, "schema": cmd_schema, "demo": cmd_demo}
+    handlers = {"run": cmd_run, "models": cmd_models, "schema": cmd_schema, "demo": cmd_demo, "serve": cmd_serve}
     try:
         return handlers[args.command](args)
     except PosegraphError as exc:

@@ -97,7 +97,8 @@ class OrtRunner(Runner):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise UsageError("device cuda asked for onnxruntime, but this onnxruntime has no CUDA provider; "
                                  "install onnxruntime-gpu or use backend: torch")
-            providers.insert(0, "CUDAExecutionProvider")
+            device_id = int(device.split(":", 1)[1]) if ":" in device else 0
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device_id}))
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
         meta = self.session.get_modelmeta().custom_metadata_map
@@ -203,7 +204,6 @@ def load_runner(
             raise UsageError(f"{uri} is an ONNX model: use backend onnxruntime")
         return OrtRunner(fetch_to_cache(uri), device=device, threads=threads, random_init=False, source=uri)
 
-    ckpt = load_state_dict(uri)
     if backend == "auto":
         backend = "onnxruntime"
         if device.startswith("cuda"):
@@ -211,17 +211,25 @@ def load_runner(
 
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 backend = "torch"
-    overrides = export_spec(spec, variant).arch_overrides
     if backend == "torch":
-        module = build_torch_module(spec, ckpt.state_dict, **overrides)
+        ckpt = load_state_dict(uri)
+        module = build_torch_module(spec, ckpt.state_dict, **export_spec(spec, variant).arch_overrides)
         return TorchRunner(module, device=device, random_init=ckpt.random_init, source=uri, threads=threads)
+    onnx_path, random_init = exported_onnx(spec, uri, variant=variant, on_export=on_export)
+    return OrtRunner(onnx_path, device=device, threads=threads, random_init=random_init, source=uri)
 
+
+def exported_onnx(spec: ModelSpec, checkpoint_uri: str, *, variant: str | None = None,
+                  on_export: Callable[[str], None] | None = None) -> tuple[Path, bool]:
+    """The ONNX export of a ``.pth`` checkpoint (cached by content hash) and whether its weights
+    are random."""
+    ckpt = load_state_dict(str(checkpoint_uri))
     digest = file_sha256(ckpt.local_path)[:20]
     suffix = f"-{variant}" if variant else ""
     onnx_path = cache_dir("onnx") / f"{spec.name}{suffix}-{digest}-v{EXPORT_VERSION}.onnx"
     if not onnx_path.is_file():
         if on_export:
             on_export(spec.name)
-        module = build_torch_module(spec, ckpt.state_dict, **overrides)
+        module = build_torch_module(spec, ckpt.state_dict, **export_spec(spec, variant).arch_overrides)
         export_onnx(module, spec, onnx_path, random_init=ckpt.random_init, variant=variant)
-    return OrtRunner(onnx_path, device=device, threads=threads, random_init=ckpt.random_init, source=uri)
+    return onnx_path, ckpt.random_init

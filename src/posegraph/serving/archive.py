@@ -1,0 +1,300 @@
+"""Model archives: one stage as a TorchServe ``.mar`` in KServe's TorchServe storage layout.
+
+    DIR/config/config.properties      TorchServe configuration (what KServe's runtime passes as --ts-config)
+    DIR/model-store/<name>.mar        the archive:
+        <stage>.onnx                  the exported network (+ <stage>.window.onnx for VideoPose3D)
+        stage.yaml                    which stage, its settings, provenance
+        posegraph_handler.py          a 1-line TorchServe handler: posegraph.serving.torchserve_handler
+        model-config.yaml             batching and workers for TorchServe
+    DIR/config/metrics.yaml           TorchServe metric declarations (its own we keep + ours)
+
+Why ONNX in the archive (measured, docs/serving.md): the serving image then needs neither
+mmcv/mmdet/mmpose nor, for the KServe runtime, PyTorch; a ``.pth`` would make every replica
+export on start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .. import __version__
+from ..errors import PosegraphError, UsageError
+from ..stages import STAGES, StageSettings
+
+ARCHIVE_FORMAT = "posegraph/archive/v1"
+HANDLER_SOURCE = '''"""TorchServe entry point of a posegraph stage archive: all logic lives in the posegraph package."""
+from posegraph.serving.torchserve_handler import handle  # noqa: F401
+'''
+
+
+@dataclass
+class ArchiveOptions:
+    """How TorchServe should run the stage (written into model-config.yaml and config.properties)."""
+
+    model_name: str | None = None  # served name; KServe's graph calls /v1/models/<ISVC name>:predict
+    batch_size: int = 8  # requests TorchServe may hand the handler at once
+    max_batch_delay_ms: int = 20  # how long TorchServe waits to fill a batch
+    workers: int = 1
+    response_timeout_s: int = 120
+    max_request_mb: int = 32
+
+
+def _yaml(path: Path, data: Any) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def metrics_declarations() -> dict[str, Any]:
+    """The metrics TorchServe exposes in prometheus mode: its own frontend metrics we want on
+    dashboards, and posegraph's model metrics (TorchServe shows only declared ones)."""
+    ts_counter = ["Requests2XX", "Requests4XX", "Requests5XX"]
+    ts_inference = ["ts_inference_requests_total", "ts_inference_latency_microseconds",
+                    "ts_queue_latency_microseconds"]
+    return {
+        "dimensions": ["ModelName", "Level", "Hostname"],
+        "ts_metrics": {
+            "counter": [{"name": n, "unit": "Count", "dimensions": ["Level", "Hostname"]} for n in ts_counter]
+            + [{"name": n, "unit": "Microseconds" if "latency" in n else "Count",
+                "dimensions": ["model_name", "model_version", "hostname"]} for n in ts_inference],
+            "gauge": [{"name": n, "unit": "Milliseconds", "dimensions": ["Level", "Hostname"]}
+                      for n in ("QueueTime", "WorkerThreadTime")]
+            + [{"name": "WorkerLoadTime", "unit": "Milliseconds", "dimensions": ["WorkerName", "Level", "Hostname"]}],
+        },
+        "model_metrics": {
+            # TorchServe's backend appends ModelName and Level to the dimensions a handler gives.
+            "counter": [{"name": "PosegraphRequests", "unit": "Count",
+                         "dimensions": ["stage", "code", "ModelName", "Level"]}],
+            "histogram": [{"name": n, "unit": u, "dimensions": ["stage", "ModelName", "Level"]}
+                          for n, u in (("PosegraphRequestSeconds", "Seconds"), ("PosegraphBatchRequests", "Count"),
+                                       ("PosegraphPersonsPerFrame", "Count"))],
+            "gauge": [{"name": n, "unit": "ms", "dimensions": ["ModelName", "Level"]}
+                      for n in ("HandlerTime", "PredictionTime")],
+        },
+    }
+
+
+def config_properties(model_name: str, options: ArchiveOptions, *, inference: str = "http://0.0.0.0:8080",
+                      management: str = "http://127.0.0.1:8081", metrics: str = "http://0.0.0.0:8082",
+                      grpc_ports: tuple[int, int] = (7070, 7071), model_store: str = "/mnt/models/model-store",
+                      metrics_config: str = "/mnt/models/config/metrics.yaml", token_auth: bool = False) -> str:
+    """TorchServe's configuration for one stage.
+
+    Token auth: TorchServe's own tokens are random per process, so a graph router in front of
+    several replicas could never know them. posegraph therefore turns TorchServe's token auth off
+    explicitly and authenticates in the handler with a shared bearer token from a Secret
+    (``POSEGRAPH_AUTH_TOKEN``); the management API listens on loopback inside the pod and model
+    registration through it is off (TorchServe's default), so nothing outside can load code.
+    """
+    snapshot = {
+        "name": "startup.cfg",
+        "modelCount": 1,
+        "models": {
+            model_name: {
+                "1.0": {
+                    "defaultVersion": True,
+                    "marName": f"{model_name}.mar",
+                    "minWorkers": options.workers,
+                    "maxWorkers": options.workers,
+                    "batchSize": options.batch_size,
+                    "maxBatchDelay": options.max_batch_delay_ms,
+                    "responseTimeout": options.response_timeout_s,
+                }
+            }
+        },
+    }
+    lines = {
+        "inference_address": inference,
+        "management_address": management,
+        "metrics_address": metrics,
+        "grpc_inference_port": grpc_ports[0],
+        "grpc_management_port": grpc_ports[1],
+        "grpc_inference_address": "127.0.0.1",
+        "grpc_management_address": "127.0.0.1",
+        "enable_metrics_api": "true",
+        "metrics_mode": "prometheus",
+        "metrics_config": metrics_config,
+        "disable_token_authorization": "false" if token_auth else "true",
+        "enable_model_api": "false",
+        "enable_envvars_config": "true",
+        "install_py_dep_per_model": "false",
+        "load_models": "all",
+        "model_store": model_store,
+        "default_workers_per_model": options.workers,
+        "max_request_size": options.max_request_mb << 20,
+        "max_response_size": options.max_request_mb << 20,
+        "model_snapshot": json.dumps(snapshot),
+    }
+    return "".join(f"{k}={v}\n" for k, v in lines.items())
+
+
+def build_archive(stage: str, checkpoint_uri: str, out_dir: Path, *, settings: StageSettings | dict | None = None,
+                  options: ArchiveOptions | None = None) -> Path:
+    """Export ``checkpoint_uri`` for ``stage`` and write the KServe TorchServe layout into ``out_dir``."""
+    from ..engine import exported_onnx
+    from ..uri import file_sha256, local_path
+
+    if stage not in STAGES:
+        raise UsageError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    options = options or ArchiveOptions()
+    stage_obj = STAGES[stage](settings)
+    spec = stage_obj.spec
+    model_name = options.model_name or stage
+    if not model_name.replace("-", "").isalnum():
+        raise UsageError(f"model name {model_name!r}: use letters, digits and '-' (it becomes a URL path)")
+    out_dir = Path(out_dir)
+    store = out_dir / "model-store"
+    store.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config").mkdir(parents=True, exist_ok=True)
+
+    uri = str(checkpoint_uri)
+    with tempfile.TemporaryDirectory(prefix="posegraph-archive-") as tmp:
+        work = Path(tmp)
+        files: dict[str, str] = {}
+        if uri.endswith(".onnx"):
+            src = local_path(uri)
+            if src is None or not src.is_file():
+                raise UsageError(f"{uri}: an .onnx checkpoint must be a local file")
+            onnx_path, random_init = src, False
+        else:
+            onnx_path, random_init = exported_onnx(spec, uri)
+        model_file = work / f"{stage}.onnx"
+        shutil.copy(onnx_path, model_file)
+        files["model"] = model_file.name
+        extra = []
+        if spec.family == "videopose3d" and not uri.endswith(".onnx"):
+            window, _ = exported_onnx(spec, uri, variant="window")
+            shutil.copy(window, work / f"{stage}.window.onnx")
+            files["window"] = f"{stage}.window.onnx"
+            extra.append(work / f"{stage}.window.onnx")
+        manifest = {
+            "format": ARCHIVE_FORMAT,
+            "posegraph_version": __version__,
+            "stage": stage,
+            "model_name": model_name,
+            "settings": stage_obj.settings.model_dump(exclude={"checkpoint"}),
+            "files": files,
+            "source": {"checkpoint": uri, "onnx_sha256": file_sha256(model_file)},
+            "random_weights": bool(random_init),
+        }
+        extra.append(_yaml(work / "stage.yaml", manifest))
+        handler = work / "posegraph_handler.py"
+        handler.write_text(HANDLER_SOURCE)
+        model_config = _yaml(work / "model-config.yaml", {
+            "minWorkers": options.workers, "maxWorkers": options.workers, "batchSize": options.batch_size,
+            "maxBatchDelay": options.max_batch_delay_ms, "responseTimeout": options.response_timeout_s,
+        })
+        cmd = [
+            sys.executable, "-m", "model_archiver.model_packaging",
+            "--model-name", model_name, "--version", "1.0", "--serialized-file", str(model_file),
+            "--handler", str(handler), "--extra-files", ",".join(str(p) for p in extra),
+            "--config-file", str(model_config), "--export-path", str(store), "--force",
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise PosegraphError(f"torch-model-archiver failed: {done.stderr.strip().splitlines()[-1:]}")
+    (out_dir / "config" / "config.properties").write_text(config_properties(model_name, options))
+    _yaml(out_dir / "config" / "metrics.yaml", metrics_declarations())
+    return store / f"{model_name}.mar"
+
+
+@dataclass
+class UnpackedArchive:
+    directory: Path
+    manifest: dict[str, Any]
+
+    @property
+    def stage(self) -> str:
+        return self.manifest["stage"]
+
+    @property
+    def model_name(self) -> str:
+        return self.manifest["model_name"]
+
+    @property
+    def model_path(self) -> Path:
+        return self.directory / self.manifest["files"]["model"]
+
+    def settings(self) -> dict[str, Any]:
+        return dict(self.manifest["settings"])
+
+
+def read_manifest(directory: Path) -> UnpackedArchive:
+    path = Path(directory) / "stage.yaml"
+    if not path.is_file():
+        raise UsageError(f"{directory} has no stage.yaml: not a posegraph stage archive")
+    manifest = yaml.safe_load(path.read_text())
+    if manifest.get("format") != ARCHIVE_FORMAT:
+        raise UsageError(f"{path}: format {manifest.get('format')!r}, this posegraph reads {ARCHIVE_FORMAT!r}")
+    return UnpackedArchive(Path(directory), manifest)
+
+
+def find_mar(model_dir: Path, stage_or_name: str | None = None) -> Path:
+    """The .mar in a KServe layout directory (``model-store/*.mar``), by model name if several."""
+    model_dir = Path(model_dir)
+    store = model_dir / "model-store" if (model_dir / "model-store").is_dir() else model_dir
+    mars = sorted(store.glob("*.mar"))
+    if stage_or_name:
+        named = [m for m in mars if m.stem == stage_or_name]
+        if named:
+            return named[0]
+        for mar in mars:  # a stage name given for an archive served under another name
+            with zipfile.ZipFile(mar) as z:
+                if "stage.yaml" in z.namelist() and yaml.safe_load(z.read("stage.yaml")).get("stage") == stage_or_name:
+                    return mar
+    if len(mars) == 1 and not stage_or_name:
+        return mars[0]
+    raise UsageError(f"no model archive{' for ' + stage_or_name if stage_or_name else ''} in {store} "
+                     f"(found: {', '.join(m.name for m in mars) or 'none'})")
+
+
+def unpack(mar: Path, dest: Path | None = None) -> UnpackedArchive:
+    """Extract a .mar (a zip) — what the KServe Python runtime does with the same file."""
+    mar = Path(mar)
+    key = hashlib.sha256(f"{mar.resolve()}:{mar.stat().st_mtime_ns}".encode()).hexdigest()[:16]
+    if dest is None:
+        from ..uri import cache_dir
+
+        dest = cache_dir("unpacked") / f"{mar.stem}-{key}"
+    if not (dest / "stage.yaml").is_file():
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent if dest.parent.exists() else None, prefix=".unpack-"))
+        with zipfile.ZipFile(mar) as z:
+            z.extractall(tmp)
+        os.replace(tmp, dest) if not dest.exists() else shutil.rmtree(tmp)
+    return read_manifest(dest)
+
+
+def push(model_dir: Path, target: str) -> list[str]:
+    """Upload a KServe layout directory to ``s3://bucket/prefix/`` (config/ and model-store/)."""
+    from ..uri import s3_client, split_s3
+
+    if not target.startswith("s3://"):
+        raise UsageError(f"push target must be s3://bucket/prefix/, not {target!r}")
+    model_dir = Path(model_dir)
+    if not (model_dir / "config" / "config.properties").is_file() or not list((model_dir / "model-store").glob("*.mar")):
+        raise UsageError(f"{model_dir} is not an archive layout (config/config.properties + model-store/*.mar)")
+    bucket, prefix = split_s3(target)
+    prefix = prefix.rstrip("/")
+    client = s3_client()
+    uploaded = []
+    for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        key = f"{prefix}/{path.relative_to(model_dir).as_posix()}" if prefix else path.relative_to(model_dir).as_posix()
+        try:
+            client.upload_file(str(path), bucket, key)
+        except Exception as exc:
+            from ..uri import _describe
+
+            raise PosegraphError(f"cannot upload {path} to s3://{bucket}/{key}: {_describe(exc)}") from None
+        uploaded.append(f"s3://{bucket}/{key}")
+    return uploaded

@@ -1,0 +1,32 @@
+"""What both runtimes do with an unpacked archive: build the stage and pick the device."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from ..stages import STAGES, Stage
+from .archive import UnpackedArchive
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(gpu_id: int | None = None) -> str:
+    """``POSEGRAPH_DEVICE`` if set; else the GPU the server assigned, when onnxruntime can use it."""
+    forced = os.environ.get("POSEGRAPH_DEVICE")
+    if forced:
+        return forced
+    if gpu_id is not None:
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            return f"cuda:{gpu_id}"
+    return "cpu"
+
+
+def load_stage(archive: UnpackedArchive, device: str = "cpu") -> Stage:
+    threads = os.environ.get("POSEGRAPH_THREADS")
+    stage = STAGES[archive.stage](archive.settings())
+    stage.load(str(archive.model_path), device, backend="onnxruntime", threads=int(threads) if threads else None)
+    log.info("serving %s (%s) as %r on %s", archive.stage, stage.spec.name, archive.model_name, device)
+    return stage
