@@ -221,7 +221,10 @@ def test_demo_runs_end_to_end_offline(tmp_path, checkpoints):
                        env={"POSEGRAPH_ZOO_MIRROR": "http://127.0.0.1:9"})
     assert result.returncode == 0, result.stderr
     assert "writing RANDOM weights" in result.stdout
-    for rel in ("photo/frames.jsonl", "photo/overlay.jpg", "photo/pose3d.png", "clip/frames.jsonl",
+    assert "through the graph" in result.stdout and "RANDOM WEIGHTS" in result.stdout
+    for rel in ("photo/frame.json", "photo/overlay.jpg", "photo/pose3d.png", "clip/frames.jsonl",
                 "clip/overlay.mp4", "clip/pose3d.png"):
         assert (tmp_path / "demo" / rel).is_file(), rel
+    doc = json.loads((tmp_path / "demo" / "photo" / "frame.json").read_text())
+    assert set(doc["stages"]) == {"detect", "pose2d", "lift3d"} and doc["stages"]["detect"]["random_weights"]
     assert len(read_docs(tmp_path / "demo" / "clip" / "frames.jsonl")) == 8

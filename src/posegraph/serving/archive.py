@@ -45,7 +45,9 @@ class ArchiveOptions:
 
     model_name: str | None = None  # served name; KServe's graph calls /v1/models/<ISVC name>:predict
     batch_size: int = 8  # requests TorchServe may hand the handler at once
-    max_batch_delay_ms: int = 20  # how long TorchServe waits to fill a batch
+    # How long TorchServe waits to fill a batch. Every request that arrives alone waits this long,
+    # so it is a latency floor per stage (measured: 20 ms made the served graph 1.6× in-process).
+    max_batch_delay_ms: int = 5
     workers: int = 1
     response_timeout_s: int = 120
     max_request_mb: int = 32

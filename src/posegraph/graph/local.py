@@ -1,0 +1,193 @@
+"""``posegraph up``: the same graph as on a cluster, on this machine.
+
+Three stage servers (TorchServe or KServe's Python server, one process each) and the graph router
+run on loopback with free ports. The router gets the InferenceGraph spec rendered for the
+cluster, with each step pointed at its local server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import __version__
+from ..config import Profile
+from ..errors import PosegraphError, UsageError
+from ..serving.local import StageServer, free_port, start_stage_server
+from ..uri import cache_dir, file_sha256, local_path, s3_client, split_s3
+from .kserve_objects import inference_graph, to_dict
+from .spec import STAGE_NAMES, PosePipeline, parse_pipeline
+
+
+def _build_cached_archive(stage: str, checkpoint: str, settings) -> Path:
+    from dataclasses import asdict
+
+    from ..engine import EXPORT_VERSION
+    from ..serving.archive import ArchiveOptions, build_archive
+
+    path = local_path(checkpoint)
+    ident = file_sha256(path) if path is not None and path.is_file() else checkpoint
+    key = hashlib.sha256(json.dumps([ident, settings.model_dump(exclude={"checkpoint"}), __version__,
+                                     EXPORT_VERSION, asdict(ArchiveOptions())], sort_keys=True).encode()).hexdigest()[:16]
+    layout = cache_dir("archives") / f"{stage}-{key}"
+    if not (layout / "model-store" / f"{stage}.mar").is_file():
+        tmp = Path(tempfile.mkdtemp(dir=layout.parent, prefix=f".{stage}-"))
+        build_archive(stage, checkpoint, tmp, settings=settings)
+        if layout.exists():
+            shutil.rmtree(layout)
+        os.replace(tmp, layout)
+    return layout
+
+
+def archives_for_profile(profile: Profile, checkpoint_dir: Path | None) -> dict[str, Path]:
+    """Archive layouts for the embedded default, built once from the profile's checkpoints."""
+    from ..checkpoints import resolve_checkpoint
+
+    layouts = {}
+    for stage in STAGE_NAMES:
+        settings = profile.stage_settings(stage)
+        checkpoint = resolve_checkpoint(settings.model, settings.checkpoint, checkpoint_dir)
+        layouts[stage] = _build_cached_archive(stage, checkpoint, settings)
+    return layouts
+
+
+def _download_prefix(uri: str) -> Path:
+    bucket, prefix = split_s3(uri)
+    prefix = prefix.rstrip("/") + "/"
+    dest = cache_dir("archives") / ("s3-" + hashlib.sha256(uri.encode()).hexdigest()[:16])
+    client = s3_client()
+    try:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+    except Exception as exc:
+        from ..uri import _describe
+
+        raise PosegraphError(f"cannot list {uri}: {_describe(exc)}") from None
+    if not keys:
+        raise UsageError(f"{uri} is empty: push an archive there first (posegraph models push)")
+    for key in keys:
+        target = dest / key[len(prefix):]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        client.download_file(bucket, key, str(target))
+    return dest
+
+
+def archives_for_pipeline(pipeline: PosePipeline) -> dict[str, Path]:
+    """Where each stage's archive layout is on this machine: local paths as they are, s3:// copied."""
+    layouts = {}
+    for stage, deployment in pipeline.spec.stages.items():
+        uri = deployment.storageUri
+        if uri.startswith("s3://"):
+            layouts[stage] = _download_prefix(uri)
+        else:
+            path = local_path(uri)
+            if path is None or not path.is_dir():
+                raise UsageError(f"stages.{stage}.storageUri {uri}: locally, a directory or s3:// prefix")
+            layouts[stage] = path
+    return layouts
+
+
+def default_pipeline(layouts: dict[str, Path], runtime: str) -> PosePipeline:
+    return parse_pipeline({
+        "metadata": {"name": "local"},
+        "spec": {"runtime": runtime,
+                 "stages": {stage: {"storageUri": str(path)} for stage, path in layouts.items()}},
+    })
+
+
+def local_graph_spec(pipeline: PosePipeline, predict_urls: dict[str, str]) -> dict:
+    """The cluster's InferenceGraph spec with each step pointed at its local stage server."""
+    spec = to_dict(inference_graph(pipeline))["spec"]
+    for step in spec["nodes"]["root"]["steps"]:
+        step.pop("serviceName", None)
+        step["serviceUrl"] = predict_urls[step["name"]]
+    return spec
+
+
+@dataclass
+class LocalGraph:
+    pipeline: PosePipeline
+    servers: dict[str, StageServer]
+    router: subprocess.Popen
+    port: int
+    workdir: Path
+    graph_spec: dict = field(default_factory=dict)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def stop(self) -> None:
+        if self.router.poll() is None:
+            os.killpg(self.router.pid, signal.SIGTERM)
+            try:
+                self.router.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.router.pid, signal.SIGKILL)
+        for server in self.servers.values():
+            server.stop()
+
+    def __enter__(self) -> "LocalGraph":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _router_ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def start_local_graph(pipeline: PosePipeline, layouts: dict[str, Path], *, port: int | None = None,
+                      runtime: str | None = None, env: dict[str, str] | None = None,
+                      timeout: float = 180.0) -> LocalGraph:
+    """Start the stage servers and the router, and wait until all of them answer."""
+    port = port or free_port()
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise UsageError(f"127.0.0.1:{port} is already in use: pass another --port") from None
+    workdir = Path(tempfile.mkdtemp(prefix="posegraph-up-"))
+    servers: dict[str, StageServer] = {}
+    router = None
+    try:
+        for stage in STAGE_NAMES:
+            servers[stage] = start_stage_server(stage, layouts[stage], runtime=runtime or pipeline.runtime_of(stage),
+                                                workdir=workdir / stage, env=env)
+        for server in servers.values():
+            server.wait_ready(timeout)
+        spec = local_graph_spec(pipeline, {stage: s.predict_url for stage, s in servers.items()})
+        cmd = [sys.executable, "-m", "posegraph.graph.router", "--graph-json", json.dumps(spec),
+               "--port", str(port), "--headers-propagate", ",".join(pipeline.spec.graph.headersToPropagate)]
+        with open(workdir / "router.log", "wb") as out:
+            router = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                      env={**os.environ, **(env or {})})
+        deadline = time.monotonic() + 30
+        while not _router_ready(port):
+            if router.poll() is not None or time.monotonic() > deadline:
+                raise PosegraphError(f"the graph router did not start: "
+                                     f"{(workdir / 'router.log').read_text()[-800:]}")
+            time.sleep(0.1)
+        return LocalGraph(pipeline, servers, router, port, workdir, spec)
+    except BaseException:
+        if router is not None and router.poll() is None:
+            os.killpg(router.pid, signal.SIGKILL)
+        for server in servers.values():
+            server.stop()
+        raise
