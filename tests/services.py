@@ -166,3 +166,49 @@ def https_file_server(directory: Path, workdir: Path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+@dataclass
+class PostgresServer:
+    dsn: str
+    port: int
+    data: Path
+
+
+@contextlib.contextmanager
+def postgres_server():
+    """A throwaway PostgreSQL 15 on a free loopback port. initdb refuses root, so as root the
+    cluster is created and run as `nobody`; its directory sits directly under the system temp dir
+    (pytest's own temp dirs are private to root)."""
+    import os
+    import tempfile
+
+    if not (PG_BIN / "initdb").exists():
+        raise RuntimeError(f"PostgreSQL binaries not found in {PG_BIN} (Debian package postgresql-15)")
+    workdir = Path(tempfile.mkdtemp(prefix="posegraph-pg-"))
+    data, sockets, log = workdir / "data", workdir / "sock", workdir / "postgres.log"
+    data.mkdir()
+    sockets.mkdir()
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        as_user = ["runuser", "-u", "nobody", "--"]
+        os.chmod(workdir, 0o755)
+        for path in (workdir, data, sockets):
+            shutil.chown(path, "nobody", "nogroup")
+    port = free_port()
+    try:
+        subprocess.run(as_user + [str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+                                  "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"], check=True, capture_output=True)
+        subprocess.run(as_user + [str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-o",
+                                  f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets} -c fsync=off", "start"],
+                       check=True, capture_output=True)
+        subprocess.run([str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "posegraph"],
+                       check=True, capture_output=True)
+        yield PostgresServer(f"postgresql://postgres@127.0.0.1:{port}/posegraph", port, data)
+    finally:
+        subprocess.run(as_user + [str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                       capture_output=True)
+        shutil.rmtree(workdir, ignore_errors=True)

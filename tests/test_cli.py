@@ -223,8 +223,9 @@ def test_demo_runs_end_to_end_offline(tmp_path, checkpoints):
     assert "writing RANDOM weights" in result.stdout
     assert "through the graph" in result.stdout and "RANDOM WEIGHTS" in result.stdout
     for rel in ("photo/frame.json", "photo/overlay.jpg", "photo/pose3d.png", "clip/frames.jsonl",
-                "clip/overlay.mp4", "clip/pose3d.png"):
+                "clip/overlay.webm", "clip/pose3d.png", "results.db"):
         assert (tmp_path / "demo" / rel).is_file(), rel
     doc = json.loads((tmp_path / "demo" / "photo" / "frame.json").read_text())
     assert set(doc["stages"]) == {"detect", "pose2d", "lift3d"} and doc["stages"]["detect"]["random_weights"]
     assert len(read_docs(tmp_path / "demo" / "clip" / "frames.jsonl")) == 8
+    assert "job demo-clip: succeeded" in result.stdout

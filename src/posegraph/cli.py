@@ -108,6 +108,39 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--token", default=None, help="bearer token (default: $POSEGRAPH_AUTH_TOKEN)")
     call.add_argument("--timeout", type=float, default=120.0)
 
+    job = sub.add_parser("job", help="video jobs: a video → 3D poses in a results store + rendered video")
+    jsub = job.add_subparsers(dest="job_command", required=True, metavar="ACTION")
+    jrun = jsub.add_parser("run", help="run (or resume) a job")
+    jrun.add_argument("--video", required=True, help="s3://, https:// or a local path")
+    jrun.add_argument("--graph", default="local", help="graph URL, or 'local' to start the embedded graph")
+    jrun.add_argument("--lift3d", default=None, help="lift3d's URL (default: tracks go through the graph)")
+    jrun.add_argument("--results", default="sqlite:///posegraph-jobs/results.db",
+                      help="sqlite:///path.db or postgresql://user@host/db (password: $PGPASSWORD)")
+    jrun.add_argument("--output", default="posegraph-jobs/output/",
+                      help="where the rendered video, plot and frames.jsonl go: s3://bucket/prefix/ or a directory")
+    jrun.add_argument("--stride", type=int, default=1, help="process every N-th frame")
+    jrun.add_argument("--batch", type=int, default=8, help="frame documents per graph request")
+    jrun.add_argument("--max-frames", type=int, default=None)
+    jrun.add_argument("--job-id", default=None, help="default: derived from the video and stride (reruns resume)")
+    jrun.add_argument("--no-render", action="store_true", help="skip the overlay video and plot")
+    jrun.add_argument("--video-format", choices=["webm", "mp4"], default="webm")
+    jrun.add_argument("--retries", type=int, default=3, help="retries of a failing graph call (with backoff)")
+    jrun.add_argument("--progress-file", default=None, help="keep a JSON progress report here")
+    jrun.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus job gauges here")
+    jrun.add_argument("--report-posejob", default=None, help="NAMESPACE/NAME: patch that PoseJob's status.progress")
+    jrun.add_argument("--token", default=None, help="bearer token for the graph (default $POSEGRAPH_AUTH_TOKEN)")
+    jrun.add_argument("--quiet", action="store_true")
+    jrun.add_argument("--profile", default="cpu", help="profile of the local graph")
+    jrun.add_argument("--checkpoints", type=Path, default=None, help="checkpoints of the local graph")
+    jstatus = jsub.add_parser("status", help="a job's row from the results store")
+    jstatus.add_argument("--results", default="sqlite:///posegraph-jobs/results.db")
+    jstatus.add_argument("--job-id", required=True)
+
+    db = sub.add_parser("db", help="the results store")
+    dsub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    migrate = dsub.add_parser("migrate", help="create or update the schema")
+    migrate.add_argument("--results", required=True, help="sqlite:///path.db or postgresql://user@host/db")
+
     schema = sub.add_parser("schema", help="write the frame/track document JSON Schemas")
     schema.add_argument("--out", type=Path, default=Path("docs/schemas"))
     return parser
@@ -293,6 +326,50 @@ def cmd_call(args) -> int:
     return 0
 
 
+def cmd_job(args) -> int:
+    from .jobs.runner import SUCCEEDED, JobOptions, JobRunner
+    from .jobs.store import open_store
+
+    if args.job_command == "status":
+        store = open_store(args.results)
+        row = store.job(args.job_id)
+        store.close()
+        if row is None:
+            print(f"posegraph: error: no job {args.job_id} in {args.results}", file=sys.stderr)
+            return 1
+        print(json.dumps(row, indent=2, default=str))
+        return 0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    options = JobOptions(
+        video=args.video, results=args.results, output=args.output, graph=args.graph, lift3d=args.lift3d,
+        stride=args.stride, batch=args.batch, max_frames=args.max_frames, job_id=args.job_id,
+        render=not args.no_render, retries=args.retries, video_format=args.video_format,
+        progress_file=args.progress_file, metrics_port=args.metrics_port, report_posejob=args.report_posejob,
+        profile=args.profile, checkpoints=str(args.checkpoints) if args.checkpoints else None, token=args.token,
+        quiet=args.quiet)
+    summary = JobRunner(options).run()
+    if summary["already_done"]:
+        print(f"job {summary['job_id']} already succeeded; nothing to do")
+    print(f"job {summary['job_id']}: {summary['status']}, {summary['frames_done']} frames "
+          f"({summary['frames_failed']} failed), {summary['persons']} persons, {summary['tracks']} tracks")
+    for name, uri in (summary["outputs"] or {}).items():
+        print(f"  {name:12s} {uri}")
+    print(f"  results      {args.results}")
+    if summary["note"]:
+        print(f"  note: {summary['note']}")
+    return 0 if summary["status"] == SUCCEEDED else 1
+
+
+def cmd_db(args) -> int:
+    from .jobs.store import open_store, redact
+
+    store = open_store(args.results)
+    applied = store.migrate()
+    store.close()
+    print(f"{redact(args.results)}: " + (f"applied schema versions {applied}" if applied else "schema up to date"))
+    return 0
+
+
 def cmd_schema(args) -> int:
     from .frame import json_schemas
 
@@ -315,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="posegraph: %(levelname)s: %(message)s")
     handlers = {"run": cmd_run, "models": cmd_models, "schema": cmd_schema, "demo": cmd_demo, "serve": cmd_serve,
-                "graph": cmd_graph, "up": cmd_up, "call": cmd_call}
+                "graph": cmd_graph, "up": cmd_up, "call": cmd_call, "job": cmd_job, "db": cmd_db}
     try:
         return handlers[args.command](args)
     except PosegraphError as exc:

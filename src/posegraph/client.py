@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BadInput, PosegraphError
-from .frame import FrameDocument, ImageRef, parse_document
+from .frame import FrameDocument, ImageRef, TrackDocument, parse_document
 
 
 class GraphError(PosegraphError):
@@ -48,11 +48,11 @@ class GraphClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def infer(self, documents: list[dict[str, Any] | FrameDocument], *, request_id: str | None = None
-              ) -> list[FrameDocument]:
+    def infer(self, documents: list[dict[str, Any] | FrameDocument | TrackDocument], *,
+              request_id: str | None = None) -> list[FrameDocument | TrackDocument]:
         import httpx
 
-        instances = [d.to_json() if isinstance(d, FrameDocument) else d for d in documents]
+        instances = [d.to_json() if isinstance(d, (FrameDocument, TrackDocument)) else d for d in documents]
         headers = {"x-request-id": request_id} if request_id else None
         try:
             response = self.http.post(self.endpoint, content=json.dumps({"instances": instances}), headers=headers)

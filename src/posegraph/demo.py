@@ -65,28 +65,34 @@ def _photo_through_graph(graph, photo: Path, out: Path) -> bool:
 
 
 def run_demo(args) -> int:
-    from .cli import _report
     from .graph.local import archives_for_profile, default_pipeline, start_local_graph
-    from .pipeline import Pipeline, run_input
+    from .jobs.runner import JobOptions, JobRunner
 
     started = time.perf_counter()
     profile = load_profile(args.profile, args.overrides)
     directory = Path(args.checkpoints) if args.checkpoints else default_checkpoint_dir()
     ensure_checkpoints(profile, directory)
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     photo = write_astronaut(out / "inputs" / "astronaut.jpg")
     clip = write_clip(out / "inputs" / "clip.mp4", synthetic_clip_frames(args.frames))
 
-    print("\n[1/2] the graph: three stage servers and a router on 127.0.0.1 (as `posegraph up`)")
+    print("\n[1/3] the graph: three stage servers and a router on 127.0.0.1 (as `posegraph up`)")
     layouts = archives_for_profile(profile, directory)
     with start_local_graph(default_pipeline(layouts, "kserve"), layouts) as graph:
         print(f"  endpoint {graph.endpoint}")
+        print(f"\n[2/3] a photo through the graph: {photo}")
         _photo_through_graph(graph, photo, out / "photo")
 
-    print(f"\n[2/2] a clip, in process (detect + 2D per frame, tracks, each track lifted): {clip}")
-    pipeline = Pipeline(profile, checkpoint_dir=directory).load()
-    _report(run_input(pipeline, str(clip), out / "clip"))
+        print(f"\n[3/3] a video job through the graph (frames in batches, tracks lifted whole): {clip}")
+        results = f"sqlite:///{out / 'results.db'}"
+        options = JobOptions(video=str(clip), results=results, output=str(out / "clip") + "/", graph=graph.endpoint,
+                             lift3d=graph.servers["lift3d"].predict_url, job_id="demo-clip", profile=args.profile)
+        summary = JobRunner(options).run()
+    print(f"job {summary['job_id']}: {summary['status']}, {summary['frames_done']} frames, "
+          f"{summary['persons']} persons, {summary['tracks']} tracks")
+    for name, uri in (summary["outputs"] or {}).items():
+        print(f"  {name:10s} {uri}")
+    print(f"  results    {out / 'results.db'}   (posegraph job status --results {results} --job-id demo-clip)")
     print(f"\ndemo finished in {time.perf_counter() - started:.0f}s; open {out / 'photo' / 'pose3d.png'} "
-          f"and {out / 'clip' / 'overlay.mp4'}")
+          f"and {(summary['outputs'] or {}).get('overlay', '')}")
     return 0
-

@@ -98,9 +98,12 @@ def plot_3d(poses: list[tuple[str, np.ndarray]], path: Path, *, title: str = "",
     return path
 
 
-def poses_for_plot(docs: list[FrameDocument], max_panels: int = 4) -> list[tuple[str, np.ndarray]]:
+def poses_for_plot(docs: list[FrameDocument], max_panels: int = 4, *, by_track: bool | None = None
+                   ) -> list[tuple[str, np.ndarray]]:
     """Pick what to show: for one frame, its persons; for a video, snapshots of the longest track."""
-    if len(docs) == 1:
+    if by_track is None:
+        by_track = len(docs) > 1
+    if not by_track:
         return [
             (f"person {i}" + (f" (#{p.track_id})" if p.track_id is not None else ""), np.asarray(p.keypoints3d))
             for i, p in enumerate(docs[0].persons or [])

@@ -60,6 +60,28 @@ class Tracker:
     step: int = 0
     live: list[_Track] = field(default_factory=list)
 
+    def live_ids(self) -> set[int]:
+        return {t.track_id for t in self.live}
+
+    def state(self) -> dict:
+        """Everything needed to continue exactly where this tracker is (a resumed job relies on it)."""
+        return {
+            "next_id": self.next_id,
+            "step": self.step,
+            "live": [{"track_id": t.track_id, "last_step": t.last_step, "bbox": t.bbox.tolist(),
+                      "keypoints": None if t.keypoints is None else t.keypoints.tolist()} for t in self.live],
+        }
+
+    @classmethod
+    def from_state(cls, state: dict | None, **settings) -> "Tracker":
+        tracker = cls(**settings)
+        if state:
+            tracker.next_id, tracker.step = state["next_id"], state["step"]
+            tracker.live = [_Track(t["track_id"], t["last_step"], np.asarray(t["bbox"], np.float64),
+                                   None if t["keypoints"] is None else np.asarray(t["keypoints"]))
+                            for t in state["live"]]
+        return tracker
+
     def update(self, doc: FrameDocument) -> None:
         """Give every person in ``doc`` a ``track_id`` (new or continued)."""
         self.step += 1

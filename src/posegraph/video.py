@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import contextlib
 import os
 
 # FFmpeg's own console messages ("moov atom not found") would interleave with ours: errors are
@@ -22,6 +23,41 @@ from .imageio import check_size
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+FOURCC = {".webm": "VP80", ".mp4": "mp4v", ".avi": "MJPG"}
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """OpenCV's FFmpeg backend prints notes straight to file descriptor 2 (e.g. that WebM spells
+    the VP8 tag differently, before using it anyway): keep them off the user's terminal."""
+    import sys
+
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, ValueError, OSError):
+        yield
+        return
+    saved = os.dup(fd)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), fd)
+    try:
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+
+
+def open_video_writer(path: Path, fps: float, size: tuple[int, int]) -> cv2.VideoWriter:
+    """A writer for ``path`` by its suffix: .webm (VP8: plays in browsers), .mp4 (mp4v), .avi (MJPG)."""
+    path = Path(path)
+    fourcc = FOURCC.get(path.suffix.lower())
+    if fourcc is None:
+        raise BadInput(f"{path.name}: write videos as .webm, .mp4 or .avi")
+    with _quiet_native_stderr():
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+    if not writer.isOpened():
+        raise BadInput(f"cannot write video {path} (OpenCV has no {fourcc} encoder here)")
+    return writer
 
 
 @dataclass
@@ -77,15 +113,20 @@ class VideoReader:
         self.decoded = 0
         self.truncated = False
 
-    def frames(self, stride: int = 1, max_frames: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-        """(frame index, BGR pixels) for every ``stride``-th frame. Stops cleanly at a damaged tail."""
+    def frames(self, stride: int = 1, max_frames: int | None = None, start: int = 0
+               ) -> Iterator[tuple[int, np.ndarray]]:
+        """(frame index, BGR pixels) for every ``stride``-th frame. Stops cleanly at a damaged tail.
+        Frames before ``start`` are skipped without decoding their pixels (a resumed job);
+        ``max_frames`` counts every selected frame, skipped ones included."""
         index = 0
         yielded = 0
         while max_frames is None or yielded < max_frames:
             ok = self.capture.grab()
             if not ok:
                 break
-            if index % stride == 0:
+            if index % stride == 0 and index < start:
+                yielded += 1
+            elif index % stride == 0:
                 ok, pixels = self.capture.retrieve()
                 if not ok or pixels is None:
                     break
@@ -99,7 +140,7 @@ class VideoReader:
             self.truncated = True
             log.warning("%s: decoding stopped after %d of %d frames (truncated or damaged file?)",
                         self.path.name, index, expected)
-        if self.decoded == 0 and read_all:
+        if self.decoded == 0 and read_all and start == 0:
             raise BadInput(f"{self.path.name}: no frame could be decoded (empty, truncated or corrupt video)")
 
     def close(self) -> None:
@@ -113,15 +154,13 @@ class VideoReader:
 
 
 class VideoWriter:
-    """MP4 (mp4v) via OpenCV; written to a temporary name and moved into place when complete."""
+    """Video via OpenCV (format by suffix); written to a temporary name, moved into place when complete."""
 
     def __init__(self, path: Path, fps: float, size: tuple[int, int]) -> None:
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.stem}.part{self.path.suffix}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
-        if not self.writer.isOpened():
-            raise BadInput(f"cannot write video {self.path} (OpenCV has no mp4 encoder?)")
+        self.writer = open_video_writer(self.tmp, fps, size)
         self.frames = 0
 
     def write(self, pixels: np.ndarray) -> None:

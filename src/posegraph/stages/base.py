@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from ..checkpoints import warn_random_weights
 from ..engine import Runner, load_runner
 from ..errors import PosegraphError
-from ..frame import StageRecord
+from ..frame import FrameDocument, StageRecord
 from ..zoo import ModelSpec, get_model
 
 
@@ -81,15 +81,24 @@ class Stage:
     def postprocess(self, docs: Sequence[Any], batch: Any, outputs: Any) -> list[Any]:  # pragma: no cover
         raise NotImplementedError
 
+    def accepts(self, doc: Any) -> bool:
+        """Documents this stage works on; others pass through untouched (a track document goes
+        through detect and pose2d to lift3d, so one graph endpoint serves frames and tracks)."""
+        return isinstance(doc, FrameDocument)
+
     def run(self, docs: Sequence[Any]) -> list[Any]:
+        docs = list(docs)
+        mine = [d for d in docs if self.accepts(d)]
+        if not mine:
+            return docs
         started = time.perf_counter()
-        batch = self.preprocess(docs)
+        batch = self.preprocess(mine)
         outputs = self.infer(batch)
-        result = self.postprocess(docs, batch, outputs)
+        self.postprocess(mine, batch, outputs)
         ms = (time.perf_counter() - started) * 1000
-        for doc in result:
+        for doc in mine:
             doc.stages[self.name] = StageRecord(model=self.spec.name, random_weights=self.random_weights,
                                                 ms=round(ms, 2))
-        return result
+        return docs
 
     __call__ = run

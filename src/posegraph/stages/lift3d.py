@@ -56,6 +56,9 @@ class Lift3dStage(Stage):
         self.flip_test = p.get("flip_test", False) if flip is None else flip
         self.window_runner = None
 
+    def accepts(self, doc) -> bool:
+        return isinstance(doc, (FrameDocument, TrackDocument))
+
     def _load_extra(self, uri: str, **kwargs) -> None:
         if self.spec.family != "videopose3d":
             return

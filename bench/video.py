@@ -1,0 +1,102 @@
+"""Frames per second on one clip: mmpose's MMPoseInferencer (pose3d) in process, posegraph's
+in-process pipeline, and a posegraph job through the local graph, side by side.
+
+    python bench/video.py [--frames 24] [--bbox-thr 0.8] [--checkpoints DIR]
+
+The same random checkpoints everywhere (weights do not change the cost) and the same person
+threshold (``--bbox-thr``: random weights find dozens of junk boxes at mmpose's default 0.3, and
+the comparison should be about the pipeline, not about how many junk crops it estimates). Needs
+the reference stack that `make test` installs (mmdet/mmpose on mmcv-lite).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=24)
+    parser.add_argument("--bbox-thr", type=float, default=0.8)
+    parser.add_argument("--checkpoints", type=Path)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    from posegraph.checkpoints import write_random
+    from posegraph.config import load_profile
+    from posegraph.samples import synthetic_clip_frames, write_clip
+    from posegraph.zoo import get_model
+
+    overrides = [f"detect.score_threshold={args.bbox_thr}", "detect.max_persons=null"]
+    profile = load_profile("cpu", overrides)
+    work = Path(tempfile.mkdtemp(prefix="posegraph-bench-video-"))
+    checkpoints = args.checkpoints or work
+    models = {s: profile.stage_settings(s).model for s in ("detect", "pose2d", "lift3d")}
+    for model in models.values():
+        if not (checkpoints / f"{model}.pth").is_file():
+            write_random(get_model(model), checkpoints / f"{model}.pth")
+    clip = write_clip(work / "clip.mp4", synthetic_clip_frames(args.frames))
+    rows = {}
+
+    # (a) mmpose's own inferencer, in process.
+    sys.path.insert(0, str(TESTS))
+    import mm_reference  # noqa: F401  (mmcv-lite's stand-in _ext)
+    from mmpose.apis import MMPoseInferencer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        inferencer = MMPoseInferencer(
+            pose2d=mm_reference.config_for(models["pose2d"]), pose2d_weights=str(checkpoints / f"{models['pose2d']}.pth"),
+            det_model=mm_reference.config_for(models["detect"]), det_weights=str(checkpoints / f"{models['detect']}.pth"),
+            det_cat_ids=[0], pose3d=mm_reference.config_for(models["lift3d"]),
+            pose3d_weights=str(checkpoints / f"{models['lift3d']}.pth"), device="cpu")
+        started = time.perf_counter()
+        frames = sum(1 for _ in inferencer(str(clip), bbox_thr=args.bbox_thr, show=False))
+        rows["(a) mmpose MMPoseInferencer(pose3d), in process"] = frames / (time.perf_counter() - started)
+
+    # (b) posegraph's in-process pipeline and (c) a job through the local graph (KServe runtime, SQLite,
+    # rendering off): once with the cpu profile (no flip test), once doing mmpose's work (RTMPose
+    # flip test on, as its configs and so MMPoseInferencer do).
+    from posegraph.graph.local import archives_for_profile, default_pipeline, start_local_graph
+    from posegraph.jobs.runner import JobOptions, JobRunner
+    from posegraph.pipeline import Pipeline
+    from posegraph.video import VideoReader
+
+    persons = 0
+    for flip in (False, True):
+        variant = load_profile("cpu", overrides + [f"pose2d.flip_test={str(flip).lower()}"])
+        label = "flip test on, as mmpose" if flip else "cpu profile"
+        pipeline = Pipeline(variant, checkpoint_dir=checkpoints).load()
+        with VideoReader(clip) as reader:
+            started = time.perf_counter()
+            docs = pipeline.video(reader)
+            rows[f"(b) posegraph in-process pipeline, {label}"] = len(docs) / (time.perf_counter() - started)
+        persons = sum(len(d.persons or []) for d in docs) / len(docs)
+        layouts = archives_for_profile(variant, checkpoints)
+        with start_local_graph(default_pipeline(layouts, "kserve"), layouts) as graph:
+            options = JobOptions(video=str(clip), results=f"sqlite:///{work / 'r.db'}", output=str(work / "out"),
+                                 graph=graph.endpoint, lift3d=graph.servers["lift3d"].predict_url, render=False,
+                                 job_id=f"bench-{flip}", quiet=True)
+            started = time.perf_counter()
+            summary = JobRunner(options).run()
+            rows[f"(c) posegraph job through the local graph, {label}"] = (
+                summary["frames_done"] / (time.perf_counter() - started))
+
+    base = rows["(a) mmpose MMPoseInferencer(pose3d), in process"]
+    print(f"\n{args.frames}-frame 640×480 clip, person threshold {args.bbox_thr} ({persons:.1f} persons/frame):")
+    for name, fps in rows.items():
+        print(f"  {name:62s} {fps:6.2f} frames/s   {fps / base:4.2f}× (a)")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,350 @@
+"""``posegraph job run``: a video → 3D poses in a results store, a rendered video and a plot.
+
+What a PoseJob's Kubernetes Job runs, and, with ``--graph local --results sqlite:///…
+--output file://…``, what one machine runs with no cluster.
+
+    decode (OpenCV) ─▶ batches of frame documents ─▶ graph endpoint (detect → pose2d → lift3d)
+        ─▶ tracker ─▶ commit (frames, persons, tracks, resume point: one transaction)
+        ─▶ finished tracks ─▶ lift3d as track documents ─▶ keypoints3d written back
+    then: render the overlay video and the 3D plot from the store, export frames.jsonl, upload.
+
+Resumable: run it again with the same job id and it continues after the last committed frame.
+The tracker state is committed with every batch, so track ids continue. Rendering and export are
+re-done from the store, so the outputs are complete whatever was interrupted.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..client import GraphClient, GraphError
+from ..errors import BadInput, PosegraphError
+from ..frame import FrameDocument, ImageRef, TrackDocument, TrackFrame
+from ..imageio import encode_image
+from ..tracking import Tracker
+from ..uri import fetch_to_cache, write_bytes
+from ..video import VideoReader, open_video_writer
+from .progress import Progress
+from .store import FrameRow, PersonRow, ResultsStore, open_store
+
+log = logging.getLogger(__name__)
+
+# Statuses a job row goes through. "partial": finished, with failures recorded (frames or tracks).
+QUEUED, RUNNING, SUCCEEDED, PARTIAL, FAILED, INTERRUPTED = ("queued", "running", "succeeded", "partial", "failed",
+                                                            "interrupted")
+
+
+@dataclass
+class JobOptions:
+    video: str
+    results: str
+    output: str
+    graph: str = "local"  # "local" or the graph's URL
+    lift3d: str | None = None  # lift3d's URL; default: tracks go through the graph too
+    stride: int = 1
+    batch: int = 8
+    max_frames: int | None = None
+    job_id: str | None = None
+    render: bool = True
+    retries: int = 3
+    video_format: str = "webm"  # webm (VP8, plays in browsers) or mp4 (mp4v)
+    progress_file: str | None = None
+    metrics_port: int | None = None
+    report_posejob: str | None = None  # namespace/name: patch its status.progress (in a cluster)
+    profile: str = "cpu"  # for --graph local
+    checkpoints: str | None = None  # for --graph local
+    token: str | None = None
+    quiet: bool = False
+
+    def resolved_job_id(self) -> str:
+        if self.job_id:
+            return self.job_id
+        # Deterministic: the same command resumes the same job.
+        key = json.dumps([self.video, self.stride, self.max_frames], sort_keys=True)
+        return "job-" + hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def _join(prefix: str, name: str) -> str:
+    return prefix.rstrip("/") + "/" + name
+
+
+class JobRunner:
+    def __init__(self, options: JobOptions) -> None:
+        if options.stride < 1 or options.batch < 1:
+            raise BadInput("--stride and --batch must be ≥ 1")
+        if options.video_format not in {"webm", "mp4"}:
+            raise BadInput("--video-format must be webm or mp4")
+        self.o = options
+        self.job_id = options.resolved_job_id()
+        self.store: ResultsStore | None = None
+        self.progress: Progress | None = None
+        self.random_weights = False
+
+    # -- the graph ---------------------------------------------------------------------------------------
+    def _graph(self, stack: ExitStack) -> tuple[str, str | None]:
+        """(graph endpoint, lift3d URL or None). ``local`` starts the embedded graph for this job."""
+        if self.o.graph != "local":
+            return self.o.graph, self.o.lift3d
+        from ..checkpoints import default_checkpoint_dir
+        from ..config import load_profile
+        from ..demo import ensure_checkpoints
+        from ..graph.local import archives_for_profile, default_pipeline, start_local_graph
+
+        profile = load_profile(self.o.profile)
+        directory = Path(self.o.checkpoints) if self.o.checkpoints else default_checkpoint_dir()
+        ensure_checkpoints(profile, directory)
+        layouts = archives_for_profile(profile, directory)
+        graph = stack.enter_context(start_local_graph(default_pipeline(layouts, "kserve"), layouts))
+        return graph.endpoint, self.o.lift3d or graph.servers["lift3d"].predict_url
+
+    def _infer(self, client: GraphClient, docs: list[Any]) -> list[Any]:
+        """The graph with retries and backoff on network errors and 5xx; 4xx are answers, not retried."""
+        delay = float(os.environ.get("POSEGRAPH_RETRY_BASE_S", "1"))
+        for attempt in range(self.o.retries + 1):
+            try:
+                return client.infer(docs)
+            except GraphError as exc:
+                retryable = exc.status is None or exc.status >= 500
+                if not retryable or attempt == self.o.retries:
+                    raise
+                log.warning("graph call failed (%s); retrying in %.0fs", exc, delay)
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def _frames_through_graph(self, client: GraphClient, batch: list[tuple[int, float, np.ndarray]]
+                              ) -> list[tuple[int, float, list | None, str | None]]:
+        """(frame index, timestamp, persons or None, error or None) per frame. A batch that keeps
+        failing is retried frame by frame, so one bad frame costs only itself."""
+        docs = [FrameDocument(image=ImageRef(data=base64.b64encode(encode_image(px, "jpeg", 90)).decode("ascii"),
+                                             format="jpeg"),
+                              width=int(px.shape[1]), height=int(px.shape[0]), frame_index=i, timestamp_s=t)
+                for i, t, px in batch]
+        try:
+            results = self._infer(client, docs)
+            if any(record.random_weights for r in results for record in r.stages.values()) and not self.random_weights:
+                self.random_weights = True
+                self.store.update_job(self.job_id, random_weights=True)
+            return [(i, t, r.persons or [], None) for (i, t, _), r in zip(batch, results)]
+        except GraphError as exc:
+            if len(batch) == 1:
+                return [(batch[0][0], batch[0][1], None, str(exc))]
+            log.warning("a batch of %d frames failed (%s); trying them one by one", len(batch), exc)
+            out = []
+            for item in batch:
+                out.extend(self._frames_through_graph(client, [item]))
+            return out
+
+    # -- lifting -----------------------------------------------------------------------------------------
+    def _lift(self, client: GraphClient, track_ids: list[int], width: int, height: int) -> int:
+        """Lift finished tracks (one request for several), write keypoints3d back. Returns failures."""
+        failures = 0
+        docs, owners = [], []
+        for track_id in track_ids:
+            rows = self.store.track_frames(self.job_id, track_id)
+            if not rows:
+                continue
+            docs.append(TrackDocument(track_id=track_id, width=width, height=height, frames=[
+                TrackFrame(frame_index=r["frame_index"], bbox=r["bbox"], score=r["score"],
+                           keypoints2d=r["keypoints2d"]) for r in rows]))
+            owners.append(rows)
+        for start in range(0, len(docs), self.o.batch):
+            chunk, chunk_rows = docs[start : start + self.o.batch], owners[start : start + self.o.batch]
+            try:
+                lifted = self._infer(client, chunk)
+            except GraphError as exc:
+                failures += len(chunk)
+                for doc in chunk:
+                    log.error("track %d could not be lifted: %s", doc.track_id, exc)
+                    self.store.update_track_error(self.job_id, doc.track_id, str(exc))
+                continue
+            for doc, rows in zip(lifted, chunk_rows):
+                self.store.write_lifted(self.job_id, doc.track_id, [
+                    (r["frame_index"], r["person_index"], f.keypoints3d) for r, f in zip(rows, doc.frames)])
+        return failures
+
+    # -- the run -----------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        o = self.o
+        self.store = open_store(o.results)
+        self.store.migrate()
+        params = {k: v for k, v in asdict(o).items() if k in {"graph", "stride", "batch", "max_frames", "output",
+                                                               "render", "video_format"}}
+        job = self.store.begin_job(self.job_id, o.video, params)
+        self.progress = Progress(self.job_id, quiet=o.quiet, progress_file=o.progress_file,
+                                 metrics_port=o.metrics_port, posejob=o.report_posejob)
+        if job["status"] == SUCCEEDED:
+            self.progress.close()
+            return self._summary(already_done=True)
+        self.random_weights = bool(job.get("random_weights"))
+        self.store.update_job(self.job_id, status=RUNNING, started_at=job["started_at"] or _now(), error=None)
+        try:
+            with ExitStack() as stack:
+                return self._run(stack, job)
+        except KeyboardInterrupt:
+            self.store.update_job(self.job_id, status=INTERRUPTED)
+            self.progress.report(phase=INTERRUPTED, force=True)
+            raise
+        except PosegraphError as exc:
+            self.store.update_job(self.job_id, status=FAILED, error=str(exc), finished_at=_now())
+            self.progress.report(phase=FAILED, error=str(exc), force=True)
+            raise
+        except Exception as exc:
+            message = f"internal error: {type(exc).__name__}: {exc}"
+            self.store.update_job(self.job_id, status=FAILED, error=message, finished_at=_now())
+            self.progress.report(phase=FAILED, error=message, force=True)
+            raise
+        finally:
+            self.progress.close()
+            self.store.close()
+
+    def _run(self, stack: ExitStack, job: dict[str, Any]) -> dict[str, Any]:
+        o = self.o
+        local = fetch_to_cache(o.video)
+        reader = stack.enter_context(VideoReader(local))
+        info = reader.info
+        total = -(-info.frame_count // o.stride) if info.frame_count else None
+        if total and o.max_frames:
+            total = min(total, o.max_frames)
+        self.store.update_job(self.job_id, width=info.width, height=info.height, fps=info.fps, frames_total=total)
+        endpoint, lift3d_url = self._graph(stack)
+        client = stack.enter_context(GraphClient(endpoint, token=o.token))
+        lift_client = stack.enter_context(GraphClient(lift3d_url, token=o.token)) if lift3d_url else client
+
+        from ..config import load_profile
+
+        t = load_profile(o.profile).tracking
+        tracker = Tracker.from_state(job.get("tracker_state"), threshold=t.threshold, use_oks=t.method == "oks",
+                                     max_gap=t.max_gap)
+        resume_from = (job["last_frame"] + 1) if job.get("last_frame") is not None else 0
+        done = job.get("frames_done") or 0
+        self.progress.start(total=total, done=done + (job.get("frames_failed") or 0), phase=RUNNING)
+
+        pending: list[tuple[int, float, np.ndarray]] = []
+        lift_failures = 0
+
+        def flush() -> None:
+            nonlocal lift_failures
+            results = self._frames_through_graph(client, pending)
+            frames, persons, extents = [], [], {}
+            for index, timestamp, found, error in results:
+                if found is None:
+                    frames.append(FrameRow(index, timestamp, "failed", error, 0))
+                    continue
+                doc = FrameDocument(width=info.width, height=info.height, frame_index=index, persons=found)
+                tracker.update(doc)
+                frames.append(FrameRow(index, timestamp, "ok", None, len(doc.persons)))
+                for p_index, person in enumerate(doc.persons):
+                    persons.append(PersonRow(index, p_index, person.track_id, person.score, person.bbox,
+                                             person.keypoints2d, person.keypoints3d))
+                    first, last = extents.get(person.track_id, (index, index))
+                    extents[person.track_id] = (min(first, index), max(last, index))
+            self.store.commit_batch(self.job_id, frames, persons, [(k, a, b) for k, (a, b) in extents.items()],
+                                    last_frame=pending[-1][0], tracker_state=tracker.state())
+            pending.clear()
+            finished = [tid for tid in self.store.unlifted_tracks(self.job_id) if tid not in tracker.live_ids()]
+            lift_failures += self._lift(lift_client, finished, info.width, info.height)
+            row = self.store.job(self.job_id)
+            self.progress.report(done=row["frames_done"] + row["frames_failed"], persons=row["persons"],
+                                 tracks=row["tracks"], failed=row["frames_failed"])
+
+        for index, pixels in reader.frames(stride=o.stride, max_frames=o.max_frames, start=resume_from):
+            pending.append((index, round(index / info.fps, 4), pixels))
+            if len(pending) >= o.batch:
+                flush()
+        if pending:
+            flush()
+        # The video has ended: every track is finished.
+        lift_failures += self._lift(lift_client, self.store.unlifted_tracks(self.job_id), info.width, info.height)
+
+        outputs = {}
+        if o.render:
+            self.progress.report(phase="rendering", force=True)
+            outputs = self._render_and_upload(local, info)
+        row = self.store.job(self.job_id)
+        counts = self.store.counts(self.job_id)
+        notes = []
+        if reader.truncated:
+            notes.append(f"the video ended early: decoding stopped before its {info.frame_count} frames")
+        if row["frames_failed"]:
+            notes.append(f"{row['frames_failed']} frames failed in the graph (recorded in frames.error)")
+        unlifted = len(self.store.unlifted_tracks(self.job_id))
+        if unlifted:
+            notes.append(f"{unlifted} tracks could not be lifted (recorded in tracks.error)")
+        if counts["persons"] == 0:
+            notes.append("no person was found in the video")
+        status = PARTIAL if (row["frames_failed"] or unlifted) else SUCCEEDED
+        self.store.update_job(self.job_id, status=status, outputs=outputs, note="; ".join(notes) or None,
+                              finished_at=_now())
+        self.progress.report(phase=status, force=True, outputs=outputs)
+        return self._summary()
+
+    # -- outputs -----------------------------------------------------------------------------------------
+    def _render_and_upload(self, video: Path, info) -> dict[str, str]:
+        """Overlay video, 3D plot and frames.jsonl, rebuilt from the store, then uploaded."""
+        from ..render import draw_overlay, plot_3d, poses_for_plot
+
+        o = self.o
+        work = Path(tempfile.mkdtemp(prefix=f"posegraph-{self.job_id}-"))
+        overlay_path = work / f"overlay.{o.video_format}"
+        writer = open_video_writer(overlay_path, info.fps / o.stride, (info.width, info.height))
+        random_weights = self.random_weights
+        docs_for_plot: list[FrameDocument] = []
+        chunk = 256
+        frames_cache: dict[int, dict] = {}
+        jsonl = open(work / "frames.jsonl", "w")
+        with VideoReader(video) as reader:
+            for index, pixels in reader.frames(stride=o.stride, max_frames=o.max_frames):
+                if index not in frames_cache:
+                    frames_cache = self.store.frame_results(self.job_id, index, index + chunk * o.stride)
+                frame = frames_cache.get(index)
+                if frame is None:
+                    continue
+                doc = FrameDocument(width=info.width, height=info.height, frame_index=index,
+                                    timestamp_s=frame["timestamp_s"], image=ImageRef(uri=o.video),
+                                    persons=frame["persons"] if frame["status"] == "ok" else None)
+                if frame["status"] != "ok":
+                    doc.error = frame["error"]  # an extra field: the failure is visible in the export too
+                writer.write(draw_overlay(pixels, doc, random_weights=random_weights))
+                jsonl.write(json.dumps(doc.to_json(), separators=(",", ":")) + "\n")
+                if doc.persons:
+                    docs_for_plot.append(FrameDocument(frame_index=index, persons=[
+                        p for p in doc.persons if p.keypoints3d is not None and p.track_id is not None]))
+        writer.release()
+        jsonl.close()
+        plot_3d(poses_for_plot(docs_for_plot, by_track=True), work / "pose3d.png",
+                title=f"{Path(o.video).name}: 3D poses (job {self.job_id})", random_weights=random_weights)
+        outputs = {}
+        types = {".webm": "video/webm", ".mp4": "video/mp4", ".png": "image/png", ".jsonl": "application/jsonl"}
+        for path in (overlay_path, work / "pose3d.png", work / "frames.jsonl"):
+            target = _join(o.output, path.name)
+            write_bytes(target, path.read_bytes(), content_type=types[path.suffix])
+            outputs[path.stem] = target
+        return outputs
+
+    def _summary(self, already_done: bool = False) -> dict[str, Any]:
+        store = self.store if self.store is not None else open_store(self.o.results)
+        row = store.job(self.job_id)
+        summary = {k: row[k] for k in ("job_id", "status", "frames_total", "frames_done", "frames_failed", "persons",
+                                       "tracks", "outputs", "note", "error")}
+        summary["already_done"] = already_done
+        return summary
+
+
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+

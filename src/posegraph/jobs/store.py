@@ -1,0 +1,403 @@
+"""Where job results live: PostgreSQL in a cluster, SQLite on one machine. One interface, two backends.
+
+Schema (migrated by ``posegraph db migrate`` or any job run):
+
+    jobs     one row per job: video, status, counts, timings, error, the resume point and tracker state
+    frames   (job_id, frame_index) PK: status ok|failed, error, persons
+    persons  (job_id, frame_index, person_index) PK: track_id, score, bbox, keypoints2d, keypoints3d (JSON)
+             index (job_id, track_id, frame_index): one track, fast
+    tracks   (job_id, track_id) PK: first/last frame, whether it has been lifted
+
+Writes are bulk (``executemany``, pipelined by psycopg 3) and transactional. A batch of frames, its
+persons, its tracks and the job's resume point commit together. A killed runner therefore
+resumes from the last committed frame, with no duplicate or missing rows, and upserts on the
+primary keys make a replay harmless.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import urllib.parse
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import PosegraphError, UsageError
+
+SCHEMA = [
+    # version 1
+    """
+    CREATE TABLE IF NOT EXISTS jobs (
+        job_id        TEXT PRIMARY KEY,
+        video_uri     TEXT NOT NULL,
+        status        TEXT NOT NULL,
+        params        {json} NOT NULL,
+        width         INTEGER,
+        height        INTEGER,
+        fps           {real},
+        frames_total  INTEGER,
+        frames_done   INTEGER NOT NULL DEFAULT 0,
+        frames_failed INTEGER NOT NULL DEFAULT 0,
+        persons       INTEGER NOT NULL DEFAULT 0,
+        tracks        INTEGER NOT NULL DEFAULT 0,
+        last_frame    INTEGER,
+        tracker_state {json},
+        outputs       {json},
+        random_weights BOOLEAN NOT NULL DEFAULT FALSE,
+        error         TEXT,
+        note          TEXT,
+        created_at    {ts} NOT NULL,
+        started_at    {ts},
+        finished_at   {ts},
+        updated_at    {ts} NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS frames (
+        job_id       TEXT NOT NULL REFERENCES jobs (job_id) ON DELETE CASCADE,
+        frame_index  INTEGER NOT NULL,
+        timestamp_s  {real},
+        status       TEXT NOT NULL,
+        error        TEXT,
+        persons      INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (job_id, frame_index)
+    );
+    CREATE TABLE IF NOT EXISTS persons (
+        job_id        TEXT NOT NULL,
+        frame_index   INTEGER NOT NULL,
+        person_index  INTEGER NOT NULL,
+        track_id      INTEGER,
+        score         {real} NOT NULL,
+        bbox          {json} NOT NULL,
+        keypoints2d   {json},
+        keypoints3d   {json},
+        PRIMARY KEY (job_id, frame_index, person_index),
+        FOREIGN KEY (job_id, frame_index) REFERENCES frames (job_id, frame_index) ON DELETE CASCADE
+    );
+    CREATE INDEX IF NOT EXISTS persons_by_track ON persons (job_id, track_id, frame_index);
+    CREATE TABLE IF NOT EXISTS tracks (
+        job_id       TEXT NOT NULL REFERENCES jobs (job_id) ON DELETE CASCADE,
+        track_id     INTEGER NOT NULL,
+        first_frame  INTEGER NOT NULL,
+        last_frame   INTEGER NOT NULL,
+        lifted       BOOLEAN NOT NULL DEFAULT FALSE,
+        error        TEXT,
+        PRIMARY KEY (job_id, track_id)
+    );
+    """,
+]
+
+
+@dataclass(frozen=True)
+class Dialect:
+    name: str
+    placeholder: str
+    json: str
+    json_param: str
+    real: str
+    ts: str
+
+
+SQLITE = Dialect("sqlite", "?", "TEXT", "?", "REAL", "TEXT")
+POSTGRES = Dialect("postgresql", "%s", "JSONB", "%s::jsonb", "DOUBLE PRECISION", "TIMESTAMPTZ")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _dump(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def _load(value: Any) -> Any:
+    if value is None or not isinstance(value, (str, bytes)):
+        return value  # psycopg already decoded jsonb
+    return json.loads(value)
+
+
+@dataclass
+class PersonRow:
+    frame_index: int
+    person_index: int
+    track_id: int | None
+    score: float
+    bbox: list[float]
+    keypoints2d: list[list[float]] | None
+    keypoints3d: list[list[float]] | None
+
+
+@dataclass
+class FrameRow:
+    frame_index: int
+    timestamp_s: float | None
+    status: str  # ok | failed
+    error: str | None
+    persons: int
+
+
+class ResultsStore:
+    """Base: SQL written once; each backend supplies a connection and its dialect."""
+
+    dialect: Dialect
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+
+    # -- plumbing ----------------------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:  # pragma: no cover - per backend
+        raise NotImplementedError
+        yield
+
+    def close(self) -> None:  # pragma: no cover - per backend
+        pass
+
+    def _sql(self, text: str) -> str:
+        d = self.dialect
+        text = text.replace("{json}", d.json).replace("{real}", d.real).replace("{ts}", d.ts)
+        if d.placeholder != "?":
+            text = text.replace("?", d.placeholder)
+        return text.replace("{j}", d.json_param)
+
+    def _exec(self, cur, text: str, params: tuple | list = ()) -> Any:
+        cur.execute(self._sql(text), params)
+        return cur
+
+    # -- schema --------------------------------------------------------------------------------------
+    def migrate(self) -> list[int]:
+        """Apply missing schema versions; returns the versions applied now."""
+        applied = []
+        with self.transaction() as cur:
+            self._exec(cur, "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+                            "applied_at TEXT NOT NULL)")
+            have = {row[0] for row in self._exec(cur, "SELECT version FROM schema_migrations").fetchall()}
+            for version, ddl in enumerate(SCHEMA, start=1):
+                if version in have:
+                    continue
+                for statement in self._sql(ddl).split(";"):
+                    if statement.strip():
+                        cur.execute(statement)
+                self._exec(cur, "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                           (version, _now()))
+                applied.append(version)
+        return applied
+
+    # -- jobs ----------------------------------------------------------------------------------------
+    def begin_job(self, job_id: str, video_uri: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Create the job, or return the existing one to resume. A job id names one video."""
+        with self.transaction() as cur:
+            row = self._job(cur, job_id)
+            if row is None:
+                now = _now()
+                self._exec(cur, "INSERT INTO jobs (job_id, video_uri, status, params, created_at, updated_at) "
+                                "VALUES (?, ?, 'queued', {j}, ?, ?)", (job_id, video_uri, _dump(params), now, now))
+                row = self._job(cur, job_id)
+            elif row["video_uri"] != video_uri:
+                raise UsageError(f"job {job_id} exists for another video ({row['video_uri']}); use a new --job-id")
+            return row
+
+    def _job(self, cur, job_id: str) -> dict[str, Any] | None:
+        cur = self._exec(cur, "SELECT * FROM jobs WHERE job_id = ?", (job_id,))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        out = dict(zip([c[0] for c in cur.description], row))
+        for key in ("params", "tracker_state", "outputs"):
+            out[key] = _load(out.get(key))
+        return out
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        with self.transaction() as cur:
+            return self._job(cur, job_id)
+
+    def update_job(self, job_id: str, **fields: Any) -> None:
+        if not fields:
+            return
+        json_fields = {"params", "tracker_state", "outputs"}
+        sets = ", ".join(f"{k} = {{j}}" if k in json_fields else f"{k} = ?" for k in fields)
+        values = [(_dump(v) if k in json_fields else v) for k, v in fields.items()]
+        with self.transaction() as cur:
+            self._exec(cur, f"UPDATE jobs SET {sets}, updated_at = ? WHERE job_id = ?", (*values, _now(), job_id))
+
+    # -- frames ----------------------------------------------------------------------------------------
+    def commit_batch(self, job_id: str, frames: list[FrameRow], persons: list[PersonRow],
+                     tracks: list[tuple[int, int, int]], *, last_frame: int, tracker_state: Any) -> None:
+        """One batch, all or nothing: frames, persons, track extents, counters and the resume point."""
+        with self.transaction() as cur:
+            cur.executemany(self._sql(
+                "INSERT INTO frames (job_id, frame_index, timestamp_s, status, error, persons) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (job_id, frame_index) DO UPDATE SET timestamp_s = excluded.timestamp_s, "
+                "status = excluded.status, error = excluded.error, persons = excluded.persons"),
+                [(job_id, f.frame_index, f.timestamp_s, f.status, f.error, f.persons) for f in frames])
+            cur.executemany(self._sql(
+                "INSERT INTO persons (job_id, frame_index, person_index, track_id, score, bbox, keypoints2d, keypoints3d) "
+                "VALUES (?, ?, ?, ?, ?, {j}, {j}, {j}) ON CONFLICT (job_id, frame_index, person_index) DO UPDATE SET "
+                "track_id = excluded.track_id, score = excluded.score, bbox = excluded.bbox, "
+                "keypoints2d = excluded.keypoints2d, keypoints3d = excluded.keypoints3d"),
+                [(job_id, p.frame_index, p.person_index, p.track_id, p.score, _dump(p.bbox), _dump(p.keypoints2d),
+                  _dump(p.keypoints3d)) for p in persons])
+            cur.executemany(self._sql(
+                "INSERT INTO tracks (job_id, track_id, first_frame, last_frame) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (job_id, track_id) DO UPDATE SET "
+                "first_frame = CASE WHEN excluded.first_frame < tracks.first_frame THEN excluded.first_frame "
+                "ELSE tracks.first_frame END, "
+                "last_frame = CASE WHEN excluded.last_frame > tracks.last_frame THEN excluded.last_frame "
+                "ELSE tracks.last_frame END"),
+                [(job_id, t, first, last) for t, first, last in tracks])
+            self._exec(cur, """
+                UPDATE jobs SET
+                    frames_done = (SELECT COUNT(*) FROM frames WHERE job_id = ? AND status = 'ok'),
+                    frames_failed = (SELECT COUNT(*) FROM frames WHERE job_id = ? AND status = 'failed'),
+                    persons = (SELECT COUNT(*) FROM persons WHERE job_id = ?),
+                    tracks = (SELECT COUNT(*) FROM tracks WHERE job_id = ?),
+                    last_frame = ?, tracker_state = {j}, updated_at = ?
+                WHERE job_id = ?""", (job_id, job_id, job_id, job_id, last_frame, _dump(tracker_state), _now(), job_id))
+
+    def unlifted_tracks(self, job_id: str, ended_before: int | None = None) -> list[int]:
+        """Tracks not lifted yet; with ``ended_before``, only those whose last frame is earlier."""
+        with self.transaction() as cur:
+            if ended_before is None:
+                rows = self._exec(cur, "SELECT track_id FROM tracks WHERE job_id = ? AND NOT lifted ORDER BY track_id",
+                                  (job_id,)).fetchall()
+            else:
+                rows = self._exec(cur, "SELECT track_id FROM tracks WHERE job_id = ? AND NOT lifted AND last_frame < ? "
+                                       "ORDER BY track_id", (job_id, ended_before)).fetchall()
+        return [r[0] for r in rows]
+
+    def track_frames(self, job_id: str, track_id: int) -> list[dict[str, Any]]:
+        with self.transaction() as cur:
+            rows = self._exec(cur, "SELECT frame_index, person_index, score, bbox, keypoints2d FROM persons "
+                                   "WHERE job_id = ? AND track_id = ? ORDER BY frame_index",
+                              (job_id, track_id)).fetchall()
+        return [{"frame_index": r[0], "person_index": r[1], "score": r[2], "bbox": _load(r[3]),
+                 "keypoints2d": _load(r[4])} for r in rows]
+
+    def write_lifted(self, job_id: str, track_id: int, rows: list[tuple[int, int, list]]) -> None:
+        """``rows``: (frame_index, person_index, keypoints3d). Marks the track lifted, atomically."""
+        with self.transaction() as cur:
+            cur.executemany(self._sql("UPDATE persons SET keypoints3d = {j} WHERE job_id = ? AND frame_index = ? "
+                                      "AND person_index = ?"),
+                            [(_dump(k3), job_id, f, p) for f, p, k3 in rows])
+            self._exec(cur, "UPDATE tracks SET lifted = TRUE, error = NULL WHERE job_id = ? AND track_id = ?",
+                       (job_id, track_id))
+
+    def update_track_error(self, job_id: str, track_id: int, error: str) -> None:
+        with self.transaction() as cur:
+            self._exec(cur, "UPDATE tracks SET error = ? WHERE job_id = ? AND track_id = ?", (error, job_id, track_id))
+
+    def frame_results(self, job_id: str, start: int, stop: int) -> dict[int, dict[str, Any]]:
+        """Frames in [start, stop) with their persons, for rendering and export."""
+        with self.transaction() as cur:
+            frames = self._exec(cur, "SELECT frame_index, timestamp_s, status, error FROM frames WHERE job_id = ? "
+                                     "AND frame_index >= ? AND frame_index < ? ORDER BY frame_index",
+                                (job_id, start, stop)).fetchall()
+            persons = self._exec(cur, "SELECT frame_index, person_index, track_id, score, bbox, keypoints2d, "
+                                      "keypoints3d FROM persons WHERE job_id = ? AND frame_index >= ? AND frame_index < ? "
+                                      "ORDER BY frame_index, person_index", (job_id, start, stop)).fetchall()
+        out = {f[0]: {"frame_index": f[0], "timestamp_s": f[1], "status": f[2], "error": f[3], "persons": []}
+               for f in frames}
+        for p in persons:
+            out[p[0]]["persons"].append({"track_id": p[2], "score": p[3], "bbox": _load(p[4]),
+                                         "keypoints2d": _load(p[5]), "keypoints3d": _load(p[6])})
+        return out
+
+    def counts(self, job_id: str) -> dict[str, int]:
+        with self.transaction() as cur:
+            def one(sql):
+                return self._exec(cur, sql, (job_id,)).fetchone()[0]
+
+            return {
+                "frames": one("SELECT COUNT(*) FROM frames WHERE job_id = ?"),
+                "persons": one("SELECT COUNT(*) FROM persons WHERE job_id = ?"),
+                "tracks": one("SELECT COUNT(*) FROM tracks WHERE job_id = ?"),
+                "persons_without_3d": one("SELECT COUNT(*) FROM persons WHERE job_id = ? AND keypoints3d IS NULL"),
+            }
+
+
+class SQLiteStore(ResultsStore):
+    dialect = SQLITE
+
+    def __init__(self, dsn: str, path: Path) -> None:
+        super().__init__(dsn)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._local = threading.local()
+
+    def _connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def transaction(self):
+        conn = self._connection()
+        cur = conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            yield cur
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        finally:
+            cur.close()
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+class PostgresStore(ResultsStore):
+    """psycopg 3 with a small pool. The password comes from PGPASSWORD / a Secret, never the DSN."""
+
+    dialect = POSTGRES
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(dsn)
+        try:
+            from psycopg_pool import ConnectionPool
+        except ImportError:
+            raise UsageError("PostgreSQL results need psycopg: pip install 'posegraph[postgres]'") from None
+        self.pool = ConnectionPool(dsn, min_size=1, max_size=4, open=False, kwargs={"autocommit": False})
+        try:
+            self.pool.open(wait=True, timeout=15)
+        except Exception as exc:
+            self.pool.close()
+            raise PosegraphError(f"cannot connect to {redact(dsn)}: {exc}") from None
+
+    @contextmanager
+    def transaction(self):
+        with self.pool.connection() as conn:
+            with conn.transaction():
+                with conn.cursor() as cur:
+                    yield cur
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def redact(dsn: str) -> str:
+    parsed = urllib.parse.urlsplit(dsn)
+    if parsed.password:
+        netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@")
+        return urllib.parse.urlunsplit(parsed._replace(netloc=netloc))
+    return dsn
+
+
+def open_store(dsn: str) -> ResultsStore:
+    """``sqlite:///relative.db``, ``sqlite:////abs/path.db`` or ``postgresql://user@host:port/db``."""
+    if dsn.startswith("sqlite:///"):
+        return SQLiteStore(dsn, Path(dsn[len("sqlite:///"):]).expanduser())
+    if dsn.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(dsn)
+    raise UsageError(f"results DSN {redact(dsn)!r}: use sqlite:///path.db or postgresql://user@host/db")

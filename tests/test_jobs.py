@@ -1,0 +1,288 @@
+"""Video jobs against real services: PostgreSQL 15, an S3 server (SeaweedFS) and the local graph."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+
+from posegraph.jobs.store import open_store
+from posegraph.samples import synthetic_clip_frames, write_clip
+
+FRAMES = 24
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    from services import postgres_server
+
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def graph(checkpoints):
+    from posegraph.config import load_profile
+    from posegraph.graph.local import archives_for_profile, default_pipeline, start_local_graph
+
+    layouts = archives_for_profile(load_profile("cpu"), checkpoints)
+    with start_local_graph(default_pipeline(layouts, "kserve"), layouts) as g:
+        yield g
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    return write_clip(tmp_path_factory.mktemp("video") / "walk.mp4", synthetic_clip_frames(FRAMES))
+
+
+def job(*args, env=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", "posegraph", "job", "run", "--quiet", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "POSEGRAPH_RETRY_BASE_S": "0.05", **(env or {})})
+
+
+def graph_args(graph):
+    return ["--graph", graph.endpoint, "--lift3d", graph.servers["lift3d"].predict_url]
+
+
+def count_frames(path: Path) -> int:
+    capture = cv2.VideoCapture(str(path))
+    n = 0
+    while capture.read()[0]:
+        n += 1
+    return n
+
+
+def assert_complete(store, job_id: str, frames: int, stride: int = 1):
+    row = store.job(job_id)
+    assert row["status"] == "succeeded", row
+    assert row["frames_done"] == frames and row["frames_failed"] == 0
+    results = store.frame_results(job_id, 0, 10**9)
+    assert sorted(results) == list(range(0, frames * stride, stride)), "every processed frame, no gap"
+    persons = [p for f in results.values() for p in f["persons"]]
+    assert len(persons) == row["persons"] == sum(len(f["persons"]) for f in results.values())
+    counts = store.counts(job_id)
+    assert counts["persons_without_3d"] == 0, "every track was lifted"
+    assert counts["tracks"] == row["tracks"] == len({p["track_id"] for p in persons})
+    for p in persons:
+        assert len(p["keypoints2d"]) == 17 and len(p["keypoints3d"]) == 17 and p["track_id"] is not None
+    return results
+
+
+# ---- the happy paths ---------------------------------------------------------------------------------
+
+def test_s3_video_to_postgres_and_s3_outputs(graph, clip, s3, postgres, tmp_path):
+    s3.create_bucket("videos")
+    s3.create_bucket("outputs")
+    s3.client().upload_file(str(clip), "videos", "in/walk.mp4")
+    progress = tmp_path / "progress.json"
+    result = job("--video", "s3://videos/in/walk.mp4", *graph_args(graph), "--results", postgres.dsn,
+                 "--output", "s3://outputs/jobs/walk/", "--batch", "4", "--job-id", "walk-1",
+                 "--progress-file", progress, env=s3.env())
+    assert result.returncode == 0, result.stderr
+    assert "walk-1: succeeded" in result.stdout
+    store = open_store(postgres.dsn)
+    try:
+        assert_complete(store, "walk-1", FRAMES)
+        outputs = store.job("walk-1")["outputs"]
+    finally:
+        store.close()
+    assert outputs == {"overlay": "s3://outputs/jobs/walk/overlay.webm", "pose3d": "s3://outputs/jobs/walk/pose3d.png",
+                       "frames": "s3://outputs/jobs/walk/frames.jsonl"}
+    video = tmp_path / "overlay.webm"
+    s3.client().download_file("outputs", "jobs/walk/overlay.webm", str(video))
+    assert count_frames(video) == FRAMES
+    lines = s3.client().get_object(Bucket="outputs", Key="jobs/walk/frames.jsonl")["Body"].read().splitlines()
+    assert len(lines) == FRAMES and json.loads(lines[3])["frame_index"] == 3
+    report = json.loads(progress.read_text())
+    assert report["phase"] == "succeeded" and report["frames_done"] == FRAMES
+
+
+def test_sqlite_and_local_files_with_a_stride(graph, clip, tmp_path):
+    db = tmp_path / "jobs.db"
+    result = job("--video", clip, *graph_args(graph), "--results", f"sqlite:///{db}", "--output", tmp_path / "out",
+                 "--stride", "3", "--job-id", "strided", "--video-format", "mp4")
+    assert result.returncode == 0, result.stderr
+    store = open_store(f"sqlite:///{db}")
+    assert_complete(store, "strided", FRAMES // 3, stride=3)
+    assert count_frames(tmp_path / "out" / "overlay.mp4") == FRAMES // 3
+    assert (tmp_path / "out" / "pose3d.png").stat().st_size > 10_000
+    again = job("--video", clip, *graph_args(graph), "--results", f"sqlite:///{db}", "--output", tmp_path / "out",
+                "--stride", "3", "--job-id", "strided")
+    assert again.returncode == 0 and "already succeeded" in again.stdout
+
+
+def test_the_embedded_graph_runs_the_job_by_itself(checkpoints, clip, tmp_path):
+    """`--graph local`: no endpoint given; the runner starts the graph for the job and stops it."""
+    result = job("--video", clip, "--checkpoints", checkpoints, "--results", f"sqlite:///{tmp_path / 'r.db'}",
+                 "--output", tmp_path / "out", "--max-frames", "6", "--job-id", "embedded")
+    assert result.returncode == 0, result.stderr
+    assert_complete(open_store(f"sqlite:///{tmp_path / 'r.db'}"), "embedded", 6)
+
+
+# ---- resume after SIGKILL ------------------------------------------------------------------------------
+
+def _kill_midway(graph, clip, results: str, job_id: str, out: Path) -> None:
+    cmd = [sys.executable, "-m", "posegraph", "job", "run", "--quiet", "--video", str(clip), *graph_args(graph),
+           "--results", results, "--output", str(out), "--batch", "2", "--job-id", job_id]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "POSEGRAPH_RETRY_BASE_S": "0.05"})
+    store = open_store(results)
+    store.migrate()  # the runner migrates too; this only lets us poll before it has
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            row = store.job(job_id)
+            if row and (row["frames_done"] or 0) >= 6:
+                break
+            if proc.poll() is not None:
+                pytest.fail("the job finished before it could be killed")
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        row = store.job(job_id)
+        assert row["status"] == "running" and 6 <= row["frames_done"] < FRAMES, row
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+def test_killed_job_resumes_without_duplicates_or_gaps(backend, graph, clip, postgres, tmp_path):
+    results = postgres.dsn if backend == "postgres" else f"sqlite:///{tmp_path / 'jobs.db'}"
+    _kill_midway(graph, clip, results, f"killed-{backend}", tmp_path / "out")
+    resumed = job("--video", clip, *graph_args(graph), "--results", results, "--output", tmp_path / "out",
+                  "--batch", "2", "--job-id", f"killed-{backend}")
+    assert resumed.returncode == 0, resumed.stderr
+    reference = job("--video", clip, *graph_args(graph), "--results", results, "--output", tmp_path / "ref",
+                    "--batch", "2", "--job-id", f"uninterrupted-{backend}")
+    assert reference.returncode == 0, reference.stderr
+    store = open_store(results)
+    try:
+        got = assert_complete(store, f"killed-{backend}", FRAMES)
+        want = assert_complete(store, f"uninterrupted-{backend}", FRAMES)
+    finally:
+        store.close()
+    # The same rows as a run that was never interrupted: same persons, same track ids.
+    for index in want:
+        a, b = got[index]["persons"], want[index]["persons"]
+        assert [p["track_id"] for p in a] == [p["track_id"] for p in b], f"frame {index}"
+        assert np.allclose([p["bbox"] for p in a], [p["bbox"] for p in b], atol=1e-3)
+        assert np.allclose([p["keypoints3d"] for p in a], [p["keypoints3d"] for p in b], atol=1e-3)
+    assert count_frames(tmp_path / "out" / "overlay.webm") == FRAMES, "the resumed job's video is complete"
+
+
+# ---- bad input -----------------------------------------------------------------------------------------
+
+def test_corrupt_video_fails_clearly_and_leaves_a_consistent_store(graph, tmp_path):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(5000))
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    result = job("--video", bad, *graph_args(graph), "--results", db, "--output", tmp_path / "o", "--job-id", "bad")
+    assert result.returncode != 0
+    assert "broken.mp4" in result.stderr and "Traceback" not in result.stderr
+    store = open_store(db)
+    row = store.job("bad")
+    assert row["status"] == "failed" and "broken.mp4" in row["error"]
+    assert store.counts("bad") == {"frames": 0, "persons": 0, "tracks": 0, "persons_without_3d": 0}
+
+
+def test_unreachable_video_uri_fails_clearly(graph, s3, tmp_path):
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    result = job("--video", "s3://videos/nope/missing.mp4", *graph_args(graph), "--results", db, "--output",
+                 tmp_path / "o", "--job-id", "missing", env=s3.env())
+    assert result.returncode != 0 and "s3://videos/nope/missing.mp4" in result.stderr
+    assert open_store(db).job("missing")["status"] == "failed"
+    unreachable_graph = job("--video", tmp_path / "nothing.mp4", "--graph", "http://127.0.0.1:9/", "--results", db,
+                            "--output", tmp_path / "o", "--job-id", "nofile")
+    assert unreachable_graph.returncode != 0 and "no such file" in unreachable_graph.stderr
+
+
+def test_a_video_with_nobody_in_it(checkpoints, tmp_path):
+    from posegraph.config import load_profile
+    from posegraph.graph.local import archives_for_profile, default_pipeline, start_local_graph
+
+    layouts = archives_for_profile(load_profile("cpu", ["detect.score_threshold=0.9999"]), checkpoints)
+    empty = write_clip(tmp_path / "empty.mp4", [np.full((240, 320, 3), 90, np.uint8)] * 6)
+    with start_local_graph(default_pipeline(layouts, "kserve"), layouts) as g:
+        result = job("--video", empty, *graph_args(g), "--results", f"sqlite:///{tmp_path / 'r.db'}", "--output",
+                     tmp_path / "o", "--job-id", "empty")
+    assert result.returncode == 0, result.stderr
+    assert "no person was found" in result.stdout
+    row = open_store(f"sqlite:///{tmp_path / 'r.db'}").job("empty")
+    assert row["status"] == "succeeded" and row["persons"] == 0 and row["frames_done"] == 6
+    assert count_frames(tmp_path / "o" / "overlay.webm") == 6
+
+
+class FlakyProxy(http.server.BaseHTTPRequestHandler):
+    """In front of the real graph: the first attempts of each request get 503, and any request
+    holding frame 5 gets a 400, as a graph that errors on one frame would."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["content-length"]))
+        server = self.server
+        frames = [d.get("frame_index") for d in json.loads(body).get("instances", [])]
+        with server.lock:
+            server.attempts[body] = server.attempts.get(body, 0) + 1
+            attempt = server.attempts[body]
+        if 5 in frames:
+            status, payload = 400, json.dumps({"error": "detect: this frame is cursed"}).encode()
+        elif attempt <= 2:
+            status, payload = 503, json.dumps({"error": "overloaded, try again"}).encode()
+        else:
+            response = httpx.post(server.target, content=body, headers={"content-type": "application/json"},
+                                  timeout=120)
+            status, payload = response.status_code, response.content
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+def test_a_graph_that_errors_on_some_frames_is_retried_then_recorded(graph, clip, tmp_path):
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FlakyProxy)
+    proxy.target, proxy.attempts, proxy.lock = graph.endpoint, {}, threading.Lock()
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    try:
+        result = job("--video", clip, "--graph", f"http://127.0.0.1:{proxy.server_address[1]}/", "--lift3d",
+                     graph.servers["lift3d"].predict_url, "--results", db, "--output", tmp_path / "o",
+                     "--max-frames", "8", "--batch", "4", "--job-id", "flaky")
+    finally:
+        proxy.shutdown()
+    assert result.returncode == 1, result.stderr  # finished, but not clean: "partial"
+    assert "1 frames failed" in result.stdout
+    store = open_store(db)
+    row = store.job("flaky")
+    assert row["status"] == "partial" and row["frames_failed"] == 1 and row["frames_done"] == 7
+    frames = store.frame_results("flaky", 0, 100)
+    assert sorted(frames) == list(range(8)), "the failed frame is recorded, not skipped"
+    assert frames[5]["status"] == "failed" and "cursed" in frames[5]["error"]
+    assert max(proxy.attempts.values()) >= 3, "503s were retried"
+    assert count_frames(tmp_path / "o" / "overlay.webm") == 8
+
+
+def test_db_migrate_cli(postgres, tmp_path):
+    first = subprocess.run([sys.executable, "-m", "posegraph", "db", "migrate", "--results",
+                            f"sqlite:///{tmp_path / 'new.db'}"], capture_output=True, text=True)
+    assert first.returncode == 0 and "applied schema versions [1]" in first.stdout
+    again = subprocess.run([sys.executable, "-m", "posegraph", "db", "migrate", "--results", postgres.dsn],
+                           capture_output=True, text=True)
+    assert again.returncode == 0 and "schema" in again.stdout
+    bad = subprocess.run([sys.executable, "-m", "posegraph", "db", "migrate", "--results", "mysql://x"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "sqlite:///" in bad.stderr
