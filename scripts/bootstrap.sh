@@ -32,13 +32,13 @@ case "$mode" in
       pip_install "torch==2.13.0"
     fi
     step "posegraph"
-    pip_install -e ".[models,serve,postgres]"
+    pip_install -e ".[models,serve,postgres,operator]"
     ;;
   test)
     step "PyTorch + torchvision for the reference stack"
     pip_install -r requirements/test-torch.txt
     step "posegraph with test tools"
-    pip_install -e ".[models,serve,postgres,test]"
+    pip_install -e ".[models,serve,postgres,operator,test]"
     step "OpenMMLab reference stack (for the fidelity tests only)"
     pip_install -r requirements/mm-reference-deps.txt
     pip_install --no-deps -r requirements/mm-reference.txt

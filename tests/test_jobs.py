@@ -264,7 +264,7 @@ def test_a_graph_that_errors_on_some_frames_is_retried_then_recorded(graph, clip
                      "--max-frames", "8", "--batch", "4", "--job-id", "flaky")
     finally:
         proxy.shutdown()
-    assert result.returncode == 1, result.stderr  # finished, but not clean: "partial"
+    assert result.returncode == 5, result.stderr  # finished, but not clean: "partial"
     assert "1 frames failed" in result.stdout
     store = open_store(db)
     row = store.job("flaky")

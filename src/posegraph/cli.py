@@ -357,7 +357,8 @@ def cmd_job(args) -> int:
     print(f"  results      {args.results}")
     if summary["note"]:
         print(f"  note: {summary['note']}")
-    return 0 if summary["status"] == SUCCEEDED else 1
+    # 5: finished, with failures recorded in the store (the operator does not retry it).
+    return 0 if summary["status"] == SUCCEEDED else 5
 
 
 def cmd_db(args) -> int:

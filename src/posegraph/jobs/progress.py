@@ -82,12 +82,9 @@ class Progress:
     def _patch_posejob(self) -> None:
         """Best effort: a progress report that cannot be delivered must not stop the job."""
         try:
-            from kubernetes import client, config
+            from .. import k8s_config
 
-            try:
-                config.load_incluster_config()
-            except config.ConfigException:
-                config.load_kube_config()
+            client = k8s_config.client()
             namespace, name = self.posejob
             progress = {k: v for k, v in self.state.items() if k != "job_id"}
             client.CustomObjectsApi().patch_namespaced_custom_object_status(

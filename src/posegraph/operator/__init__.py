@@ -1,0 +1,1 @@
+"""The posegraph operator: PosePipeline and PoseJob custom resources, reconciled with kopf."""

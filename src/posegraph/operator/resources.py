@@ -1,0 +1,210 @@
+"""What the operator makes from custom resources: pure functions, no API calls (tested directly).
+
+* PosePipeline → the KServe objects (``posegraph.graph.kserve_objects``: the same code as
+  ``posegraph graph render``), owned by the pipeline;
+* children's conditions → the pipeline's status;
+* PoseJob (+ the pipeline's graph URL) → a ``batch/v1`` Job running ``posegraph job run``;
+* the Job's conditions and the runner's progress → the PoseJob's status.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..graph.kserve_objects import render
+from ..graph.spec import STAGE_NAMES, PosePipeline, parse_pipeline
+
+GROUP, VERSION = "posegraph.io", "v1alpha1"
+JOB_IMAGE = os.environ.get("POSEGRAPH_JOB_IMAGE", "ghcr.io/posegraph/posegraph-job:0.1.0")
+RUNNER_SERVICE_ACCOUNT = os.environ.get("POSEGRAPH_JOB_SERVICE_ACCOUNT", "posegraph-job-runner")
+# The runner's exit codes that retrying cannot fix: 2 usage, 3 bad input, 5 finished with failures.
+NON_RETRIABLE_EXIT_CODES = [2, 3, 5]
+VIDEO_SCHEMES = ("s3://", "https://", "http://")
+
+
+def owner_reference(body: dict[str, Any]) -> dict[str, Any]:
+    meta = body["metadata"]
+    return {"apiVersion": body.get("apiVersion", f"{GROUP}/{VERSION}"), "kind": body["kind"], "name": meta["name"],
+            "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}
+
+
+def pipeline_from_body(body: dict[str, Any]) -> PosePipeline:
+    meta = body["metadata"]
+    return parse_pipeline({"apiVersion": f"{GROUP}/{VERSION}", "kind": "PosePipeline",
+                           "metadata": {"name": meta["name"], "namespace": meta.get("namespace")},
+                           "spec": body.get("spec") or {}}, where=f"PosePipeline {meta['name']}")
+
+
+def pipeline_children(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The InferenceServices and the InferenceGraph of a PosePipeline, adopted by it."""
+    owner = owner_reference(body)
+    children = render(pipeline_from_body(body))
+    for child in children:
+        child["metadata"]["ownerReferences"] = [owner]
+    return children
+
+
+def _ready(conditions: list[dict[str, Any]] | None) -> tuple[bool, str, str]:
+    for condition in conditions or []:
+        if condition.get("type") == "Ready":
+            return (condition.get("status") == "True", condition.get("reason") or "",
+                    condition.get("message") or "")
+    return False, "Pending", "no Ready condition yet"
+
+
+def pipeline_status(body: dict[str, Any], isvcs: dict[str, dict | None], graph: dict | None) -> dict[str, Any]:
+    """The pipeline's status from its children (None: not created yet)."""
+    name = body["metadata"]["name"]
+    stages = {}
+    for stage in STAGE_NAMES:
+        child = isvcs.get(stage)
+        isvc_name = f"{name}-{stage}"
+        if child is None:
+            stages[stage] = {"inferenceService": isvc_name, "ready": False, "reason": "NotCreated", "message": ""}
+            continue
+        ready, reason, message = _ready((child.get("status") or {}).get("conditions"))
+        stages[stage] = {"inferenceService": isvc_name, "ready": ready, "reason": reason, "message": message[:500]}
+        url = (child.get("status") or {}).get("url")
+        if url:
+            stages[stage]["url"] = url
+    graph_ready, graph_reason, graph_message = _ready(((graph or {}).get("status") or {}).get("conditions"))
+    ready_count = sum(1 for s in stages.values() if s["ready"])
+    url = ((graph or {}).get("status") or {}).get("url")
+    if ready_count == len(STAGE_NAMES) and graph_ready:
+        phase, message = "Ready", f"graph ready at {url}" if url else "graph ready"
+    else:
+        waiting = [s for s, v in stages.items() if not v["ready"]] + ([] if graph_ready else ["graph"])
+        phase = "Degraded" if any(v["reason"] not in ("Pending", "NotCreated", "") for v in stages.values()
+                                  if not v["ready"]) else "Pending"
+        message = f"waiting for {', '.join(waiting)}" + (f": {graph_message}" if graph_message and not graph_ready
+                                                          and graph_reason != "Pending" else "")
+    status = {"phase": phase, "message": message, "stages": stages,
+              "readyStages": f"{ready_count}/{len(STAGE_NAMES)}",
+              "observedGeneration": body["metadata"].get("generation")}
+    if url:
+        status["graphURL"] = url
+    return status
+
+
+# ---- PoseJob -------------------------------------------------------------------------------------
+
+class InvalidPoseJob(ValueError):
+    pass
+
+
+def job_name(posejob_name: str) -> str:
+    return f"posejob-{posejob_name}"[:63].rstrip("-")
+
+
+def validate_posejob(spec: dict[str, Any]) -> None:
+    video = spec.get("video") or ""
+    if not video.startswith(VIDEO_SCHEMES):
+        raise InvalidPoseJob(f"spec.video {video!r}: a PoseJob reads videos from s3:// or https:// URIs")
+    prefix = (spec.get("output") or {}).get("prefix") or ""
+    if not prefix.startswith("s3://"):
+        raise InvalidPoseJob(f"spec.output.prefix {prefix!r}: outputs go to an s3:// prefix")
+
+
+def posejob_job(body: dict[str, Any], graph_url: str, *, image: str = JOB_IMAGE) -> dict[str, Any]:
+    """The batch/v1 Job that runs one PoseJob. The database password comes from the Secret."""
+    meta, spec = body["metadata"], body["spec"]
+    name, namespace = meta["name"], meta.get("namespace")
+    validate_posejob(spec)
+    options = spec.get("options") or {}
+    secret = spec["results"]["secretRef"]
+    args = ["job", "run", "--quiet", "--video", spec["video"], "--graph", graph_url,
+            "--results", "$(POSEGRAPH_RESULTS)", "--output", spec["output"]["prefix"],
+            "--stride", str(options.get("stride", 1)), "--batch", str(options.get("batch", 8)),
+            "--job-id", f"{namespace}-{name}", "--report-posejob", f"{namespace}/{name}",
+            "--video-format", options.get("videoFormat", "webm"), "--metrics-port", "9100"]
+    if options.get("maxFrames"):
+        args += ["--max-frames", str(options["maxFrames"])]
+    if options.get("render") is False:
+        args.append("--no-render")
+    resources = spec.get("resources") or {"requests": {"cpu": "500m", "memory": "1Gi"},
+                                          "limits": {"cpu": "2", "memory": "2Gi"}}
+    labels = {"app.kubernetes.io/part-of": "posegraph", "app.kubernetes.io/component": "job-runner",
+              "posegraph.io/posejob": name}
+    container = {
+        "name": "runner",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": args,
+        "env": [
+            {"name": "POSEGRAPH_RESULTS", "valueFrom": {"secretKeyRef": {"name": secret["name"],
+                                                                          "key": secret.get("dsnKey", "dsn")}}},
+            {"name": "PGPASSWORD", "valueFrom": {"secretKeyRef": {"name": secret["name"],
+                                                                   "key": secret.get("passwordKey", "password"),
+                                                                   "optional": True}}},
+            {"name": "POSEGRAPH_METRICS_HOST", "value": "0.0.0.0"},
+            {"name": "POSEGRAPH_CACHE", "value": "/tmp/posegraph"},
+        ],
+        "ports": [{"name": "metrics", "containerPort": 9100}],
+        "resources": resources,
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    job_spec = {
+        "backoffLimit": spec.get("backoffLimit", 2),
+        "ttlSecondsAfterFinished": spec.get("ttlSecondsAfterFinished", 86400),
+        "podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {
+            "containerName": "runner", "operator": "In", "values": NON_RETRIABLE_EXIT_CODES}}]},
+        "template": {
+            "metadata": {"labels": labels},
+            "spec": {
+                "restartPolicy": "Never",
+                "serviceAccountName": spec.get("serviceAccountName") or RUNNER_SERVICE_ACCOUNT,
+                "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000,
+                                    "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [container],
+                "volumes": [{"name": "tmp", "emptyDir": {}}],
+            },
+        },
+    }
+    if spec.get("activeDeadlineSeconds"):
+        job_spec["activeDeadlineSeconds"] = spec["activeDeadlineSeconds"]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": job_name(name), "namespace": namespace, "labels": labels,
+                     "ownerReferences": [owner_reference(body)]},
+        "spec": job_spec,
+    }
+
+
+def posejob_status_from_job(job: dict[str, Any], progress: dict[str, Any] | None) -> dict[str, Any]:
+    """Phase and message from the Job's conditions, refined by what the runner reported."""
+    status = job.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
+    runner_phase = (progress or {}).get("phase")
+    if "Complete" in conditions:
+        p = progress or {}
+        summary = ", ".join(f"{p[k]} {label if p[k] != 1 else label[:-1]}"
+                            for k, label in (("frames_done", "frames"), ("persons", "persons"), ("tracks", "tracks"))
+                            if p.get(k) is not None)
+        done = {"phase": "Succeeded", "message": f"done: {summary}" if summary else "done"}
+        if status.get("completionTime"):
+            done["completionTime"] = status["completionTime"]
+        return done
+    if "Failed" in conditions:
+        condition = conditions["Failed"]
+        if runner_phase == "partial":
+            return {"phase": "Partial", "message": "finished with failures recorded in the results store: "
+                                                   + ((progress or {}).get("error") or "see the job's note")}
+        reason = condition.get("reason") or "Failed"
+        detail = (progress or {}).get("error") or condition.get("message") or ""
+        return {"phase": "Failed", "message": f"{reason}: {detail}".strip(": ")}
+    if status.get("active"):
+        return {"phase": "Running", "message": f"runner {runner_phase or 'starting'}"}
+    return {"phase": "Pending", "message": "job created, waiting for its pod"}
+
+
+def frames_column(progress: dict[str, Any] | None) -> str | None:
+    if not progress:
+        return None
+    done, total = progress.get("frames_done"), progress.get("frames_total")
+    if done is None:
+        return None
+    return f"{done}/{total}" if total else str(done)

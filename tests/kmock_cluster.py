@@ -1,0 +1,87 @@
+"""A Kubernetes API for tests: kmock's emulator on a loopback port, in a background thread, plus a
+kubeconfig that points at it (the one exception to "no mocks": no API server can run here)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import yaml
+
+VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
+RESOURCES = {
+    "posegraph.io/v1alpha1/posepipelines": {"kind": "PosePipeline", "namespaced": True, "subresources": {"status"}},
+    "posegraph.io/v1alpha1/posejobs": {"kind": "PoseJob", "namespaced": True, "subresources": {"status"}},
+    "serving.kserve.io/v1beta1/inferenceservices": {"kind": "InferenceService", "namespaced": True,
+                                                     "subresources": {"status"}},
+    "serving.kserve.io/v1alpha1/inferencegraphs": {"kind": "InferenceGraph", "namespaced": True,
+                                                    "subresources": {"status"}},
+}
+
+
+class KMockCluster:
+    def __init__(self, workdir: Path) -> None:
+        import kmock
+
+        self._kmock = kmock
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.url = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(30).rstrip("/")
+        self.workdir = workdir
+        # One kubeconfig per identity (the bearer token names it), so a test can tell whose
+        # request it was: the operator's (KUBECONFIG), the job runner's, or the test's own.
+        self.kubeconfig = self.kubeconfig_for("operator")
+
+    def kubeconfig_for(self, identity: str) -> Path:
+        path = self.workdir / f"kubeconfig-{identity}"
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
+            "clusters": [{"name": "kmock", "cluster": {"server": self.url}}],
+            "users": [{"name": identity, "user": {"token": identity}}],
+            "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": identity, "namespace": "poses"}}],
+        }))
+        return path
+
+    async def _start(self) -> str:
+        self.emulator = self._kmock.KubernetesEmulator()
+        await self.emulator.__aenter__()
+        self.emulator.resources.load_bundled()
+        for key, info in RESOURCES.items():
+            self.emulator.resources[key] = {**info, "verbs": VERBS}
+        self.server = self._kmock.Server(self.emulator, host="127.0.0.1")
+        await self.server.__aenter__()
+        return str(self.server.url)
+
+    def requests(self, method: str, plural: str, name: str | None = None) -> list:
+        """Requests the emulator received (iterating the handler yields them), filtered."""
+        return [r for r in list(self.emulator)
+                if str(r.method).upper().endswith(method.upper()) and r.resource is not None
+                and r.resource.plural == plural and (name is None or r.name == name)]
+
+    def verbs_used_by(self, identity: str) -> set[tuple[str, str, str]]:
+        """(apiGroup, resource[/subresource], RBAC verb) of every request made with that identity."""
+        verbs = {"LIST": "list", "WATCH": "watch", "FETCH": "get", "CREATE": "create", "DELETE": "delete"}
+        used = set()
+        for r in list(self.emulator):
+            if r.headers.get("Authorization") != f"Bearer {identity}":
+                continue
+            if r.resource is None or r.action is None or r.resource.plural is None:
+                if r.url.path.startswith(("/api", "/apis", "/version")) and r.method.name == "GET":
+                    continue  # discovery: every authenticated identity may read it
+                used.add(("?", str(r.url.path), str(r.method)))
+                continue
+            method = str(r.method.value if hasattr(r.method, "value") else r.method).upper()
+            verb = {"PATCH": "patch", "PUT": "update"}.get(method) or verbs[r.action.name]
+            resource = r.resource.plural + (f"/{r.subresource}" if r.subresource else "")
+            used.add((r.resource.group or "", resource, verb))
+        return used
+
+    def stop(self) -> None:
+        async def _stop():
+            await self.server.__aexit__(None, None, None)
+            await self.emulator.__aexit__(None, None, None)
+
+        asyncio.run_coroutine_threadsafe(_stop(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
