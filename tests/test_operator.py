@@ -26,12 +26,13 @@ def load(path: Path) -> dict:
 
 # ---- the CRDs and the examples, without a cluster --------------------------------------------------
 
-def test_crds_are_valid_kubernetes_objects():
+def test_crds_and_rbac_are_valid_kubernetes_objects():
+    files = [*CRDS.glob("*.yaml"), *(REPO / "operators" / "rbac").glob("*.yaml")]
     for version in ("1.29.0", "1.31.0"):
         result = subprocess.run([sys.executable, "-m", "kubernetes_validate", "-k", version, "--strict",
-                                 *map(str, CRDS.glob("*.yaml"))], capture_output=True, text=True)
+                                 *map(str, files)], capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
-        assert result.stdout.count("passed") == 2
+        assert (result.stdout + result.stderr).count("passed") == 2 + 6
 
 
 @pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
