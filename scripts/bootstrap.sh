@@ -43,6 +43,8 @@ case "$mode" in
     pip_install -r requirements/mm-reference-deps.txt
     pip_install --no-deps -r requirements/mm-reference.txt
     pip_install --force-reinstall --no-deps --no-build-isolation --no-binary xtcocotools "xtcocotools==1.14.3"
+    step "helm 3 + helm 4 and kubectl (chart tests)"
+    scripts/install-helm.sh
     ;;
   *)
     echo "usage: $0 run|test" >&2

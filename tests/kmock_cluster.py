@@ -17,13 +17,20 @@ RESOURCES = {
                                                      "subresources": {"status"}},
     "serving.kserve.io/v1alpha1/inferencegraphs": {"kind": "InferenceGraph", "namespaced": True,
                                                     "subresources": {"status"}},
+    "serving.kserve.io/v1alpha1/clusterservingruntimes": {"kind": "ClusterServingRuntime", "namespaced": False,
+                                                          "subresources": set()},
+    "serving.kserve.io/v1alpha1/servingruntimes": {"kind": "ServingRuntime", "namespaced": True,
+                                                   "subresources": set()},
 }
 
 
 class KMockCluster:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, kserve: bool = True) -> None:
+        """``kserve=False``: a cluster without KServe's CRDs (for the chart's prerequisite check)."""
         import kmock
 
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.kserve = kserve
         self._kmock = kmock
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -49,10 +56,22 @@ class KMockCluster:
         await self.emulator.__aenter__()
         self.emulator.resources.load_bundled()
         for key, info in RESOURCES.items():
-            self.emulator.resources[key] = {**info, "verbs": VERBS}
+            if self.kserve or not key.startswith("serving.kserve.io/"):
+                self.emulator.resources[key] = {**info, "verbs": VERBS}
+        # kmock reports Kubernetes 1.26 (k3s); the chart requires >= 1.27, so report a supported one.
+        self.emulator["get /version"] << {"major": "1", "minor": "31", "gitVersion": "v1.31.4",
+                                          "platform": "linux/amd64"}
         self.server = self._kmock.Server(self.emulator, host="127.0.0.1")
         await self.server.__aenter__()
-        return str(self.server.url)
+        url = str(self.server.url).rstrip("/")
+        # kmock answers /api/v1 with groupVersion "/v1"; clients that build a REST mapping from
+        # discovery (helm) then find no core kinds. Serve the same list with "v1".
+        import aiohttp
+
+        async with aiohttp.ClientSession() as session, session.get(f"{url}/api/v1") as response:
+            core = await response.json()
+        self.emulator["get /api/v1"] << {**core, "groupVersion": "v1"}
+        return url
 
     def requests(self, method: str, plural: str, name: str | None = None) -> list:
         """Requests the emulator received (iterating the handler yields them), filtered."""

@@ -54,7 +54,8 @@ def test_inference_services_carry_the_stage_deployment():
     model = isvcs["demo-pose2d"]["spec"]["predictor"]["model"]
     assert model["modelFormat"] == {"name": "pytorch"} and model["protocolVersion"] == "v1"
     assert model["storageUri"] == "s3://posegraph-models/demo/pose2d/"
-    assert model["runtime"] == "posegraph-torchserve"
+    assert model["runtime"] == "posegraph-torchserve-gpu"  # the CUDA image's runtime
+    assert isvcs["demo-detect"]["spec"]["predictor"]["model"]["runtime"] == "posegraph-torchserve"
     assert model["resources"]["limits"]["nvidia.com/gpu"] == "1"
     predictor = isvcs["demo-pose2d"]["spec"]["predictor"]
     assert predictor["nodeSelector"] == {"posegraph.io/pool": "gpu"}

@@ -61,13 +61,15 @@ def test_examples_validate_against_their_crds(example):
 def test_crd_schema_and_the_spec_model_agree():
     """The PosePipeline CRD and posegraph's spec model must list the same fields: a field only in
     the CRD would be ignored; one only in the model would be pruned by the API server."""
-    from posegraph.graph.spec import GraphSettings, PipelineSpec, RouterTimeouts, StageDeployment
+    from posegraph.graph.spec import GraphSettings, PipelineSpec, RouterTimeouts, ServingRuntimes, StageDeployment
 
     schema = load(CRDS / "posepipelines.posegraph.io.yaml")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     spec = schema["properties"]["spec"]["properties"]
     assert set(spec) == set(PipelineSpec.model_fields)
     assert set(spec["stages"]["properties"]["detect"]["properties"]) == set(StageDeployment.model_fields)
     assert set(spec["graph"]["properties"]) == set(GraphSettings.model_fields)
+    runtimes = spec["servingRuntimes"]["properties"]
+    assert {k: v["default"] for k, v in runtimes.items()} == ServingRuntimes().model_dump()
     assert set(spec["graph"]["properties"]["routerTimeouts"]["properties"]) == set(RouterTimeouts.model_fields)
     with pytest.raises(Exception):
         validate({**load(EXAMPLES / "posepipeline.yaml"), "spec": {**load(EXAMPLES / "posepipeline.yaml")["spec"],
@@ -90,6 +92,18 @@ def test_job_manifest_is_a_valid_batch_job_with_the_password_from_the_secret(tmp
     assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "posegraph-results", "key": "password",
                                                               "optional": True}
     assert "value" not in env["PGPASSWORD"] and "password" not in str(job["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert "envFrom" not in job["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_the_chart_can_give_runners_an_environment_secret(monkeypatch):
+    """On kind the chart names the object store's Secret (POSEGRAPH_JOB_ENV_FROM) for every runner."""
+    from posegraph.operator import resources
+
+    monkeypatch.setattr(resources, "RUNNER_ENV_SECRET", "posegraph-s3")
+    body = {**load(EXAMPLES / "posejob.yaml")}
+    body["metadata"] = {**body["metadata"], "namespace": NS, "uid": str(uuid.uuid4())}
+    container = resources.posejob_job(body, "http://demo")["spec"]["template"]["spec"]["containers"][0]
+    assert container["envFrom"] == [{"secretRef": {"name": "posegraph-s3", "optional": True}}]
 
 
 # ---- the operator, running ------------------------------------------------------------------------
@@ -248,7 +262,7 @@ def test_posejob_runs_a_job_and_mirrors_its_outcome(cluster, operator):
     job = wait(lambda: cluster.batch.read_namespaced_job("posejob-walk-ok", NS), what="the Job")
     pod = job.spec.template.spec
     container = pod.containers[0]
-    assert container.image.startswith("ghcr.io/posegraph/posegraph-job:")
+    assert container.image.startswith("ghcr.io/posegraph/posegraph:")
     args = container.args
     assert args[:2] == ["job", "run"] and args[args.index("--graph") + 1] == f"http://p3.{NS}.svc.cluster.local"
     assert args[args.index("--results") + 1] == "$(POSEGRAPH_RESULTS)"

@@ -77,7 +77,7 @@ def inference_service(pipeline: PosePipeline, stage: str):
         name="kserve-container",
         model_format=V1beta1ModelFormat(name="pytorch"),
         protocol_version="v1",
-        runtime=pipeline.spec.servingRuntimes[runtime],
+        runtime=pipeline.spec.servingRuntimes.name_for(runtime, s.gpus),
         storage_uri=s.storageUri,
         resources=V1ResourceRequirements(requests=resources.get("requests"), limits=resources.get("limits")),
         env=env or None,

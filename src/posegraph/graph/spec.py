@@ -90,11 +90,22 @@ class GraphSettings(_Strict):
     headersToPropagate: list[str] = Field(default_factory=lambda: ["Authorization", "X-Request-Id", "Traceparent"])
 
 
+class ServingRuntimes(_Strict):
+    """(Cluster)ServingRuntime names per runtime; the chart installs these four. A stage with
+    ``gpus`` gets the GPU variant (the CUDA image), the others the CPU image."""
+
+    torchserve: str = "posegraph-torchserve"
+    kserve: str = "posegraph-kserve"
+    torchserveGPU: str = "posegraph-torchserve-gpu"
+    kserveGPU: str = "posegraph-kserve-gpu"
+
+    def name_for(self, runtime: str, gpus: int) -> str:
+        return getattr(self, f"{runtime}GPU" if gpus else runtime)
+
+
 class PipelineSpec(_Strict):
     runtime: Literal["torchserve", "kserve"] = "torchserve"
-    servingRuntimes: dict[str, str] = Field(
-        default_factory=lambda: {"torchserve": "posegraph-torchserve", "kserve": "posegraph-kserve"},
-        description="(Cluster)ServingRuntime name per runtime; the chart installs these")
+    servingRuntimes: ServingRuntimes = ServingRuntimes()
     deploymentMode: Literal["RawDeployment", "Serverless"] | None = None
     authSecretRef: SecretKeyRef | None = Field(None, description="bearer token for the stage servers")
     stages: dict[str, StageDeployment]

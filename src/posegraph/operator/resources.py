@@ -16,8 +16,12 @@ from ..graph.kserve_objects import render
 from ..graph.spec import STAGE_NAMES, PosePipeline, parse_pipeline
 
 GROUP, VERSION = "posegraph.io", "v1alpha1"
-JOB_IMAGE = os.environ.get("POSEGRAPH_JOB_IMAGE", "ghcr.io/posegraph/posegraph-job:0.1.0")
+# Set by the chart on the operator's Deployment (docs/operator.md, "Configuration").
+JOB_IMAGE = os.environ.get("POSEGRAPH_JOB_IMAGE", "ghcr.io/posegraph/posegraph:0.1.0")
 RUNNER_SERVICE_ACCOUNT = os.environ.get("POSEGRAPH_JOB_SERVICE_ACCOUNT", "posegraph-job-runner")
+# A Secret whose keys become the runner's environment (e.g. AWS_ENDPOINT_URL and keys for an
+# in-cluster object store on kind). Optional: on EKS, IRSA needs none.
+RUNNER_ENV_SECRET = os.environ.get("POSEGRAPH_JOB_ENV_FROM", "")
 # The runner's exit codes that retrying cannot fix: 2 usage, 3 bad input, 5 finished with failures.
 NON_RETRIABLE_EXIT_CODES = [2, 3, 5]
 VIDEO_SCHEMES = ("s3://", "https://", "http://")
@@ -140,6 +144,7 @@ def posejob_job(body: dict[str, Any], graph_url: str, *, image: str = JOB_IMAGE)
             {"name": "POSEGRAPH_METRICS_HOST", "value": "0.0.0.0"},
             {"name": "POSEGRAPH_CACHE", "value": "/tmp/posegraph"},
         ],
+        **({"envFrom": [{"secretRef": {"name": RUNNER_ENV_SECRET, "optional": True}}]} if RUNNER_ENV_SECRET else {}),
         "ports": [{"name": "metrics", "containerPort": 9100}],
         "resources": resources,
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
