@@ -259,7 +259,8 @@ def test_kind_and_eks_differ_only_where_intended():
     only_kind = {k for k in kind if k not in eks}
     assert only_kind == {("Secret", "posegraph-results"), ("Secret", "posegraph-s3"), ("Secret", "posegraph-s3-config"),
                          ("Service", "posegraph-postgresql"), ("Deployment", "posegraph-postgresql"),
-                         ("Service", "posegraph-s3"), ("Deployment", "posegraph-s3"), ("Job", "posegraph-s3-buckets")}
+                         ("Service", "posegraph-s3"), ("Deployment", "posegraph-s3"), ("Job", "posegraph-s3-buckets"),
+                         ("Service", "demo-nodeport")}
     assert not {k for k in eks if k not in kind}
     changed = {}
     for key in kind.keys() & eks.keys():
@@ -330,7 +331,7 @@ def test_install_dry_run_against_an_api_shows_notes_and_requires_kserve(helm_nam
 
     missing = install(kmock_clusters["without-kserve"])
     assert missing.returncode != 0
-    assert "posegraph needs KServe" in missing.stderr and "kserve.yaml" in missing.stderr
+    assert "posegraph needs KServe" in missing.stderr and "oci://ghcr.io/kserve/charts/kserve-crd" in missing.stderr
     ok = install(kmock_clusters["with-kserve"], "-f", str(CHART / "values-kind.yaml"))
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "kubectl -n posegraph get posepipeline demo -w" in ok.stdout

@@ -52,13 +52,13 @@ app.kubernetes.io/component: {{ index . 1 }}
 
 {{/* Images ----------------------------------------------------------------------------------- */}}
 
-{{/* include "posegraph.image" (list .Values.images .Values.images.posegraph "") */}}
+{{/* include "posegraph.image" (list .Values.images .Values.images.posegraph) */}}
 {{- define "posegraph.image" -}}
-{{- $images := index . 0 }}{{- $image := index . 1 }}{{- $suffix := index . 2 }}
+{{- $images := index . 0 }}{{- $image := index . 1 }}
 {{- if $images.registry }}
-{{- printf "%s/%s:%s%s" $images.registry $image.repository $image.tag $suffix }}
+{{- printf "%s/%s:%s" $images.registry $image.repository $image.tag }}
 {{- else }}
-{{- printf "%s:%s%s" $image.repository $image.tag $suffix }}
+{{- printf "%s:%s" $image.repository $image.tag }}
 {{- end }}
 {{- end }}
 

@@ -106,7 +106,9 @@ class ServingRuntimes(_Strict):
 class PipelineSpec(_Strict):
     runtime: Literal["torchserve", "kserve"] = "torchserve"
     servingRuntimes: ServingRuntimes = ServingRuntimes()
-    deploymentMode: Literal["RawDeployment", "Serverless"] | None = None
+    # KServe >= 0.16 names: Standard (plain Deployments) and Knative; RawDeployment and Serverless
+    # are their older names, still accepted by KServe (and by KServe releases before the rename).
+    deploymentMode: Literal["RawDeployment", "Serverless", "Standard", "Knative"] | None = None
     authSecretRef: SecretKeyRef | None = Field(None, description="bearer token for the stage servers")
     stages: dict[str, StageDeployment]
     graph: GraphSettings = GraphSettings()
