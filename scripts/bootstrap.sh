@@ -32,19 +32,23 @@ case "$mode" in
       pip_install "torch==2.13.0"
     fi
     step "posegraph"
-    pip_install -e ".[models,serve,postgres,operator]"
+    pip_install -e ".[models,serve,postgres,operator,ui]"
+    scripts/vendor-ui.sh
     ;;
   test)
     step "PyTorch + torchvision for the reference stack"
     pip_install -r requirements/test-torch.txt
     step "posegraph with test tools"
-    pip_install -e ".[models,serve,postgres,operator,test]"
+    pip_install -e ".[models,serve,postgres,operator,ui,test]"
+    scripts/vendor-ui.sh
     step "OpenMMLab reference stack (for the fidelity tests only)"
     pip_install -r requirements/mm-reference-deps.txt
     pip_install --no-deps -r requirements/mm-reference.txt
     pip_install --force-reinstall --no-deps --no-build-isolation --no-binary xtcocotools "xtcocotools==1.14.3"
     step "helm 3 + helm 4 and kubectl (chart tests)"
     scripts/install-helm.sh
+    step "Chromium for the browser tests (Debian's package; Playwright drives it)"
+    scripts/install-chromium.sh
     ;;
   *)
     echo "usage: $0 run|test" >&2

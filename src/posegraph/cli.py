@@ -141,6 +141,26 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = dsub.add_parser("migrate", help="create or update the schema")
     migrate.add_argument("--results", required=True, help="sqlite:///path.db or postgresql://user@host/db")
 
+    ui = sub.add_parser("ui", help="the web UI: upload photos and videos, watch jobs, see 2D and 3D skeletons")
+    ui.add_argument("--port", type=int, default=8088, help="HTTP port (default 8088)")
+    ui.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    ui.add_argument("--data", default="posegraph-ui", help="uploads, job outputs and the SQLite store (local mode)")
+    ui.add_argument("--results", default=None, help="results store DSN (default: sqlite under --data)")
+    ui.add_argument("--graph", default="local", help="graph URL, or 'local' to start the embedded graph")
+    ui.add_argument("--lift3d", default=None, help="lift3d's URL for video tracks (local mode, with --graph URL)")
+    ui.add_argument("--max-upload-mb", type=float, default=200.0, help="largest accepted upload (default 200 MB)")
+    ui.add_argument("--password-file", default=None,
+                    help="HTTP Basic auth password, user 'posegraph' (default: $POSEGRAPH_UI_PASSWORD; none: off)")
+    ui.add_argument("--no-auth", action="store_true", help="allow a non-loopback --host without a password")
+    ui.add_argument("--kubernetes-namespace", default=None,
+                    help="cluster mode: videos become PoseJobs in this namespace (kubeconfig or in-cluster)")
+    ui.add_argument("--pipeline", default="demo", help="cluster mode: the PosePipeline PoseJobs use")
+    ui.add_argument("--upload-prefix", default="s3://posegraph-videos/uploads/", help="cluster mode: uploads go here")
+    ui.add_argument("--output-prefix", default="s3://posegraph-outputs/", help="cluster mode: PoseJob outputs")
+    ui.add_argument("--results-secret", default="posegraph-results",
+                    help="cluster mode: the Secret PoseJobs name for the results store")
+    _profile_args(ui)
+
     schema = sub.add_parser("schema", help="write the frame/track document JSON Schemas")
     schema.add_argument("--out", type=Path, default=Path("docs/schemas"))
     return parser
@@ -387,13 +407,19 @@ def cmd_demo(args) -> int:
     return run_demo(args)
 
 
+def cmd_ui(args) -> int:
+    from .ui.serve import run_ui
+
+    return run_ui(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="posegraph: %(levelname)s: %(message)s")
     handlers = {"run": cmd_run, "models": cmd_models, "schema": cmd_schema, "demo": cmd_demo, "serve": cmd_serve,
-                "graph": cmd_graph, "up": cmd_up, "call": cmd_call, "job": cmd_job, "db": cmd_db}
+                "graph": cmd_graph, "up": cmd_up, "call": cmd_call, "job": cmd_job, "db": cmd_db, "ui": cmd_ui}
     try:
         return handlers[args.command](args)
     except PosegraphError as exc:

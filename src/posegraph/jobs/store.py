@@ -304,6 +304,35 @@ class ResultsStore:
                                          "keypoints2d": _load(p[5]), "keypoints3d": _load(p[6])})
         return out
 
+    # -- reading back (the web UI, exports) ------------------------------------------------------------
+    def list_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest jobs first, without their per-frame data."""
+        with self.transaction() as cur:
+            cur = self._exec(cur, "SELECT job_id FROM jobs ORDER BY created_at DESC, job_id LIMIT ?", (limit,))
+            ids = [r[0] for r in cur.fetchall()]
+            jobs = [self._job(cur, job_id) for job_id in ids]
+        for job in jobs:
+            job.pop("tracker_state", None)
+        return jobs
+
+    def tracks(self, job_id: str) -> list[dict[str, Any]]:
+        with self.transaction() as cur:
+            rows = self._exec(cur, "SELECT t.track_id, t.first_frame, t.last_frame, t.lifted, t.error, "
+                                   "(SELECT COUNT(*) FROM persons p WHERE p.job_id = t.job_id AND p.track_id = t.track_id) "
+                                   "FROM tracks t WHERE t.job_id = ? ORDER BY t.track_id", (job_id,)).fetchall()
+        return [{"track_id": r[0], "first_frame": r[1], "last_frame": r[2], "lifted": bool(r[3]), "error": r[4],
+                 "frames": r[5]} for r in rows]
+
+    def track_rows(self, job_id: str, track_id: int) -> list[dict[str, Any]]:
+        """One person's rows over the video, with timestamps and both keypoint sets."""
+        with self.transaction() as cur:
+            rows = self._exec(cur, "SELECT p.frame_index, f.timestamp_s, p.person_index, p.score, p.bbox, "
+                                   "p.keypoints2d, p.keypoints3d FROM persons p JOIN frames f ON f.job_id = p.job_id "
+                                   "AND f.frame_index = p.frame_index WHERE p.job_id = ? AND p.track_id = ? "
+                                   "ORDER BY p.frame_index", (job_id, track_id)).fetchall()
+        return [{"frame_index": r[0], "timestamp_s": r[1], "person_index": r[2], "score": r[3], "bbox": _load(r[4]),
+                 "keypoints2d": _load(r[5]), "keypoints3d": _load(r[6])} for r in rows]
+
     def counts(self, job_id: str) -> dict[str, int]:
         with self.transaction() as cur:
             def one(sql):

@@ -1,0 +1,384 @@
+"""The web UI: an ASGI app (Starlette) over the graph endpoint and the results store.
+
+Photos go through the graph and come straight back (nothing stored). Videos become jobs: the app
+validates the upload, records the job as ``queued`` in the results store, and hands it to a
+launcher (a local runner process, or a PoseJob in a cluster). Everything the pages show is read
+back from the store, so the web process holds no state of its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import csv
+import io
+import json
+import logging
+import re
+import secrets
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ..errors import BadInput, PosegraphError
+from ..frame import COCO17, H36M17, FrameDocument, ImageRef
+from ..keypoints import COCO_LEFT, COCO_SKELETON, H36M_LEFT, H36M_SKELETON
+from .launchers import JobRequest, KubernetesLauncher, LocalLauncher
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+VIDEO_URI = re.compile(r"^(s3://[a-z0-9.\-]{3,63}/.+|https?://[^\s]+)$")
+
+
+@dataclass
+class UISettings:
+    graph: str                                   # the graph endpoint photos go through
+    results: str                                 # results store DSN (jobs are read from it)
+    launcher: LocalLauncher | KubernetesLauncher
+    data_dir: Path                               # uploads (local mode) and temporary files
+    max_upload_bytes: int = 200 * 1024 * 1024
+    password: str | None = None                  # HTTP Basic auth (user "posegraph"); None: off
+    graph_token: str | None = None
+    title: str = "posegraph"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ClientError(Exception):
+    """An answer for the user: HTTP status + one readable line."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+# ---- auth -------------------------------------------------------------------------------------------
+
+class BasicAuth:
+    """HTTP Basic auth on everything but /healthz. The browser asks once and remembers."""
+
+    def __init__(self, app: ASGIApp, password: str | None) -> None:
+        self.app, self.password = app, password
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.password or scope["path"] == "/healthz":
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        ok = False
+        if header.lower().startswith("basic "):
+            try:
+                user, _, given = base64.b64decode(header[6:]).decode("utf-8").partition(":")
+                ok = secrets.compare_digest(user, "posegraph") and secrets.compare_digest(given, self.password)
+            except (ValueError, UnicodeDecodeError):
+                ok = False
+        if ok:
+            await self.app(scope, receive, send)
+            return
+        response = PlainTextResponse("posegraph: sign in as user 'posegraph' with the UI password",
+                                     status_code=401, headers={"WWW-Authenticate": 'Basic realm="posegraph"'})
+        await response(scope, receive, send)
+
+
+# ---- uploads ----------------------------------------------------------------------------------------
+
+async def _read_upload(request: Request, settings: UISettings) -> tuple[dict[str, str], Path | None, str]:
+    """The multipart form: (fields, uploaded file spooled to disk or None, its original name).
+    Oversized bodies are refused before they are read (Content-Length) and while they stream."""
+    length = request.headers.get("content-length")
+    if length is None:
+        raise ClientError(411, "send the upload with a Content-Length (no chunked uploads)")
+    if int(length) > settings.max_upload_bytes:
+        raise ClientError(413, f"the upload is {int(length) / 1e6:.1f} MB; the limit is "
+                               f"{settings.max_upload_bytes / 1e6:.0f} MB")
+    try:
+        form = await request.form(max_files=1, max_fields=10)
+    except Exception as exc:  # noqa: BLE001 - a malformed multipart body
+        raise ClientError(400, f"could not read the upload: {exc}") from None
+    fields, path, name = {}, None, ""
+    for key, value in form.multi_items():
+        if isinstance(value, str):
+            fields[key] = value.strip()
+            continue
+        name = Path(value.filename or "upload").name
+        tmp = tempfile.NamedTemporaryFile(dir=settings.data_dir / "tmp", delete=False, suffix=Path(name).suffix[:8])
+        with tmp:
+            shutil.copyfileobj(value.file, tmp, length=1024 * 1024)
+        path = Path(tmp.name)
+        await value.close()
+    await form.close()
+    if path is not None and path.stat().st_size == 0:
+        path.unlink()
+        raise ClientError(400, f"{name} is empty")
+    return fields, path, name
+
+
+def _int_field(fields: dict[str, str], key: str, default: int | None, low: int, high: int) -> int | None:
+    raw = fields.get(key) or ""
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ClientError(400, f"{key} must be a whole number, not {raw!r}") from None
+    if not low <= value <= high:
+        raise ClientError(400, f"{key} must be between {low} and {high}")
+    return value
+
+
+# ---- the app ----------------------------------------------------------------------------------------
+
+def create_app(settings: UISettings) -> Starlette:
+    from ..client import GraphClient, GraphError
+    from ..imageio import decode_image, encode_image
+    from ..jobs.store import open_store
+    from ..video import VideoReader, sniff_container
+
+    (settings.data_dir / "tmp").mkdir(parents=True, exist_ok=True)
+    (settings.data_dir / "uploads").mkdir(parents=True, exist_ok=True)
+    store = open_store(settings.results)
+    store.migrate()
+    launcher = settings.launcher
+
+    def store_id(name: str) -> str:
+        return launcher.store_job_id(name) if isinstance(launcher, KubernetesLauncher) else name
+
+    async def index(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def meta(request: Request) -> Response:
+        return JSONResponse({
+            "title": settings.title, "mode": launcher.mode, "max_upload_mb": settings.max_upload_bytes / 1e6,
+            "coco17": COCO17, "h36m17": H36M17, "coco_skeleton": COCO_SKELETON, "h36m_skeleton": H36M_SKELETON,
+            "coco_left": sorted(COCO_LEFT), "h36m_left": sorted(H36M_LEFT),
+            "three": (STATIC / "vendor" / "three.module.min.js").is_file(),
+        })
+
+    # -- photo: through the graph and straight back ------------------------------------------------
+    async def photo(request: Request) -> Response:
+        fields, path, name = await _read_upload(request, settings)
+        if path is None:
+            raise ClientError(400, "choose a photo to upload (field 'file')")
+        try:
+            data = path.read_bytes()
+        finally:
+            path.unlink(missing_ok=True)
+        try:
+            pixels = decode_image(data, what=name)
+        except BadInput as exc:
+            raise ClientError(415, f"{exc}. Upload a JPEG or PNG photo.") from None
+        doc = FrameDocument(width=pixels.shape[1], height=pixels.shape[0],
+                            image=ImageRef(data=base64.b64encode(encode_image(pixels)).decode(), format="jpeg"))
+        started = time.perf_counter()
+        try:
+            with GraphClient(settings.graph, token=settings.graph_token) as client:
+                [result] = await _in_thread(client.infer, [doc])
+        except GraphError as exc:
+            status = exc.status if exc.status and 400 <= exc.status < 500 else 502
+            raise ClientError(status, f"the graph answered: {exc}") from None
+        out = result.to_json()
+        out.pop("image", None)
+        out["elapsed_ms"] = round((time.perf_counter() - started) * 1000, 1)
+        out["random_weights"] = any(r.random_weights for r in (result.stages or {}).values())
+        out["filename"] = name
+        return JSONResponse(out)
+
+    # -- jobs ---------------------------------------------------------------------------------------
+    async def create_job(request: Request) -> Response:
+        fields, path, name = await _read_upload(request, settings)
+        uri = fields.get("uri") or ""
+        try:
+            stride = _int_field(fields, "stride", 1, 1, 100)
+            max_frames = _int_field(fields, "max_frames", None, 1, 1_000_000)
+            if path is None and not uri:
+                raise ClientError(400, "choose a video to upload, or give an s3:// or https:// URI")
+            if path is not None and uri:
+                raise ClientError(400, "give either a file or a URI, not both")
+            job_name = time.strftime("ui-%Y%m%d-%H%M%S-", time.gmtime()) + secrets.token_hex(3)
+            if path is not None:
+                # Decode before anything is stored: a bad video never becomes a job.
+                if sniff_container(path) is None:
+                    raise ClientError(415, f"{name} is not a video (expected MP4, MOV, MKV, WebM or AVI)")
+                try:
+                    with VideoReader(path) as reader:
+                        if next(reader.frames(max_frames=1), None) is None:
+                            raise BadInput(f"{name}: no frame could be decoded")
+                except BadInput as exc:  # name the user's file, not our temporary copy
+                    raise ClientError(400, str(exc).replace(path.name, name)) from None
+                video = settings.data_dir / "uploads" / job_name / (re.sub(r"[^A-Za-z0-9._-]", "_", name) or "video")
+                video.parent.mkdir(parents=True)
+                shutil.move(path, video)
+                path = None
+                video_ref = str(video)
+            else:
+                if not VIDEO_URI.match(uri):
+                    raise ClientError(400, f"{uri!r}: give an s3://bucket/key or https:// URI")
+                video_ref = uri
+        finally:
+            if path is not None:
+                path.unlink(missing_ok=True)
+        job = JobRequest(job_id=job_name, video=video_ref, stride=stride, max_frames=max_frames, filename=name)
+        job_id = store_id(job_name)
+        params = {"stride": stride, "max_frames": max_frames, "source": "ui", "filename": name,
+                  "output": launcher.output_of(job_name)}
+        try:
+            await _in_thread(store.begin_job, job_id, launcher.video_uri(job), params)
+            await _in_thread(launcher.start, job)
+        except Exception as exc:  # noqa: BLE001 - the launcher failed: say so, keep the record
+            log.exception("could not start job %s", job_id)
+            await _in_thread(store.update_job, job_id, status="failed", error=f"could not start: {exc}")
+            raise ClientError(502, f"could not start the job: {exc}") from None
+        return JSONResponse({"job_id": job_id}, status_code=201)
+
+    def _job_json(job: dict[str, Any]) -> dict[str, Any]:
+        out = {k: job.get(k) for k in ("job_id", "video_uri", "status", "width", "height", "fps", "frames_total",
+                                        "frames_done", "frames_failed", "persons", "tracks", "outputs",
+                                        "random_weights", "error", "note", "created_at", "started_at",
+                                        "finished_at", "updated_at", "params")}
+        stride = int((job.get("params") or {}).get("stride") or 1)
+        out["video_fps"] = (job["fps"] / stride) if job.get("fps") else None
+        out["random_weights"] = bool(job.get("random_weights"))
+        if job["status"] in ("queued", "running"):
+            name = job["job_id"].removeprefix(f"{launcher.namespace}-") if isinstance(launcher, KubernetesLauncher) \
+                else job["job_id"]
+            out["launcher"] = launcher.describe(name)
+            if out["launcher"].get("runner_exit_code") not in (None, 0) and job["status"] == "queued":
+                out["error"] = f"the runner exited with code {out['launcher']['runner_exit_code']} before starting"
+        return out
+
+    async def list_jobs(request: Request) -> Response:
+        jobs = await _in_thread(store.list_jobs, 200)
+        return JSONResponse({"jobs": [_job_json(j) for j in jobs]})
+
+    async def _get_job(request: Request) -> dict[str, Any]:
+        job_id = request.path_params["job_id"]
+        job = await _in_thread(store.job, job_id)
+        if job is None:
+            raise ClientError(404, f"no job {job_id}")
+        return job
+
+    async def get_job(request: Request) -> Response:
+        job = await _get_job(request)
+        out = _job_json(job)
+        out["track_list"] = await _in_thread(store.tracks, job["job_id"])
+        return JSONResponse(out)
+
+    async def frames(request: Request) -> Response:
+        """Every stored frame, compact: what the 3D view needs to follow the video."""
+        job = await _get_job(request)
+        rows = await _in_thread(store.frame_results, job["job_id"], 0, 2**31 - 1)
+        compact = [{"i": r["frame_index"], "t": r["timestamp_s"], "ok": r["status"] == "ok",
+                    "p": [{"track": p["track_id"], "k3": p["keypoints3d"], "k2": p["keypoints2d"], "box": p["bbox"]}
+                          for p in r["persons"]]} for r in sorted(rows.values(), key=lambda r: r["frame_index"])]
+        return JSONResponse({"job_id": job["job_id"], "frames": compact})
+
+    async def frames_jsonl(request: Request) -> Response:
+        job = await _get_job(request)
+
+        def lines():
+            last, chunk = job.get("last_frame"), 512
+            for start in range(0, (last if last is not None else -1) + 1, chunk):
+                rows = store.frame_results(job["job_id"], start, start + chunk)
+                for index in sorted(rows):
+                    r = rows[index]
+                    doc = FrameDocument(width=job.get("width"), height=job.get("height"), frame_index=index,
+                                        timestamp_s=r["timestamp_s"], image=ImageRef(uri=job["video_uri"]),
+                                        persons=r["persons"] if r["status"] == "ok" else None)
+                    out = doc.to_json()
+                    if r["status"] != "ok":
+                        out["error"] = r["error"]
+                    yield json.dumps(out, separators=(",", ":")) + "\n"
+
+        return StreamingResponse(lines(), media_type="application/jsonl", headers={
+            "Content-Disposition": f'attachment; filename="{job["job_id"]}-frames.jsonl"'})
+
+    async def track_csv(request: Request) -> Response:
+        job = await _get_job(request)
+        track_id = int(request.path_params["track_id"])
+        rows = await _in_thread(store.track_rows, job["job_id"], track_id)
+        if not rows:
+            raise ClientError(404, f"job {job['job_id']} has no track {track_id}")
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["frame_index", "timestamp_s", "track_id", "person_index", "score", "x1", "y1", "x2", "y2",
+                         *[f"{n}_{c}" for n in COCO17 for c in ("x", "y", "score")],
+                         *[f"{n}_{c}_m" for n in H36M17 for c in ("x", "y", "z")]])
+        for r in rows:
+            k2 = r["keypoints2d"] or [[None] * 3] * 17
+            k3 = r["keypoints3d"] or [[None] * 3] * 17
+            writer.writerow([r["frame_index"], r["timestamp_s"], track_id, r["person_index"], _num(r["score"]),
+                             *map(_num, r["bbox"]), *[_num(v) for p in k2 for v in p], *[_num(v) for p in k3 for v in p]])
+        return Response(buffer.getvalue(), media_type="text/csv", headers={
+            "Content-Disposition": f'attachment; filename="{job["job_id"]}-track{track_id}.csv"'})
+
+    async def video(request: Request) -> Response:
+        job = await _get_job(request)
+        uri = (job.get("outputs") or {}).get("overlay")
+        if not uri:
+            raise ClientError(404, f"job {job['job_id']} has no rendered video (yet)")
+        from ..uri import fetch_to_cache
+
+        try:
+            path = await _in_thread(fetch_to_cache, uri, progress=False)
+        except PosegraphError as exc:
+            raise ClientError(502, f"cannot read {uri}: {exc}") from None
+        media = "video/webm" if path.suffix == ".webm" else "video/mp4"
+        return FileResponse(path, media_type=media)  # answers Range requests: the player can seek
+
+    async def client_error(request: Request, exc: ClientError) -> Response:
+        return _error(exc.status, exc.message)
+
+    routes = [
+        Route("/", index),
+        Route("/healthz", healthz),
+        Route("/api/meta", meta),
+        Route("/api/photo", photo, methods=["POST"]),
+        Route("/api/jobs", list_jobs, methods=["GET"]),
+        Route("/api/jobs", create_job, methods=["POST"]),
+        Route("/api/jobs/{job_id}", get_job),
+        Route("/api/jobs/{job_id}/frames", frames),
+        Route("/api/jobs/{job_id}/frames.jsonl", frames_jsonl),
+        Route("/api/jobs/{job_id}/tracks/{track_id:int}.csv", track_csv),
+        Route("/api/jobs/{job_id}/video", video),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        launcher.stop()
+        store.close()
+
+    app = Starlette(routes=routes, exception_handlers={ClientError: client_error},
+                    middleware=[Middleware(BasicAuth, password=settings.password)], lifespan=lifespan,
+                    # The body limit also holds while an upload streams in (no Content-Length trust).
+                    max_body_size=settings.max_upload_bytes + 1024 * 1024)
+    app.state.settings = settings
+    return app
+
+
+def _num(value: Any) -> Any:
+    return "" if value is None else (round(value, 6) if isinstance(value, float) else value)
+
+
+async def _in_thread(fn, *args, **kwargs):
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(fn, *args, **kwargs)

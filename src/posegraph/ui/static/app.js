@@ -1,0 +1,403 @@
+// posegraph web UI: one page, two views (#/ and #/jobs/<id>). Everything shown comes from the
+// server's API, which reads the results store; the page keeps no state a reload would lose.
+
+const $ = (sel) => document.querySelector(sel);
+const PERSON_COLORS = [0x4cc9f0, 0xf72585, 0xffd166, 0x06d6a0, 0xef476f, 0x118ab2, 0xf8961e, 0x90be6d];
+let META = null;
+let THREE = null;
+let OrbitControls = null;
+
+// ---- messages ------------------------------------------------------------------------------------
+function banner(text, kind = "error") {
+  const el = $("#banner");
+  if (!text) { el.hidden = true; el.textContent = ""; return; }
+  el.className = kind;
+  el.textContent = text;
+  el.hidden = false;
+}
+
+async function api(path, options = {}) {
+  let response;
+  try {
+    response = await fetch(path, options);
+  } catch (err) {
+    throw new Error(`cannot reach the posegraph UI server (${err.message})`);
+  }
+  const type = response.headers.get("content-type") || "";
+  const body = type.includes("application/json") ? await response.json() : await response.text();
+  if (!response.ok) {
+    const message = (body && body.error) || (typeof body === "string" && body) || response.statusText;
+    const error = new Error(`${message} (HTTP ${response.status})`);
+    error.status = response.status;
+    throw error;
+  }
+  return body;
+}
+
+// ---- 3D view (three.js) -----------------------------------------------------------------------------
+class Skeleton3D {
+  constructor(container) {
+    this.container = container;
+    this.renderer = new THREE.WebGLRenderer({ antialias: true, preserveDrawingBuffer: true });
+    this.renderer.setPixelRatio(window.devicePixelRatio || 1);
+    this.renderer.setClearColor(0x11151c);
+    container.replaceChildren(this.renderer.domElement);
+    this.scene = new THREE.Scene();
+    this.camera = new THREE.PerspectiveCamera(40, 4 / 3, 0.01, 100);
+    this.camera.position.set(0.6, 0.5, 3.2);
+    this.controls = new OrbitControls(this.camera, this.renderer.domElement);
+    this.controls.target.set(0, 0, 0);
+    this.controls.addEventListener("change", () => this.render());
+    const grid = new THREE.GridHelper(4, 16, 0x3a4356, 0x262c38);
+    grid.position.y = -1.0;
+    this.scene.add(grid);
+    this.group = new THREE.Group();
+    this.scene.add(this.group);
+    new ResizeObserver(() => this.resize()).observe(container);
+    this.resize();
+  }
+
+  resize() {
+    const w = this.container.clientWidth || 400, h = this.container.clientHeight || 300;
+    this.renderer.setSize(w, h, false);
+    this.camera.aspect = w / h;
+    this.camera.updateProjectionMatrix();
+    this.render();
+  }
+
+  // poses: [{k3: 17×[x, y, z] (camera frame: y down, z away), color}]; people side by side.
+  set(poses) {
+    this.group.clear();
+    const edges = META.h36m_skeleton, left = new Set(META.h36m_left);
+    const n = poses.length;
+    poses.forEach((pose, i) => {
+      if (!pose.k3) return;
+      const dx = (i - (n - 1) / 2) * 1.1;
+      const pts = pose.k3.map(([x, y, z]) => new THREE.Vector3(x + dx, -y, -z));
+      const positions = [], colors = [];
+      const base = new THREE.Color(pose.color), side = new THREE.Color(0xff9f1c);
+      for (const [a, b] of edges) {
+        const c = left.has(a) || left.has(b) ? side : base;
+        positions.push(pts[a].x, pts[a].y, pts[a].z, pts[b].x, pts[b].y, pts[b].z);
+        colors.push(c.r, c.g, c.b, c.r, c.g, c.b);
+      }
+      const lines = new THREE.BufferGeometry();
+      lines.setAttribute("position", new THREE.Float32BufferAttribute(positions, 3));
+      lines.setAttribute("color", new THREE.Float32BufferAttribute(colors, 3));
+      this.group.add(new THREE.LineSegments(lines, new THREE.LineBasicMaterial({ vertexColors: true })));
+      const joints = new THREE.BufferGeometry().setFromPoints(pts);
+      this.group.add(new THREE.Points(joints, new THREE.PointsMaterial({ color: 0xffffff, size: 0.04 })));
+    });
+    this.container.dataset.persons = String(poses.filter((p) => p.k3).length);
+    this.fit();
+    this.render();
+  }
+
+  // Frame what is drawn; keep the user's view while it still fits (no jumping during playback).
+  fit() {
+    const box = new THREE.Box3().setFromObject(this.group);
+    if (box.isEmpty()) return;
+    const sphere = box.getBoundingSphere(new THREE.Sphere());
+    const radius = Math.max(sphere.radius, 0.3);
+    if (this.fitted && radius < this.fitted * 1.5 && radius > this.fitted / 3) return;
+    this.fitted = radius;
+    const distance = radius / Math.sin((this.camera.fov * Math.PI) / 360) * 1.15;
+    const direction = new THREE.Vector3(0.25, 0.2, 1).normalize();
+    this.controls.target.copy(sphere.center);
+    this.camera.position.copy(sphere.center).addScaledVector(direction, distance);
+    this.camera.near = distance / 100;
+    this.camera.far = distance * 10;
+    this.camera.updateProjectionMatrix();
+    this.controls.update();
+  }
+
+  render() {
+    this.renderer.render(this.scene, this.camera);
+    this.container.dataset.rendered = String(Number(this.container.dataset.rendered || 0) + 1);
+  }
+}
+
+function make3D(container) {
+  if (!THREE) {
+    container.innerHTML = '<p class="unavailable">3D view unavailable: three.js is not vendored (run scripts/vendor-ui.sh).</p>';
+    return null;
+  }
+  if (!container._view) container._view = new Skeleton3D(container);
+  return container._view;
+}
+
+// ---- 2D overlay -------------------------------------------------------------------------------------
+function drawPhoto(canvas, bitmap, persons) {
+  canvas.width = bitmap.width;
+  canvas.height = bitmap.height;
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(bitmap, 0, 0);
+  const scale = Math.max(2, Math.round(Math.max(bitmap.width, bitmap.height) / 320));
+  const left = new Set(META.coco_left);
+  persons.forEach((p, i) => {
+    const color = "#" + PERSON_COLORS[i % PERSON_COLORS.length].toString(16).padStart(6, "0");
+    const [x1, y1, x2, y2] = p.bbox;
+    ctx.lineWidth = scale;
+    ctx.strokeStyle = color;
+    ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
+    ctx.fillStyle = color;
+    ctx.font = `${6 * scale}px system-ui`;
+    ctx.fillText(`person ${i} · ${(p.score * 100).toFixed(0)}%`, x1 + scale, y1 - 2 * scale);
+    if (!p.keypoints2d) return;
+    for (const [a, b] of META.coco_skeleton) {
+      const pa = p.keypoints2d[a], pb = p.keypoints2d[b];
+      ctx.strokeStyle = left.has(a) || left.has(b) ? "#ff9f1c" : color;
+      ctx.lineWidth = 1.5 * scale;
+      ctx.beginPath(); ctx.moveTo(pa[0], pa[1]); ctx.lineTo(pb[0], pb[1]); ctx.stroke();
+    }
+    ctx.fillStyle = "#ffffff";
+    for (const [x, y] of p.keypoints2d) { ctx.beginPath(); ctx.arc(x, y, 1.5 * scale, 0, 2 * Math.PI); ctx.fill(); }
+  });
+  canvas.dataset.persons = String(persons.length);
+}
+
+// ---- the photo form ---------------------------------------------------------------------------------
+async function onPhoto(event) {
+  event.preventDefault();
+  banner(null);
+  const file = $("#photo-file").files[0];
+  if (!file) { banner("Choose a photo first."); return; }
+  const button = event.submitter || $("#photo-form button");
+  button.disabled = true; $("#photo-busy").hidden = false;
+  try {
+    const form = new FormData();
+    form.append("file", file);
+    const doc = await api("/api/photo", { method: "POST", body: form });
+    const bitmap = await createImageBitmap(file);
+    const persons = doc.persons || [];
+    $("#photo-result").hidden = false;
+    drawPhoto($("#photo-canvas"), bitmap, persons);
+    photoState.persons = persons;
+    const select = $("#photo-person");
+    select.replaceChildren(new Option(`all ${persons.length} persons`, "all"),
+      ...persons.map((p, i) => new Option(`person ${i} (${(p.score * 100).toFixed(0)}%)`, String(i))));
+    select.parentElement.hidden = persons.length < 2;
+    const view = make3D($("#photo-3d"));
+    if (view) view.fitted = null;
+    showPhotoPersons("all");
+    const stages = Object.entries(doc.stages || {}).map(([k, v]) => `${k} ${Math.round(v.ms)} ms`).join(", ");
+    $("#photo-summary").textContent = `${doc.filename}: ${persons.length} person${persons.length === 1 ? "" : "s"} ` +
+      `in ${Math.round(doc.elapsed_ms)} ms (${stages}).`;
+    if (doc.random_weights) {
+      banner("These models run on RANDOM weights (no checkpoints were downloaded): the skeletons are noise, not results. `posegraph models fetch` gets the real ones.", "warn");
+    }
+  } catch (err) {
+    banner(`Photo: ${err.message}`);
+  } finally {
+    button.disabled = false; $("#photo-busy").hidden = true;
+  }
+}
+
+const photoState = { persons: [] };
+
+function showPhotoPersons(which) {
+  const view = make3D($("#photo-3d"));
+  if (!view) return;
+  const chosen = photoState.persons.map((p, i) => ({ k3: p.keypoints3d, color: PERSON_COLORS[i % PERSON_COLORS.length] }))
+    .filter((_, i) => which === "all" || String(i) === which);
+  view.fitted = null;
+  view.set(chosen);
+}
+
+// ---- the video form ---------------------------------------------------------------------------------
+async function onVideo(event) {
+  event.preventDefault();
+  banner(null);
+  const file = $("#video-file").files[0];
+  const uri = $("#video-uri").value.trim();
+  if (!file && !uri) { banner("Choose a video to upload, or give an s3:// or https:// URI."); return; }
+  if (file && file.size > META.max_upload_mb * 1e6) {
+    banner(`${file.name} is ${(file.size / 1e6).toFixed(1)} MB; the limit is ${Math.round(META.max_upload_mb)} MB.`);
+    return;
+  }
+  const form = new FormData();
+  if (file) form.append("file", file); else form.append("uri", uri);
+  form.append("stride", $("#video-stride").value || "1");
+  if ($("#video-max").value) form.append("max_frames", $("#video-max").value);
+  const button = event.submitter || $("#video-form button");
+  button.disabled = true; $("#video-busy").hidden = false;
+  try {
+    const created = await api("/api/jobs", { method: "POST", body: form });
+    $("#video-form").reset();
+    location.hash = `#/jobs/${encodeURIComponent(created.job_id)}`;
+  } catch (err) {
+    banner(`Video: ${err.message}`);
+  } finally {
+    button.disabled = false; $("#video-busy").hidden = true;
+  }
+}
+
+// ---- the job list -----------------------------------------------------------------------------------
+const FINISHED = new Set(["succeeded", "failed", "partial"]);
+
+function progressText(job) {
+  const done = (job.frames_done || 0) + (job.frames_failed || 0);
+  return job.frames_total ? `${done} / ${job.frames_total} frames` : `${done} frames`;
+}
+
+async function refreshJobs() {
+  let data;
+  try { data = await api("/api/jobs"); } catch (err) { banner(`Jobs: ${err.message}`); return; }
+  const tbody = $("#jobs tbody");
+  tbody.replaceChildren();
+  $("#jobs-empty").hidden = data.jobs.length > 0;
+  for (const job of data.jobs) {
+    const tr = document.createElement("tr");
+    tr.dataset.jobId = job.job_id;
+    tr.dataset.status = job.status;
+    const total = job.frames_total || 0, done = (job.frames_done || 0) + (job.frames_failed || 0);
+    const error = job.error ? `<div class="error">${escapeHtml(job.error)}</div>` :
+      (job.launcher && job.launcher.message ? `<div class="hint">${escapeHtml(job.launcher.message)}</div>` : "");
+    tr.innerHTML = `<td><a href="#/jobs/${encodeURIComponent(job.job_id)}">${escapeHtml(job.params?.filename || job.job_id)}</a>
+        <div class="hint">${escapeHtml(job.job_id)}</div></td>
+      <td><span class="status ${job.status}">${job.status}</span>${error}</td>
+      <td><progress max="${total || 1}" value="${total ? done : 0}"></progress><div class="hint">${progressText(job)}</div></td>
+      <td>${job.persons ?? 0}</td><td>${job.tracks ?? 0}</td>
+      <td class="hint">${(job.created_at || "").replace("T", " ").slice(0, 19)}</td>
+      <td>${job.random_weights ? '<span class="status partial" title="random weights">random weights</span>' : ""}</td>`;
+    tbody.appendChild(tr);
+  }
+}
+
+function escapeHtml(text) {
+  return String(text).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+}
+
+// ---- one job ----------------------------------------------------------------------------------------
+const jobState = { id: null, frames: null, fps: null, loaded: false };
+
+async function showJob(jobId) {
+  if (jobState.id !== jobId) Object.assign(jobState, { id: jobId, frames: null, fps: null, loaded: false });
+  let job;
+  try { job = await api(`/api/jobs/${encodeURIComponent(jobId)}`); } catch (err) { banner(`Job: ${err.message}`); return; }
+  $("#job-title").textContent = `${job.params?.filename || job.video_uri} — ${job.job_id}`;
+  $("#job-status").innerHTML = `<span class="status ${job.status}" id="job-phase">${job.status}</span> ` +
+    `${progressText(job)} · ${job.persons || 0} persons · ${job.tracks || 0} tracks` +
+    (job.launcher && job.launcher.message ? ` · ${escapeHtml(job.launcher.message)}` : "");
+  const progress = $("#job-progress");
+  progress.max = job.frames_total || 1;
+  progress.value = job.frames_total ? (job.frames_done || 0) + (job.frames_failed || 0) : 0;
+  $("#job-error").hidden = !job.error;
+  $("#job-error").textContent = job.error || "";
+  if (job.random_weights) banner("This job ran on RANDOM weights: its poses are noise, not results.", "warn");
+  if (FINISHED.has(job.status) && !jobState.loaded) {
+    jobState.loaded = true;
+    await loadPlayer(job);
+  }
+}
+
+async function loadPlayer(job) {
+  const downloads = $("#download-list");
+  downloads.replaceChildren();
+  const link = (href, text) => {
+    const li = document.createElement("li");
+    li.innerHTML = `<a href="${href}" download>${escapeHtml(text)}</a>`;
+    downloads.appendChild(li);
+  };
+  const base = `/api/jobs/${encodeURIComponent(job.job_id)}`;
+  link(`${base}/frames.jsonl`, "Frame documents (JSON Lines)");
+  // Longest tracks first; a long tail (short tracks, e.g. from random weights) folds away.
+  const tracks = [...(job.track_list || [])].sort((a, b) => b.frames - a.frames || a.track_id - b.track_id);
+  const label = (t) => `Track ${t.track_id}: ${t.frames} frame${t.frames === 1 ? "" : "s"}, CSV${t.lifted ? "" : " (not lifted to 3D)"}`;
+  tracks.slice(0, 12).forEach((t) => link(`${base}/tracks/${t.track_id}.csv`, label(t)));
+  if (tracks.length > 12) {
+    const more = document.createElement("details");
+    more.innerHTML = `<summary>${tracks.length - 12} more tracks</summary><ul></ul>`;
+    const list = more.querySelector("ul");
+    for (const t of tracks.slice(12)) {
+      const li = document.createElement("li");
+      li.innerHTML = `<a href="${base}/tracks/${t.track_id}.csv" download>${escapeHtml(label(t))}</a>`;
+      list.appendChild(li);
+    }
+    const li = document.createElement("li");
+    li.appendChild(more);
+    downloads.appendChild(li);
+  }
+  $("#job-downloads").hidden = false;
+  if (!(job.outputs && job.outputs.overlay)) return;
+  const data = await api(`${base}/frames`);
+  jobState.frames = data.frames;
+  jobState.fps = job.video_fps || 25;
+  $("#job-player").hidden = false;
+  const video = $("#job-video");
+  video.src = `${base}/video`;
+  const scrub = $("#job-scrub");
+  scrub.max = String(Math.max(0, jobState.frames.length - 1));
+  const follow = () => showFrame(Math.min(jobState.frames.length - 1, Math.floor(video.currentTime * jobState.fps + 1e-3)));
+  video.addEventListener("timeupdate", follow);
+  video.addEventListener("seeked", follow);
+  if (video.requestVideoFrameCallback) {
+    const tick = () => { follow(); video.requestVideoFrameCallback(tick); };
+    video.requestVideoFrameCallback(tick);
+  }
+  scrub.addEventListener("input", () => {
+    video.pause();
+    video.currentTime = (Number(scrub.value) + 0.5) / jobState.fps;
+    showFrame(Number(scrub.value));
+  });
+  showFrame(0);
+}
+
+function showFrame(k) {
+  if (!jobState.frames || !jobState.frames.length || k < 0) return;
+  const frame = jobState.frames[k];
+  $("#job-scrub").value = String(k);
+  const tracks = frame.p.filter((p) => p.k3);
+  $("#job-frame-label").textContent = `frame ${frame.i} (${(frame.t ?? 0).toFixed(2)} s): ` +
+    (frame.ok ? `${frame.p.length} person${frame.p.length === 1 ? "" : "s"}` : "failed");
+  const view = make3D($("#job-3d"));
+  if (view) view.set(tracks.map((p) => ({ k3: p.k3, color: PERSON_COLORS[(p.track ?? 0) % PERSON_COLORS.length] })));
+  $("#job-3d").dataset.frame = String(frame.i);
+}
+
+// ---- routing and polling ----------------------------------------------------------------------------
+let timer = null;
+
+function route() {
+  clearInterval(timer);
+  const match = location.hash.match(/^#\/jobs\/(.+)$/);
+  $("#view-home").hidden = !!match;
+  $("#view-job").hidden = !match;
+  if (match) {
+    const id = decodeURIComponent(match[1]);
+    showJob(id);
+    timer = setInterval(() => showJob(id), 1000);
+  } else {
+    refreshJobs();
+    timer = setInterval(refreshJobs, 1500);
+  }
+}
+
+async function main() {
+  try {
+    META = await api("/api/meta");
+  } catch (err) {
+    banner(err.message);
+    return;
+  }
+  $("#mode").textContent = META.mode === "kubernetes" ? "cluster: videos become PoseJobs" : "embedded: local graph and job runner";
+  $("#upload-hint").textContent = `Uploads up to ${Math.round(META.max_upload_mb)} MB. MP4, MOV, MKV, WebM or AVI.`;
+  if (META.three) {
+    try {
+      THREE = await import("three");
+      ({ OrbitControls } = await import("/static/vendor/OrbitControls.js"));
+      $("#footer-three").textContent = `3D view: three.js r${THREE.REVISION}.`;
+    } catch (err) {
+      THREE = null;
+      banner(`3D view unavailable: ${err.message}`, "warn");
+    }
+  }
+  $("#photo-form").addEventListener("submit", onPhoto);
+  $("#photo-person").addEventListener("change", (e) => showPhotoPersons(e.target.value));
+  $("#video-form").addEventListener("submit", onVideo);
+  window.addEventListener("hashchange", route);
+  document.body.dataset.ready = "1";
+  route();
+}
+
+main();

@@ -1,0 +1,304 @@
+"""The web UI end to end in a real browser: `posegraph ui` (the embedded default: a local graph,
+local job runners, SQLite and files) as its own process, driven by Playwright in Debian's headless
+Chromium. Screenshots are kept in tests/artifacts/. The cluster mode (PoseJobs through the
+Kubernetes API) is tested against kmock and a real S3 server, without a browser."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+PASSWORD = "ui-test-" + uuid.uuid4().hex[:8]
+AUTH = ("posegraph", PASSWORD)
+MAX_UPLOAD_MB = 5
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory, checkpoints):
+    """`posegraph ui` as a newcomer runs it, plus a password (the chart's default guard)."""
+    from services import free_port, stop_process
+
+    data = tmp_path_factory.mktemp("ui")
+    port = free_port()
+    log = data / "ui.log"
+    env = {**os.environ, "POSEGRAPH_UI_PASSWORD": PASSWORD, "POSEGRAPH_RETRY_BASE_S": "0.1"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "posegraph", "ui", "--port", str(port), "--data", str(data),
+                                 "--checkpoints", str(checkpoints), "--max-upload-mb", str(MAX_UPLOAD_MB)],
+                                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600  # first start exports the three models
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"posegraph ui exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(1)
+    else:
+        raise AssertionError(f"posegraph ui did not come up:\n{log.read_text()[-3000:]}")
+    yield {"url": url, "data": data, "log": log}
+    stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("no chromium on PATH: `make test` installs Debian's chromium (needs root or sudo for apt)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--use-angle=swiftshader"])
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def page(browser, ui, tmp_path):
+    context = browser.new_context(http_credentials={"username": AUTH[0], "password": PASSWORD},
+                                  viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(ui["url"] + "/")
+    page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def _jobs(ui) -> list[dict]:
+    return httpx.get(f"{ui['url']}/api/jobs", auth=AUTH).json()["jobs"]
+
+
+def _painted_pixels(page, selector: str) -> int:
+    """Pixels of a canvas that differ from its background (the WebGL canvas keeps its buffer)."""
+    return page.evaluate("""(selector) => {
+        const c = document.querySelector(selector);
+        const t = document.createElement('canvas'); t.width = c.width; t.height = c.height;
+        const x = t.getContext('2d'); x.drawImage(c, 0, 0);
+        const d = x.getImageData(0, 0, t.width, t.height).data;
+        let n = 0;
+        for (let i = 0; i < d.length; i += 4) {
+            if (Math.abs(d[i] - 0x11) + Math.abs(d[i + 1] - 0x15) + Math.abs(d[i + 2] - 0x1c) > 60) n++;
+        }
+        return n;
+    }""", selector)
+
+
+# ---- without a browser: the guard and the limits -------------------------------------------------------
+
+def test_the_ui_requires_its_password(ui):
+    assert httpx.get(f"{ui['url']}/api/jobs").status_code == 401
+    assert httpx.get(f"{ui['url']}/api/jobs", auth=("posegraph", "wrong")).status_code == 401
+    assert httpx.get(f"{ui['url']}/api/jobs", auth=AUTH).status_code == 200
+    assert httpx.get(f"{ui['url']}/healthz").status_code == 200  # probes need no password
+    assert "three" in httpx.get(f"{ui['url']}/static/vendor/three.module.min.js", auth=AUTH).text[:2000].lower()
+
+
+def test_oversized_and_unreadable_uploads_are_refused_and_store_nothing(ui, tmp_path):
+    before = len(_jobs(ui))
+    big = tmp_path / "big.mp4"
+    big.write_bytes(os.urandom((MAX_UPLOAD_MB + 1) * 1_000_000))
+    response = httpx.post(f"{ui['url']}/api/jobs", auth=AUTH, files={"file": ("big.mp4", big.read_bytes())})
+    assert response.status_code == 413 and "limit is 5 MB" in response.json()["error"]
+    response = httpx.post(f"{ui['url']}/api/jobs", auth=AUTH, data={"uri": "ftp://videos/walk.mp4"})
+    assert response.status_code == 400 and "s3://" in response.json()["error"]
+    response = httpx.post(f"{ui['url']}/api/jobs", auth=AUTH, data={"stride": "two"},
+                          files={"file": ("x.mp4", b"\x00" * 10)})
+    assert response.status_code == 400 and "stride" in response.json()["error"]
+    assert len(_jobs(ui)) == before
+    assert not list((ui["data"] / "uploads").iterdir()), "nothing half-written"
+    assert not list((ui["data"] / "tmp").iterdir()), "temporary files cleaned up"
+
+
+# ---- in the browser ---------------------------------------------------------------------------------------
+
+def test_photo_shows_2d_skeletons_and_a_3d_view(page, ui, tmp_path, astronaut, artifacts):
+    import cv2
+
+    photo = tmp_path / "astronaut.jpg"
+    cv2.imwrite(str(photo), astronaut)
+    page.set_input_files("#photo-file", str(photo))
+    with page.expect_response("**/api/photo") as response:
+        page.click("#photo-form button")
+    assert response.value.status == 200
+    page.wait_for_selector("#photo-canvas[data-persons]", timeout=60_000)
+    persons = int(page.get_attribute("#photo-canvas", "data-persons"))
+    doc = response.value.json()
+    assert persons == len(doc["persons"]) >= 1
+    assert page.eval_on_selector("#photo-canvas", "c => [c.width, c.height]") == [512, 512]
+    # The 3D view: a WebGL canvas with one skeleton per person, actually drawn.
+    page.wait_for_selector("#photo-3d canvas")
+    assert int(page.get_attribute("#photo-3d", "data-persons")) == sum(1 for p in doc["persons"] if p["keypoints3d"])
+    assert int(page.get_attribute("#photo-3d", "data-rendered")) >= 1
+    assert _painted_pixels(page, "#photo-3d canvas") > 200
+    # Drag to rotate: the view re-renders and the picture changes.
+    before = page.eval_on_selector("#photo-3d canvas", "c => c.toDataURL()")
+    box = page.locator("#photo-3d canvas").bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2 + 120, box["y"] + box["height"] / 2 + 30, steps=8)
+    page.mouse.up()
+    assert page.eval_on_selector("#photo-3d canvas", "c => c.toDataURL()") != before
+    assert "person" in page.text_content("#photo-summary")
+    if persons > 1:  # one person at a time
+        page.select_option("#photo-person", "0")
+        page.wait_for_function("document.querySelector('#photo-3d').dataset.persons === '1'")
+    # Random weights (the test checkpoints) are said loudly.
+    assert "RANDOM" in page.text_content("#banner")
+    page.screenshot(path=str(artifacts / "ui-photo.png"), full_page=True)
+
+
+def test_a_bad_photo_gets_a_visible_message(page, tmp_path, artifacts):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not a photo")
+    page.set_input_files("#photo-file", str(bad))
+    with page.expect_response("**/api/photo") as response:
+        page.click("#photo-form button")
+    assert response.value.status == 415
+    page.wait_for_selector("#banner.error")
+    assert "not a decodable image" in page.text_content("#banner")
+    page.screenshot(path=str(artifacts / "ui-bad-photo.png"))
+
+
+def test_video_job_from_upload_to_playback_and_downloads(page, ui, clip_path, artifacts, tmp_path):
+    page.set_input_files("#video-file", str(clip_path))
+    with page.expect_response("**/api/jobs") as response:
+        page.click("#video-form button")
+    assert response.value.status == 201
+    job_id = response.value.json()["job_id"]
+    page.wait_for_url(f"**/#/jobs/{job_id}")
+    page.wait_for_function("document.querySelector('#job-phase') && "
+                           "['succeeded','failed','partial'].includes(document.querySelector('#job-phase').textContent)",
+                           timeout=300_000)
+    assert page.text_content("#job-phase") == "succeeded", page.text_content("#job-error")
+    job = httpx.get(f"{ui['url']}/api/jobs/{job_id}", auth=AUTH).json()
+    assert job["frames_done"] == job["frames_total"] == 16
+    assert f"{job['frames_total']} / {job['frames_total']} frames" in page.text_content("#job-status")
+
+    # The rendered video plays, and the 3D view follows it.
+    page.wait_for_selector("#job-player:not([hidden])")
+    page.wait_for_function("document.querySelector('#job-video').readyState >= 2", timeout=30_000)
+    page.eval_on_selector("#job-video", "v => v.play()")
+    page.wait_for_function("document.querySelector('#job-video').currentTime > 0.3", timeout=30_000)
+    page.wait_for_function("Number(document.querySelector('#job-3d').dataset.frame) > 0", timeout=30_000)
+    assert _painted_pixels(page, "#job-3d canvas") > 100
+    # Scrubbing moves the video and the 3D view to that frame.
+    page.eval_on_selector("#job-scrub", "s => { s.value = '12'; s.dispatchEvent(new Event('input')); }")
+    page.wait_for_function("document.querySelector('#job-3d').dataset.frame === '12'")
+    assert abs(page.eval_on_selector("#job-video", "v => v.currentTime") - 12.5 / job["video_fps"]) < 0.05
+    page.screenshot(path=str(artifacts / "ui-job.png"), full_page=True)
+
+    # Downloads: a CSV per track, and the frame documents.
+    links = page.locator("#download-list a")
+    assert links.count() == 1 + len(job["track_list"])  # longest first; a long tail folds into <details>
+    track = max(job["track_list"], key=lambda t: t["frames"])
+    with page.expect_download() as download:
+        page.click(f"#download-list a[href$='/tracks/{track['track_id']}.csv']")
+    rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+    assert len(rows) == track["frames"]
+    assert {int(r["track_id"]) for r in rows} == {track["track_id"]}
+    assert [int(r["frame_index"]) for r in rows] == sorted(int(r["frame_index"]) for r in rows)
+    assert rows[0]["nose_x"] and rows[0]["head_z_m"], "2D and 3D columns are filled"
+    with page.expect_download() as download:
+        page.click("#download-list a[href$='frames.jsonl']")
+    lines = Path(download.value.path()).read_text().splitlines()
+    assert len(lines) == 16 and json.loads(lines[0])["schema"] == "posegraph/frame/v1"
+
+    # The job list shows it finished.
+    page.goto(ui["url"] + "/#/")
+    page.wait_for_selector(f"tr[data-job-id='{job_id}'][data-status='succeeded']")
+    page.screenshot(path=str(artifacts / "ui-jobs.png"), full_page=True)
+
+
+def test_a_video_that_cannot_be_decoded_gets_a_message_and_no_job(page, ui, clip_path, tmp_path, artifacts):
+    truncated = tmp_path / "broken.mp4"
+    truncated.write_bytes(clip_path.read_bytes()[:1500])  # looks like MP4, decodes nothing
+    before = len(_jobs(ui))
+    page.set_input_files("#video-file", str(truncated))
+    with page.expect_response("**/api/jobs") as response:
+        page.click("#video-form button")
+    assert response.value.status == 400
+    page.wait_for_selector("#banner.error")
+    assert "broken.mp4" in page.text_content("#banner")
+    assert len(_jobs(ui)) == before
+    # A file that is too large is stopped in the page before it is sent.
+    big = tmp_path / "big.mp4"
+    big.write_bytes(b"\x00" * ((MAX_UPLOAD_MB + 1) * 1_000_000))
+    page.set_input_files("#video-file", str(big))
+    page.click("#video-form button")
+    page.wait_for_function("document.querySelector('#banner').textContent.includes('the limit is 5 MB')")
+    page.screenshot(path=str(artifacts / "ui-bad-video.png"))
+
+
+# ---- cluster mode: a PoseJob through the Kubernetes API ---------------------------------------------
+
+def test_cluster_mode_uploads_to_s3_and_creates_a_posejob(tmp_path, s3_env, clip_path):
+    import boto3
+    from kmock_cluster import KMockCluster
+    from starlette.testclient import TestClient
+
+    from posegraph.ui.app import UISettings, create_app
+    from posegraph.ui.launchers import KubernetesLauncher
+
+    cluster = KMockCluster(tmp_path / "kmock")
+    saved = os.environ.get("KUBECONFIG")
+    os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
+    try:
+        s3 = boto3.client("s3")
+        for bucket in ("ui-videos", "ui-outputs"):
+            s3.create_bucket(Bucket=bucket)
+        launcher = KubernetesLauncher(namespace="poses", pipeline="demo", upload_prefix="s3://ui-videos/uploads/",
+                                      output_prefix="s3://ui-outputs/", results_secret="posegraph-results")
+        settings = UISettings(graph="http://demo.poses.svc.cluster.local", results=f"sqlite:///{tmp_path / 'r.db'}",
+                              launcher=launcher, data_dir=tmp_path / "data")
+        with TestClient(create_app(settings)) as client:
+            response = client.post("/api/jobs", files={"file": ("walk.mp4", clip_path.read_bytes())},
+                                   data={"stride": "2"})
+            assert response.status_code == 201, response.text
+            job_id = response.json()["job_id"]
+            name = job_id.removeprefix("poses-")
+            assert job_id == f"poses-{name}"  # the id the operator gives the runner (--job-id ns-name)
+            import kubernetes
+
+            kubernetes.config.load_kube_config(config_file=str(cluster.kubeconfig))
+            api = kubernetes.client.CustomObjectsApi()
+            posejob = api.get_namespaced_custom_object("posegraph.io", "v1alpha1", "poses", "posejobs", name)
+            spec = posejob["spec"]
+            assert spec["video"] == f"s3://ui-videos/uploads/{name}/walk.mp4"
+            assert spec["pipelineRef"] == {"name": "demo"} and spec["options"]["stride"] == 2
+            assert spec["output"]["prefix"] == f"s3://ui-outputs/{name}/"
+            assert spec["results"]["secretRef"]["name"] == "posegraph-results"
+            uploaded = s3.get_object(Bucket="ui-videos", Key=f"uploads/{name}/walk.mp4")["Body"].read()
+            assert uploaded == clip_path.read_bytes()
+            # Listed from the store at once; the PoseJob's status explains the wait.
+            posejob["metadata"].setdefault("uid", str(uuid.uuid4()))
+            api.patch_namespaced_custom_object_status("posegraph.io", "v1alpha1", "poses", "posejobs", name, {
+                "status": {"phase": "Pending", "message": "waiting for PosePipeline demo to be Ready"}})
+            jobs = client.get("/api/jobs").json()["jobs"]
+            assert [j["job_id"] for j in jobs] == [job_id] and jobs[0]["status"] == "queued"
+            assert jobs[0]["launcher"]["message"] == "waiting for PosePipeline demo to be Ready"
+            # The UI's validation is the same: a bad upload creates no PoseJob.
+            bad = client.post("/api/jobs", files={"file": ("notes.mp4", b"hello")})
+            assert bad.status_code == 415
+            assert len(api.list_namespaced_custom_object("posegraph.io", "v1alpha1", "poses", "posejobs")["items"]) == 1
+    finally:
+        cluster.stop()
+        if saved is None:
+            os.environ.pop("KUBECONFIG", None)
+        else:
+            os.environ["KUBECONFIG"] = saved
