@@ -168,10 +168,10 @@ def test_secrets_only_by_reference(values):
                 if any(word in env["name"].upper() for word in ("PASSWORD", "SECRET", "TOKEN", "DSN", "RESULTS")):
                     assert "valueFrom" in env and "value" not in env, f"{name}: {env['name']} must come from a Secret"
     secrets = {s["metadata"]["name"] for s in by_kind(objects, "Secret")}
-    if values == "eks":
-        assert not secrets, "on EKS the chart creates no Secrets: RDS credentials come from results.existingSecret"
+    if values == "eks":  # RDS credentials come from results.existingSecret; only the UI password is generated
+        assert secrets == {"posegraph-ui-auth"}
     if values == "kind":
-        assert {"posegraph-results", "posegraph-s3", "posegraph-s3-config"} == secrets
+        assert {"posegraph-results", "posegraph-s3", "posegraph-s3-config", "posegraph-ui-auth"} == secrets
 
 
 # ---- RBAC: nothing beyond this list -----------------------------------------------------------------
@@ -191,6 +191,8 @@ ALLOWED_RBAC = {
         ("", "events", "create"),
     },
     ("Role", "posegraph-job-runner"): {("posegraph.io", "posejobs/status", "patch")},
+    # The web UI turns uploaded videos into PoseJobs (and reads their status messages).
+    ("Role", "posegraph-ui"): {("posegraph.io", "posejobs", "get"), ("posegraph.io", "posejobs", "create")},
 }
 
 
@@ -202,17 +204,19 @@ def _rules(role: dict) -> set[tuple[str, str, str]]:
 def test_rbac_grants_nothing_beyond_the_list(values):
     objects = render(values, "--set", "jobRunner.extraNamespaces={videos}")
     roles = [o for o in objects if o["kind"] in ("ClusterRole", "Role")]
-    assert {(r["kind"], r["metadata"]["name"]) for r in roles} == set(ALLOWED_RBAC)
+    expected = set(ALLOWED_RBAC) - ({("Role", "posegraph-ui")} if values == "default" else set())  # UI off
+    assert {(r["kind"], r["metadata"]["name"]) for r in roles} == expected
     for role in roles:
         assert _rules(role) == ALLOWED_RBAC[(role["kind"], role["metadata"]["name"])]
         assert all("*" not in str(rule) for rule in role["rules"])
     # The runner's Role exists in every namespace where PoseJobs run.
-    assert sorted(r["metadata"]["namespace"] for r in by_kind(objects, "RoleBinding")) == [NS, "videos"]
+    assert sorted(r["metadata"]["namespace"] for r in by_kind(objects, "RoleBinding")
+                  if r["metadata"]["name"] == "posegraph-job-runner") == [NS, "videos"]
     # And it is the same list the operator tests check against the operator's real requests.
     for path, kind in ((REPO / "operators/rbac/operator.yaml", "ClusterRole"),
                        (REPO / "operators/rbac/job-runner.yaml", "Role")):
         plain = next(d for d in yaml.safe_load_all(path.read_text()) if d and d["kind"] == kind)
-        chart = next(r for r in roles if r["kind"] == kind)
+        chart = next(r for r in roles if r["kind"] == kind and r["metadata"]["name"] != "posegraph-ui")
         assert _rules(plain) == _rules(chart)
 
 
@@ -261,7 +265,7 @@ def test_kind_and_eks_differ_only_where_intended():
                          ("Service", "posegraph-postgresql"), ("Deployment", "posegraph-postgresql"),
                          ("Service", "posegraph-s3"), ("Deployment", "posegraph-s3"), ("Job", "posegraph-s3-buckets"),
                          ("Service", "demo-nodeport")}
-    assert not {k for k in eks if k not in kind}
+    assert {k for k in eks if k not in kind} == {("Ingress", "posegraph-ui")}  # kind uses a node port
     changed = {}
     for key in kind.keys() & eks.keys():
         a, b = _flatten(kind[key]), _flatten(eks[key])
@@ -291,6 +295,14 @@ def test_kind_and_eks_differ_only_where_intended():
         for f in ("storageUri", "gpus", "maxReplicas", "nodeSelector.posegraph.io/pool", "resources.requests.cpu",
                   "resources.requests.memory", "resources.limits.memory")}
     assert {"spec.runtime", "spec.stages.pose2d.gpus", "spec.stages.detect.storageUri"} <= pipeline
+    # The UI: generated password, node port vs ingress, its bucket prefixes, IRSA vs the store's keys.
+    assert paths(("Secret", "posegraph-ui-auth")) == {"stringData.password"}
+    assert paths(("Service", "posegraph-ui")) == {"spec.type", "spec.ports.nodePort"}
+    assert paths(("ServiceAccount", "posegraph-ui")) == {"metadata.annotations.eks.amazonaws.com/role-arn"}
+    assert paths(("Deployment", "posegraph-ui")) == {
+        "spec.template.spec.containers.image", "spec.template.spec.containers.args",
+        "spec.template.spec.containers.env.valueFrom.secretKeyRef.name",  # in-cluster PostgreSQL vs RDS
+        "spec.template.spec.containers.envFrom.secretRef.name", "spec.template.spec.containers.envFrom.secretRef.optional"}
     assert not changed, f"unexpected differences: {changed}"
 
 
