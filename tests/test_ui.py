@@ -115,6 +115,9 @@ def test_oversized_and_unreadable_uploads_are_refused_and_store_nothing(ui, tmp_
     big.write_bytes(os.urandom((MAX_UPLOAD_MB + 1) * 1_000_000))
     response = httpx.post(f"{ui['url']}/api/jobs", auth=AUTH, files={"file": ("big.mp4", big.read_bytes())})
     assert response.status_code == 413 and "limit is 5 MB" in response.json()["error"]
+    chunked = httpx.post(f"{ui['url']}/api/jobs", auth=AUTH, content=iter([b"--x\r\n"] * 3),
+                         headers={"content-type": "multipart/form-data; boundary=x"})
+    assert chunked.status_code == 411 and "Content-Length" in chunked.json()["error"]
     response = httpx.post(f"{ui['url']}/api/jobs", auth=AUTH, data={"uri": "ftp://videos/walk.mp4"})
     assert response.status_code == 400 and "s3://" in response.json()["error"]
     response = httpx.post(f"{ui['url']}/api/jobs", auth=AUTH, data={"stride": "two"},

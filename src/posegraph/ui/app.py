@@ -103,6 +103,8 @@ async def _read_upload(request: Request, settings: UISettings) -> tuple[dict[str
     length = request.headers.get("content-length")
     if length is None:
         raise ClientError(411, "send the upload with a Content-Length (no chunked uploads)")
+    if not length.isdigit():
+        raise ClientError(400, f"Content-Length {length!r} is not a byte count")
     if int(length) > settings.max_upload_bytes:
         raise ClientError(413, f"the upload is {int(length) / 1e6:.1f} MB; the limit is "
                                f"{settings.max_upload_bytes / 1e6:.0f} MB")
