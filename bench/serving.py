@@ -91,7 +91,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=40)
     parser.add_argument("--checkpoints", type=Path)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--runtimes", default="torchserve,kserve", help="comma-separated (default: both)")
+    parser.add_argument("--stages", default=",".join(STAGE_ORDER), help="comma-separated (default: all three)")
     args = parser.parse_args()
+    measured = [s for s in STAGE_ORDER if s in args.stages.split(",")]
+    runtimes = [r for r in args.runtimes.split(",") if r]
 
     profile = load_profile("cpu")
     work = Path(tempfile.mkdtemp(prefix="posegraph-bench-serving-"))
@@ -118,7 +122,7 @@ def main() -> None:
         doc = stages[stage].run([parse_document(doc)])[0].to_json()
 
     results = []
-    for stage in STAGE_ORDER:
+    for stage in measured:
         body = json.dumps(requests[stage]).encode()
         parsed = parse_document(requests[stage]["instances"][0])
 
@@ -133,7 +137,7 @@ def main() -> None:
         # (JVM, a metrics collector every minute) would otherwise tax the KServe numbers and vice versa.
         for name, call in {"in-process": in_process, "in-process+json": in_process_json}.items():
             results.append({"stage": stage, "runtime": name, "clients": 8, **measure(call, args.requests, 8)})
-        for runtime in ("torchserve", "kserve"):
+        for runtime in runtimes:
             server = start_stage_server(stage, layouts[stage], runtime=runtime).wait_ready()
             local = threading.local()
 
@@ -159,8 +163,8 @@ def main() -> None:
                       f"p95 {row['p95_ms']:7.1f} ms  {row['rps']:6.1f} req/s", flush=True)
 
     print("\nper-hop overhead at 1 client (server median − the in-process+json median measured beside it):")
-    for stage in STAGE_ORDER:
-        for runtime in ("torchserve", "kserve"):
+    for stage in measured:
+        for runtime in runtimes:
             base = next(r for r in results if r["stage"] == stage and r["runtime"] == "in-process+json"
                         and r.get("paired_with") == runtime)
             row = next(r for r in results if r["stage"] == stage and r["runtime"] == runtime and r["clients"] == 1)

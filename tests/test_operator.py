@@ -147,7 +147,11 @@ def operator(cluster):
     holder["runner"].__exit__(None, None, None)
 
 
-def wait(predicate, timeout=20.0, what="condition"):
+def wait(predicate, timeout=90.0, what="condition"):
+    """Poll until predicate() is truthy. Generous on purpose: this is a wait, not a timing
+    assertion. After the restart test the operator resumes every pipeline left in the emulated
+    API, and on a loaded 2-core CI machine that storm of requests can take tens of seconds
+    (a fresh-clone run once took over 20 s to reach the next pipeline's graph)."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -157,7 +161,7 @@ def wait(predicate, timeout=20.0, what="condition"):
                 return last
         except Exception as exc:  # noqa: BLE001 - the object may not exist yet
             last = exc
-        time.sleep(0.1)
+        time.sleep(0.25)  # each poll is a request to the same emulated API the operator uses
     raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
