@@ -166,15 +166,21 @@ def test_photo_shows_2d_skeletons_and_a_3d_view(page, ui, tmp_path, astronaut, a
     page.screenshot(path=str(artifacts / "ui-photo.png"), full_page=True)
 
 
+def _refused_upload(page, form: str, path: Path, endpoint: str, status: int) -> str:
+    """Submit a file through one of the page's forms; expect the HTTP status and return the
+    visible error banner's text."""
+    page.set_input_files(f"#{form}-file", str(path))
+    with page.expect_response(endpoint) as response:
+        page.click(f"#{form}-form button")
+    assert response.value.status == status
+    page.wait_for_selector("#banner.error")
+    return page.text_content("#banner")
+
+
 def test_a_bad_photo_gets_a_visible_message(page, tmp_path, artifacts):
     bad = tmp_path / "notes.txt"
     bad.write_text("not a photo")
-    page.set_input_files("#photo-file", str(bad))
-    with page.expect_response("**/api/photo") as response:
-        page.click("#photo-form button")
-    assert response.value.status == 415
-    page.wait_for_selector("#banner.error")
-    assert "not a decodable image" in page.text_content("#banner")
+    assert "not a decodable image" in _refused_upload(page, "photo", bad, "**/api/photo", 415)
     page.screenshot(path=str(artifacts / "ui-bad-photo.png"))
 
 
@@ -232,12 +238,7 @@ def test_a_video_that_cannot_be_decoded_gets_a_message_and_no_job(page, ui, clip
     truncated = tmp_path / "broken.mp4"
     truncated.write_bytes(clip_path.read_bytes()[:1500])  # looks like MP4, decodes nothing
     before = len(_jobs(ui))
-    page.set_input_files("#video-file", str(truncated))
-    with page.expect_response("**/api/jobs") as response:
-        page.click("#video-form button")
-    assert response.value.status == 400
-    page.wait_for_selector("#banner.error")
-    assert "broken.mp4" in page.text_content("#banner")
+    assert "broken.mp4" in _refused_upload(page, "video", truncated, "**/api/jobs", 400)
     assert len(_jobs(ui)) == before
     # A file that is too large is stopped in the page before it is sent.
     big = tmp_path / "big.mp4"
