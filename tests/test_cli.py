@@ -229,3 +229,4 @@ def test_demo_runs_end_to_end_offline(tmp_path, checkpoints):
     assert set(doc["stages"]) == {"detect", "pose2d", "lift3d"} and doc["stages"]["detect"]["random_weights"]
     assert len(read_docs(tmp_path / "demo" / "clip" / "frames.jsonl")) == 8
     assert "job demo-clip: succeeded" in result.stdout
+    assert f"posegraph ui --data {tmp_path / 'demo'}" in result.stdout  # the UI reads this store

@@ -95,4 +95,6 @@ def run_demo(args) -> int:
     print(f"  results    {out / 'results.db'}   (posegraph job status --results {results} --job-id demo-clip)")
     print(f"\ndemo finished in {time.perf_counter() - started:.0f}s; open {out / 'photo' / 'pose3d.png'} "
           f"and {(summary['outputs'] or {}).get('overlay', '')}")
+    # The web UI reads the same results store, so the demo's job is there to play and scrub.
+    print(f"or look in a browser: posegraph ui --data {out}   → http://127.0.0.1:8088/")
     return 0
