@@ -37,7 +37,7 @@ from ..tracking import Tracker
 from ..uri import fetch_to_cache, write_bytes
 from ..video import VideoReader, open_video_writer
 from .progress import Progress
-from .store import FrameRow, PersonRow, ResultsStore, open_store
+from .store import FrameRow, PersonRow, ResultsStore, open_store, stored_frame_document
 
 log = logging.getLogger(__name__)
 
@@ -312,11 +312,7 @@ class JobRunner:
                 frame = frames_cache.get(index)
                 if frame is None:
                     continue
-                doc = FrameDocument(width=info.width, height=info.height, frame_index=index,
-                                    timestamp_s=frame["timestamp_s"], image=ImageRef(uri=o.video),
-                                    persons=frame["persons"] if frame["status"] == "ok" else None)
-                if frame["status"] != "ok":
-                    doc.error = frame["error"]  # an extra field: the failure is visible in the export too
+                doc = stored_frame_document(index, frame, width=info.width, height=info.height, video_uri=o.video)
                 writer.write(draw_overlay(pixels, doc, random_weights=random_weights))
                 jsonl.write(json.dumps(doc.to_json(), separators=(",", ":")) + "\n")
                 if doc.persons:

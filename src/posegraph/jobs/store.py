@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import PosegraphError, UsageError
+from ..frame import FrameDocument, ImageRef
 
 SCHEMA = [
     # version 1
@@ -118,6 +119,27 @@ def _load(value: Any) -> Any:
     return json.loads(value)
 
 
+def _job_row(description, row) -> dict[str, Any]:
+    """A row of ``SELECT * FROM jobs`` as a dict, its JSON columns decoded."""
+    out = dict(zip([c[0] for c in description], row))
+    for key in ("params", "tracker_state", "outputs"):
+        out[key] = _load(out.get(key))
+    return out
+
+
+def stored_frame_document(frame_index: int, frame: dict[str, Any], *, width: int | None, height: int | None,
+                          video_uri: str) -> FrameDocument:
+    """A frame read back from the store (``frame_results``) as a frame document. A failed frame has
+    no persons and carries its error as an extra field, so exports show the failure."""
+    from ..frame import FrameDocument, ImageRef
+
+    doc = FrameDocument(width=width, height=height, frame_index=frame_index, timestamp_s=frame["timestamp_s"],
+                        image=ImageRef(uri=video_uri), persons=frame["persons"] if frame["status"] == "ok" else None)
+    if frame["status"] != "ok":
+        doc.error = frame["error"]
+    return doc
+
+
 @dataclass
 class PersonRow:
     frame_index: int
@@ -202,12 +224,7 @@ class ResultsStore:
     def _job(self, cur, job_id: str) -> dict[str, Any] | None:
         cur = self._exec(cur, "SELECT * FROM jobs WHERE job_id = ?", (job_id,))
         row = cur.fetchone()
-        if row is None:
-            return None
-        out = dict(zip([c[0] for c in cur.description], row))
-        for key in ("params", "tracker_state", "outputs"):
-            out[key] = _load(out.get(key))
-        return out
+        return None if row is None else _job_row(cur.description, row)
 
     def job(self, job_id: str) -> dict[str, Any] | None:
         with self.transaction() as cur:
@@ -308,9 +325,8 @@ class ResultsStore:
     def list_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest jobs first, without their per-frame data."""
         with self.transaction() as cur:
-            cur = self._exec(cur, "SELECT job_id FROM jobs ORDER BY created_at DESC, job_id LIMIT ?", (limit,))
-            ids = [r[0] for r in cur.fetchall()]
-            jobs = [self._job(cur, job_id) for job_id in ids]
+            cur = self._exec(cur, "SELECT * FROM jobs ORDER BY created_at DESC, job_id LIMIT ?", (limit,))
+            jobs = [_job_row(cur.description, row) for row in cur.fetchall()]
         for job in jobs:
             job.pop("tracker_state", None)
         return jobs
