@@ -110,6 +110,11 @@ def validate_posejob(spec: dict[str, Any]) -> None:
         raise InvalidPoseJob(f"spec.output.prefix {prefix!r}: outputs go to an s3:// prefix")
 
 
+def posejob_store_id(namespace: str, name: str) -> str:
+    """The results store's job id for a PoseJob (the runner's --job-id): unique across namespaces."""
+    return f"{namespace}-{name}"
+
+
 def posejob_job(body: dict[str, Any], graph_url: str, *, image: str = JOB_IMAGE) -> dict[str, Any]:
     """The batch/v1 Job that runs one PoseJob. The database password comes from the Secret."""
     meta, spec = body["metadata"], body["spec"]
@@ -120,7 +125,7 @@ def posejob_job(body: dict[str, Any], graph_url: str, *, image: str = JOB_IMAGE)
     args = ["job", "run", "--quiet", "--video", spec["video"], "--graph", graph_url,
             "--results", "$(POSEGRAPH_RESULTS)", "--output", spec["output"]["prefix"],
             "--stride", str(options.get("stride", 1)), "--batch", str(options.get("batch", 8)),
-            "--job-id", f"{namespace}-{name}", "--report-posejob", f"{namespace}/{name}",
+            "--job-id", posejob_store_id(namespace, name), "--report-posejob", f"{namespace}/{name}",
             "--video-format", options.get("videoFormat", "webm"), "--metrics-port", "9100"]
     if options.get("maxFrames"):
         args += ["--max-frames", str(options["maxFrames"])]

@@ -148,7 +148,7 @@ def _int_field(fields: dict[str, str], key: str, default: int | None, low: int, 
 def create_app(settings: UISettings) -> Starlette:
     from ..client import GraphClient, GraphError
     from ..imageio import decode_image, encode_image
-    from ..jobs.store import open_store
+    from ..jobs.store import open_store, stored_frame_document
     from ..video import VideoReader, sniff_container
 
     (settings.data_dir / "tmp").mkdir(parents=True, exist_ok=True)
@@ -156,9 +156,6 @@ def create_app(settings: UISettings) -> Starlette:
     store = open_store(settings.results)
     store.migrate()
     launcher = settings.launcher
-
-    def store_id(name: str) -> str:
-        return launcher.store_job_id(name) if isinstance(launcher, KubernetesLauncher) else name
 
     async def index(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
@@ -238,7 +235,7 @@ def create_app(settings: UISettings) -> Starlette:
             if path is not None:
                 path.unlink(missing_ok=True)
         job = JobRequest(job_id=job_name, video=video_ref, stride=stride, max_frames=max_frames, filename=name)
-        job_id = store_id(job_name)
+        job_id = launcher.store_job_id(job_name)
         params = {"stride": stride, "max_frames": max_frames, "source": "ui", "filename": name,
                   "output": launcher.output_of(job_name)}
         try:
@@ -259,9 +256,7 @@ def create_app(settings: UISettings) -> Starlette:
         out["video_fps"] = (job["fps"] / stride) if job.get("fps") else None
         out["random_weights"] = bool(job.get("random_weights"))
         if job["status"] in ("queued", "running"):
-            name = job["job_id"].removeprefix(f"{launcher.namespace}-") if isinstance(launcher, KubernetesLauncher) \
-                else job["job_id"]
-            out["launcher"] = launcher.describe(name)
+            out["launcher"] = launcher.describe(launcher.job_name(job["job_id"]))
             if out["launcher"].get("runner_exit_code") not in (None, 0) and job["status"] == "queued":
                 out["error"] = f"the runner exited with code {out['launcher']['runner_exit_code']} before starting"
         return out
@@ -300,14 +295,9 @@ def create_app(settings: UISettings) -> Starlette:
             for start in range(0, (last if last is not None else -1) + 1, chunk):
                 rows = store.frame_results(job["job_id"], start, start + chunk)
                 for index in sorted(rows):
-                    r = rows[index]
-                    doc = FrameDocument(width=job.get("width"), height=job.get("height"), frame_index=index,
-                                        timestamp_s=r["timestamp_s"], image=ImageRef(uri=job["video_uri"]),
-                                        persons=r["persons"] if r["status"] == "ok" else None)
-                    out = doc.to_json()
-                    if r["status"] != "ok":
-                        out["error"] = r["error"]
-                    yield json.dumps(out, separators=(",", ":")) + "\n"
+                    doc = stored_frame_document(index, rows[index], width=job.get("width"), height=job.get("height"),
+                                                video_uri=job["video_uri"])
+                    yield json.dumps(doc.to_json(), separators=(",", ":")) + "\n"
 
         return StreamingResponse(lines(), media_type="application/jsonl", headers={
             "Content-Disposition": f'attachment; filename="{job["job_id"]}-frames.jsonl"'})

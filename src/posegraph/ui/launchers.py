@@ -43,6 +43,14 @@ class LocalLauncher:
         self._processes: dict[str, subprocess.Popen] = {}
         self._lock = threading.Lock()
 
+    @staticmethod
+    def store_job_id(name: str) -> str:
+        return name  # the runner is started with --job-id NAME
+
+    @staticmethod
+    def job_name(job_id: str) -> str:
+        return job_id
+
     def video_uri(self, request: JobRequest) -> str:
         return request.video
 
@@ -104,12 +112,14 @@ class KubernetesLauncher:
         self.output_prefix = output_prefix.rstrip("/") + "/"
         self.results_secret = results_secret
 
-    @staticmethod
-    def posejob_name(job_id: str) -> str:
-        return job_id
-
     def store_job_id(self, name: str) -> str:
-        return f"{self.namespace}-{name}"  # what the operator passes as --job-id
+        from ..operator.resources import posejob_store_id  # what the operator passes as --job-id
+
+        return posejob_store_id(self.namespace, name)
+
+    def job_name(self, job_id: str) -> str:
+        """The PoseJob's name for a store job id (the inverse of store_job_id)."""
+        return job_id.removeprefix(f"{self.namespace}-")
 
     def video_uri(self, request: JobRequest) -> str:
         if request.video.startswith(("s3://", "https://", "http://")):
@@ -136,7 +146,7 @@ class KubernetesLauncher:
         body = {
             "apiVersion": "posegraph.io/v1alpha1",
             "kind": "PoseJob",
-            "metadata": {"name": self.posejob_name(request.job_id), "namespace": self.namespace,
+            "metadata": {"name": request.job_id, "namespace": self.namespace,
                          "labels": {"app.kubernetes.io/created-by": "posegraph-ui"}},
             "spec": {
                 "video": video,
@@ -149,13 +159,13 @@ class KubernetesLauncher:
         k8s_config.client().CustomObjectsApi().create_namespaced_custom_object(
             "posegraph.io", "v1alpha1", self.namespace, "posejobs", body)
 
-    def describe(self, job_id: str) -> dict[str, Any]:
+    def describe(self, name: str) -> dict[str, Any]:
         """The PoseJob's own status: says why a job waits (e.g. for its pipeline) before it runs."""
         from .. import k8s_config
 
         try:
             posejob = k8s_config.client().CustomObjectsApi().get_namespaced_custom_object(
-                "posegraph.io", "v1alpha1", self.namespace, "posejobs", self.posejob_name(job_id))
+                "posegraph.io", "v1alpha1", self.namespace, "posejobs", name)
         except Exception:  # noqa: BLE001 - absent or unreachable: the store is the record
             return {}
         status = posejob.get("status") or {}
