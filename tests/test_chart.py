@@ -5,6 +5,7 @@ against kmock's API emulator."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
@@ -352,6 +353,34 @@ def test_install_dry_run_against_an_api_shows_notes_and_requires_kserve(helm_nam
     assert "PoseJobs need a results Secret" in no_results.stdout
     forced = install(kmock_clusters["without-kserve"], "--set", "kserve.requireCRDs=false")
     assert forced.returncode != 0 and "posegraph needs KServe" not in forced.stderr  # then the API refuses the kinds
+    # Generated passwords are kept across upgrades: what the Secrets already hold is rendered again
+    # (offline, with nothing to look up, they are generated: test_generated_passwords_...).
+    cluster = kmock_clusters["with-kserve"]  # shared by both helms: the second run finds them seeded
+    for name in ("posegraph-results", "posegraph-ui-auth"):
+        cluster.emulator[f"get /api/v1/namespaces/{NS}/secrets/{name}"] << {
+            "apiVersion": "v1", "kind": "Secret", "metadata": {
+                "name": name, "namespace": NS, "labels": {"app.kubernetes.io/managed-by": "Helm"},
+                "annotations": {"meta.helm.sh/release-name": "posegraph", "meta.helm.sh/release-namespace": NS}},
+            "data": {"password": base64.b64encode(f"kept-{name}".encode()).decode()}}
+    again = install(cluster, "-f", str(CHART / "values-kind.yaml"))
+    assert again.returncode == 0, again.stderr[-2000:]
+    kept = {doc["metadata"]["name"]: doc["stringData"]["password"] for doc in _secrets(again.stdout)}
+    assert kept["posegraph-results"] == "kept-posegraph-results"
+    assert kept["posegraph-ui-auth"] == "kept-posegraph-ui-auth"
+
+
+def test_generated_passwords_are_random_and_differ_per_render():
+    passwords = [{doc["metadata"]["name"]: doc["stringData"]["password"] for doc in by_kind(render("kind"), "Secret")
+                  if "password" in doc.get("stringData", {})} for _ in range(2)]
+    assert {name: len(p) for name, p in passwords[0].items()} == {"posegraph-results": 24, "posegraph-ui-auth": 20}
+    assert all(passwords[0][name] != passwords[1][name] for name in passwords[0])
+
+
+def _secrets(helm_output: str) -> list[dict]:
+    """The Secrets with a generated password in `helm install --dry-run` output."""
+    manifest = helm_output.split("MANIFEST:", 1)[1].split("NOTES:", 1)[0]
+    return [doc for doc in yaml.safe_load_all(manifest)
+            if doc and doc["kind"] == "Secret" and "password" in doc.get("stringData", {})]
 
 
 def test_values_schema_is_valid_json_schema():

@@ -82,6 +82,15 @@ imagePullSecrets:
 {{- .Values.results.existingSecret | default (printf "%s-results" (include "posegraph.fullname" .)) }}
 {{- end }}
 
+{{/* A generated password kept across upgrades: the value already in Secret <name> under "password"
+(lookup; absent when rendering offline), else a new random one. (list . <secret name> <length>) */}}
+{{- define "posegraph.keptPassword" -}}
+{{- $ctx := index . 0 }}{{- $length := index . 2 }}
+{{- $existing := lookup "v1" "Secret" $ctx.Release.Namespace (index . 1) }}
+{{- if and $existing (hasKey ($existing.data | default dict) "password") }}{{ index $existing.data "password" | b64dec }}
+{{- else }}{{ randAlphaNum $length }}{{ end }}
+{{- end }}
+
 {{/* The Secret whose keys become the runners' environment ("" for none). */}}
 {{- define "posegraph.jobEnvSecret" -}}
 {{- if .Values.jobRunner.envSecret }}{{ .Values.jobRunner.envSecret }}
