@@ -67,6 +67,8 @@ class Skeleton3D {
 
   // poses: [{k3: 17×[x, y, z] (camera frame: y down, z away), color}]; people side by side.
   set(poses) {
+    // Playback replaces the skeletons every frame: free the old GPU buffers, not just the nodes.
+    for (const child of this.group.children) { child.geometry.dispose(); child.material.dispose(); }
     this.group.clear();
     const edges = META.h36m_skeleton, left = new Set(META.h36m_left);
     const n = poses.length;
@@ -235,9 +237,12 @@ async function onVideo(event) {
 // ---- the job list -----------------------------------------------------------------------------------
 const FINISHED = new Set(["succeeded", "failed", "partial"]);
 
+function framesDone(job) {
+  return (job.frames_done || 0) + (job.frames_failed || 0);
+}
+
 function progressText(job) {
-  const done = (job.frames_done || 0) + (job.frames_failed || 0);
-  return job.frames_total ? `${done} / ${job.frames_total} frames` : `${done} frames`;
+  return job.frames_total ? `${framesDone(job)} / ${job.frames_total} frames` : `${framesDone(job)} frames`;
 }
 
 async function refreshJobs() {
@@ -250,7 +255,7 @@ async function refreshJobs() {
     const tr = document.createElement("tr");
     tr.dataset.jobId = job.job_id;
     tr.dataset.status = job.status;
-    const total = job.frames_total || 0, done = (job.frames_done || 0) + (job.frames_failed || 0);
+    const total = job.frames_total || 0, done = framesDone(job);
     const error = job.error ? `<div class="error">${escapeHtml(job.error)}</div>` :
       (job.launcher && job.launcher.message ? `<div class="hint">${escapeHtml(job.launcher.message)}</div>` : "");
     tr.innerHTML = `<td><a href="#/jobs/${encodeURIComponent(job.job_id)}">${escapeHtml(job.params?.filename || job.job_id)}</a>
@@ -281,39 +286,38 @@ async function showJob(jobId) {
     (job.launcher && job.launcher.message ? ` · ${escapeHtml(job.launcher.message)}` : "");
   const progress = $("#job-progress");
   progress.max = job.frames_total || 1;
-  progress.value = job.frames_total ? (job.frames_done || 0) + (job.frames_failed || 0) : 0;
+  progress.value = job.frames_total ? framesDone(job) : 0;
   $("#job-error").hidden = !job.error;
   $("#job-error").textContent = job.error || "";
   if (job.random_weights) banner("This job ran on RANDOM weights: its poses are noise, not results.", "warn");
-  if (FINISHED.has(job.status) && !jobState.loaded) {
-    jobState.loaded = true;
-    await loadPlayer(job);
+  if (FINISHED.has(job.status)) {
+    clearInterval(timer);  // a finished job no longer changes: stop asking
+    if (!jobState.loaded) {
+      jobState.loaded = true;
+      await loadPlayer(job);
+    }
   }
 }
 
 async function loadPlayer(job) {
   const downloads = $("#download-list");
   downloads.replaceChildren();
-  const link = (href, text) => {
+  const link = (list, href, text) => {
     const li = document.createElement("li");
     li.innerHTML = `<a href="${href}" download>${escapeHtml(text)}</a>`;
-    downloads.appendChild(li);
+    list.appendChild(li);
   };
   const base = `/api/jobs/${encodeURIComponent(job.job_id)}`;
-  link(`${base}/frames.jsonl`, "Frame documents (JSON Lines)");
+  link(downloads, `${base}/frames.jsonl`, "Frame documents (JSON Lines)");
   // Longest tracks first; a long tail (short tracks, e.g. from random weights) folds away.
   const tracks = [...(job.track_list || [])].sort((a, b) => b.frames - a.frames || a.track_id - b.track_id);
   const label = (t) => `Track ${t.track_id}: ${t.frames} frame${t.frames === 1 ? "" : "s"}, CSV${t.lifted ? "" : " (not lifted to 3D)"}`;
-  tracks.slice(0, 12).forEach((t) => link(`${base}/tracks/${t.track_id}.csv`, label(t)));
+  tracks.slice(0, 12).forEach((t) => link(downloads, `${base}/tracks/${t.track_id}.csv`, label(t)));
   if (tracks.length > 12) {
     const more = document.createElement("details");
     more.innerHTML = `<summary>${tracks.length - 12} more tracks</summary><ul></ul>`;
     const list = more.querySelector("ul");
-    for (const t of tracks.slice(12)) {
-      const li = document.createElement("li");
-      li.innerHTML = `<a href="${base}/tracks/${t.track_id}.csv" download>${escapeHtml(label(t))}</a>`;
-      list.appendChild(li);
-    }
+    tracks.slice(12).forEach((t) => link(list, `${base}/tracks/${t.track_id}.csv`, label(t)));
     const li = document.createElement("li");
     li.appendChild(more);
     downloads.appendChild(li);
@@ -328,7 +332,16 @@ async function loadPlayer(job) {
   video.src = `${base}/video`;
   const scrub = $("#job-scrub");
   scrub.max = String(Math.max(0, jobState.frames.length - 1));
-  const follow = () => showFrame(Math.min(jobState.frames.length - 1, Math.floor(video.currentTime * jobState.fps + 1e-3)));
+  showFrame(0);
+}
+
+// The player's listeners, attached once: they read jobState, so every job page shares them.
+function setupPlayer() {
+  const video = $("#job-video"), scrub = $("#job-scrub");
+  const follow = () => {
+    if (!jobState.frames) return;
+    showFrame(Math.min(jobState.frames.length - 1, Math.floor(video.currentTime * jobState.fps + 1e-3)));
+  };
   video.addEventListener("timeupdate", follow);
   video.addEventListener("seeked", follow);
   if (video.requestVideoFrameCallback) {
@@ -336,11 +349,11 @@ async function loadPlayer(job) {
     video.requestVideoFrameCallback(tick);
   }
   scrub.addEventListener("input", () => {
+    if (!jobState.frames) return;
     video.pause();
     video.currentTime = (Number(scrub.value) + 0.5) / jobState.fps;
     showFrame(Number(scrub.value));
   });
-  showFrame(0);
 }
 
 function showFrame(k) {
@@ -395,6 +408,7 @@ async function main() {
   $("#photo-form").addEventListener("submit", onPhoto);
   $("#photo-person").addEventListener("change", (e) => showPhotoPersons(e.target.value));
   $("#video-form").addEventListener("submit", onVideo);
+  setupPlayer();
   window.addEventListener("hashchange", route);
   document.body.dataset.ready = "1";
   route();
