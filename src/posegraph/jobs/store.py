@@ -131,8 +131,6 @@ def stored_frame_document(frame_index: int, frame: dict[str, Any], *, width: int
                           video_uri: str) -> FrameDocument:
     """A frame read back from the store (``frame_results``) as a frame document. A failed frame has
     no persons and carries its error as an extra field, so exports show the failure."""
-    from ..frame import FrameDocument, ImageRef
-
     doc = FrameDocument(width=width, height=height, frame_index=frame_index, timestamp_s=frame["timestamp_s"],
                         image=ImageRef(uri=video_uri), persons=frame["persons"] if frame["status"] == "ok" else None)
     if frame["status"] != "ok":
