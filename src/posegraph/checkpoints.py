@@ -225,3 +225,24 @@ def models_for(names: list[str] | None) -> list[ModelSpec]:
     from .zoo import get_model
 
     return [get_model(n) for n in names]
+
+
+def ensure_checkpoints(profile, directory: Path) -> None:
+    """Every stage of the profile has a checkpoint: present, downloaded from the official zoo, or,
+    when that fails (offline), randomly initialised, which is said loudly here and on every result."""
+    from .zoo import get_model
+
+    for stage in ("detect", "pose2d", "lift3d"):
+        settings = profile.stage_settings(stage)
+        if settings.checkpoint:
+            continue
+        spec = get_model(settings.model)
+        path = checkpoint_path(directory, spec.name)
+        if path.is_file():
+            continue
+        try:
+            print(f"downloading {spec.name} ({spec.download_url()})")
+            fetch_official(spec, directory)
+        except FetchError as exc:
+            print(f"cannot download {spec.name} ({str(exc).split(' — ')[0]}); writing RANDOM weights instead")
+            write_random(spec, path)

@@ -291,8 +291,7 @@ def cmd_up(args) -> int:
         pipeline = load_pipeline(args.spec)
         layouts = archives_for_pipeline(pipeline)
     else:
-        from .checkpoints import default_checkpoint_dir
-        from .demo import ensure_checkpoints
+        from .checkpoints import default_checkpoint_dir, ensure_checkpoints
 
         profile = load_profile(args.profile, args.overrides)
         directory = args.checkpoints or default_checkpoint_dir()

@@ -12,28 +12,9 @@ import json
 import time
 from pathlib import Path
 
-from .checkpoints import checkpoint_path, default_checkpoint_dir, fetch_official, write_random
+from .checkpoints import default_checkpoint_dir
 from .config import load_profile
-from .errors import FetchError
 from .samples import synthetic_clip_frames, write_astronaut, write_clip
-from .zoo import get_model
-
-
-def ensure_checkpoints(profile, directory: Path) -> None:
-    for stage in ("detect", "pose2d", "lift3d"):
-        settings = profile.stage_settings(stage)
-        if settings.checkpoint:
-            continue
-        spec = get_model(settings.model)
-        path = checkpoint_path(directory, spec.name)
-        if path.is_file():
-            continue
-        try:
-            print(f"downloading {spec.name} ({spec.download_url()})")
-            fetch_official(spec, directory)
-        except FetchError as exc:
-            print(f"cannot download {spec.name} ({str(exc).split(' — ')[0]}); writing RANDOM weights instead")
-            write_random(spec, path)
 
 
 def _photo_through_graph(graph, photo: Path, out: Path) -> bool:
@@ -65,20 +46,18 @@ def _photo_through_graph(graph, photo: Path, out: Path) -> bool:
 
 
 def run_demo(args) -> int:
-    from .graph.local import archives_for_profile, default_pipeline, start_local_graph
+    from .graph.local import start_embedded_graph
     from .jobs.runner import JobOptions, JobRunner
 
     started = time.perf_counter()
     profile = load_profile(args.profile, args.overrides)
     directory = Path(args.checkpoints) if args.checkpoints else default_checkpoint_dir()
-    ensure_checkpoints(profile, directory)
     out = Path(args.out).resolve()
     photo = write_astronaut(out / "inputs" / "astronaut.jpg")
     clip = write_clip(out / "inputs" / "clip.mp4", synthetic_clip_frames(args.frames))
 
     print("\n[1/3] the graph: three stage servers and a router on 127.0.0.1 (as `posegraph up`)")
-    layouts = archives_for_profile(profile, directory)
-    with start_local_graph(default_pipeline(layouts, "kserve"), layouts) as graph:
+    with start_embedded_graph(profile, directory) as graph:
         print(f"  endpoint {graph.endpoint}")
         print(f"\n[2/3] a photo through the graph: {photo}")
         _photo_through_graph(graph, photo, out / "photo")

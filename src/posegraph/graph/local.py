@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import __version__
+from ..checkpoints import ensure_checkpoints
 from ..config import Profile
 from ..errors import PosegraphError, UsageError
 from ..serving.local import StageServer, free_port, start_stage_server
@@ -151,6 +152,14 @@ def _router_ready(port: int) -> bool:
             return r.status == 200
     except OSError:
         return False
+
+
+def start_embedded_graph(profile: Profile, checkpoint_dir: Path) -> LocalGraph:
+    """The embedded default's graph: the profile's checkpoints ensured, its archives built (once,
+    then cached), three KServe-runtime stage servers and the router on loopback."""
+    ensure_checkpoints(profile, checkpoint_dir)
+    layouts = archives_for_profile(profile, checkpoint_dir)
+    return start_local_graph(default_pipeline(layouts, "kserve"), layouts)
 
 
 def start_local_graph(pipeline: PosePipeline, layouts: dict[str, Path], *, port: int | None = None,

@@ -99,14 +99,10 @@ class JobRunner:
             return self.o.graph, self.o.lift3d
         from ..checkpoints import default_checkpoint_dir
         from ..config import load_profile
-        from ..demo import ensure_checkpoints
-        from ..graph.local import archives_for_profile, default_pipeline, start_local_graph
+        from ..graph.local import start_embedded_graph
 
-        profile = load_profile(self.o.profile)
         directory = Path(self.o.checkpoints) if self.o.checkpoints else default_checkpoint_dir()
-        ensure_checkpoints(profile, directory)
-        layouts = archives_for_profile(profile, directory)
-        graph = stack.enter_context(start_local_graph(default_pipeline(layouts, "kserve"), layouts))
+        graph = stack.enter_context(start_embedded_graph(load_profile(self.o.profile), directory))
         return graph.endpoint, self.o.lift3d or graph.servers["lift3d"].predict_url
 
     def _infer(self, client: GraphClient, docs: list[Any]) -> list[Any]:

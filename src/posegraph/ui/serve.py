@@ -70,16 +70,12 @@ def run_ui(args) -> int:
 def _embedded_graph(args, stack: ExitStack) -> tuple[str, str]:
     from ..checkpoints import default_checkpoint_dir
     from ..config import load_profile
-    from ..demo import ensure_checkpoints
-    from ..graph.local import archives_for_profile, default_pipeline, start_local_graph
+    from ..graph.local import start_embedded_graph
 
+    print("starting the embedded graph: stage archives (exported once, then cached), three stage servers "
+          "and a router on 127.0.0.1 …", flush=True)
     profile = load_profile(args.profile, args.overrides)
-    directory = args.checkpoints or default_checkpoint_dir()
-    ensure_checkpoints(profile, directory)
-    print("preparing stage archives (exported once, then cached) …", flush=True)
-    layouts = archives_for_profile(profile, directory)
-    print("starting the embedded graph (three stage servers and a router on 127.0.0.1) …", flush=True)
-    graph = stack.enter_context(start_local_graph(default_pipeline(layouts, "kserve"), layouts))
+    graph = stack.enter_context(start_embedded_graph(profile, args.checkpoints or default_checkpoint_dir()))
     return graph.endpoint, graph.servers["lift3d"].predict_url
 
 
