@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -28,7 +27,7 @@ MAX_UPLOAD_MB = 5
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory, checkpoints):
     """`posegraph ui` as a newcomer runs it, plus a password (the chart's default guard)."""
-    from services import free_port, stop_process
+    from services import free_port, stop_process, wait_for_port
 
     data = tmp_path_factory.mktemp("ui")
     port = free_port()
@@ -39,17 +38,8 @@ def ui(tmp_path_factory, checkpoints):
                                  "--checkpoints", str(checkpoints), "--max-upload-mb", str(MAX_UPLOAD_MB)],
                                 stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600  # first start exports the three models
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"posegraph ui exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(1)
-    else:
-        raise AssertionError(f"posegraph ui did not come up:\n{log.read_text()[-3000:]}")
+    wait_for_port(port, timeout=600, proc=proc, log=log)  # it listens once its graph is up (first start exports)
+    assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
     yield {"url": url, "data": data, "log": log}
     stop_process(proc)
 
