@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create/refresh the project virtualenv (.venv). Idempotent: a stamp skips work already done.
-#   scripts/bootstrap.sh run    what `posegraph` needs (torch CPU build, onnxruntime, ...)
+#   scripts/bootstrap.sh run    what `posegraph` needs (torch, onnxruntime, ...)
 #   scripts/bootstrap.sh test   plus pytest, SeaweedFS and the OpenMMLab reference stack
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,17 +27,15 @@ started=$(date +%s)
 
 case "$mode" in
   run)
-    if ! python -c "import torch" 2>/dev/null; then
-      step "PyTorch (CPU build, 2.13.0)"
-      pip_install "torch==2.13.0"
-    fi
+    step "PyTorch (requirements/torch.txt: the one build for run and test)"
+    pip_install -r requirements/torch.txt
     step "posegraph"
     pip_install -e ".[models,serve,postgres,operator,ui]"
     scripts/vendor-ui.sh
     ;;
   test)
-    step "PyTorch + torchvision for the reference stack"
-    pip_install -r requirements/test-torch.txt
+    step "PyTorch (requirements/torch.txt: the one build for run and test)"
+    pip_install -r requirements/torch.txt
     step "posegraph with test tools"
     pip_install -e ".[models,serve,postgres,operator,ui,test]"
     scripts/vendor-ui.sh

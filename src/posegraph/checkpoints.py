@@ -36,7 +36,7 @@ def require_torch():
         import torch
     except ImportError:
         raise UsageError(
-            "loading .pth checkpoints needs PyTorch: pip install torch==2.13.0 'posegraph[models]' "
+            "loading .pth checkpoints needs PyTorch: pip install torch==2.14.1 'posegraph[models]' "
             "(or serve exported .onnx models, which need only onnxruntime)"
         ) from None
     return torch
