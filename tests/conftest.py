@@ -9,6 +9,7 @@ import pytest
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
+import control_plane as _control_plane  # noqa: E402,F401 - reads the real cache directory before isolation
 
 ARTIFACTS = TESTS / "artifacts"
 
@@ -102,3 +103,17 @@ def pytest_report_header(config):
 
 
 np.set_printoptions(precision=4, suppress=True)
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory):
+    """A real kube-apiserver + etcd + kube-controller-manager (scripts/control-plane.sh), shared by
+    every test that needs Kubernetes itself. `make test` builds it; without the binaries the tests
+    fail, saying how to build them (they must never pass against nothing)."""
+    from control_plane import ControlPlane, built
+
+    if built() is None:
+        pytest.fail("no control plane binaries: run `scripts/control-plane.sh build` (part of `make test`; needs Go)")
+    plane = ControlPlane.start(tmp_path_factory.mktemp("control-plane"))
+    yield plane
+    plane.stop()

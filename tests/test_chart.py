@@ -185,7 +185,7 @@ ALLOWED_RBAC = {
         ("posegraph.io", "posejobs", "watch"), ("posegraph.io", "posejobs", "patch"),
         ("posegraph.io", "posepipelines/status", "patch"), ("posegraph.io", "posejobs/status", "patch"),
         *{("serving.kserve.io", r, v) for r in ("inferenceservices", "inferencegraphs")
-          for v in ("get", "list", "watch", "create", "patch", "delete")},
+          for v in ("get", "list", "watch", "create", "patch")},
         *{("batch", "jobs", v) for v in ("get", "list", "watch", "create")},
         ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
         ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),

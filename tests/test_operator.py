@@ -348,13 +348,14 @@ def test_restarting_the_operator_creates_nothing_twice(cluster, operator):
     assert get(cluster, "posepipelines", "p4")["status"]["readyStages"] == "0/3"
 
 
-def test_deleting_a_pipeline_cleans_up_its_children(cluster, operator):
+def test_deleting_a_pipeline_is_not_held_by_the_operator(cluster, operator):
+    """The children go with their pipeline through its ownerReference (the garbage collector:
+    tests/test_kube_apiserver.py shows it on a real API server; kmock has none). The operator
+    neither deletes them itself nor holds the pipeline with a finalizer."""
     apply(cluster, EXAMPLES / "posepipeline.yaml", name="p5")
     wait(lambda: get(cluster, "inferencegraphs", "p5", "serving.kserve.io", "v1alpha1"))
+    assert not get(cluster, "posepipelines", "p5")["metadata"].get("finalizers")
     cluster.api.delete_namespaced_custom_object("posegraph.io", "v1alpha1", NS, "posepipelines", "p5")
-    wait(lambda: len(cluster.requests("DELETE", "inferencegraphs", "p5")) == 1, what="the graph's DELETE")
-    for stage in ("detect", "pose2d", "lift3d"):
-        assert len(cluster.requests("DELETE", "inferenceservices", f"p5-{stage}")) == 1
     import kubernetes
 
     def gone():
@@ -364,7 +365,9 @@ def test_deleting_a_pipeline_cleans_up_its_children(cluster, operator):
         except kubernetes.client.ApiException as exc:
             return exc.status == 404
 
-    wait(gone, what="the pipeline to be gone (finalizer released)")
+    wait(gone, what="the pipeline to be gone")
+    time.sleep(1)  # give a (wrong) delete handler the time to act
+    assert not cluster.requests("DELETE", "inferenceservices") and not cluster.requests("DELETE", "inferencegraphs")
 
 
 def test_operator_metrics_count(cluster, operator):

@@ -65,16 +65,6 @@ class Kube:
         custom.patch_namespaced_custom_object(group, version, meta["namespace"], plural, meta["name"], patch)
         return "updated"
 
-    def delete_custom(self, group: str, version: str, namespace: str, plural: str, name: str) -> bool:
-        custom, _ = self._apis()
-        try:
-            custom.delete_namespaced_custom_object(group, version, namespace, plural, name)
-            return True
-        except Exception as exc:
-            if self._not_found(exc):
-                return False
-            raise
-
     def patch_status(self, group: str, version: str, namespace: str, plural: str, name: str,
                      status: dict[str, Any]) -> None:
         custom, _ = self._apis()
