@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 from control_plane import REPO, finish_pod, play_kubelet, secret_data, wait
+from k8s_schema import KSERVE_CRDS as KSERVE_CRD_DIR  # KServe's CRDs, vendored for a clean clone
 
 CHART = REPO / "charts" / "posegraph"
-KSERVE_CRDS = sorted((REPO.parent / "shared" / "kserve-crds").glob("serving.kserve.io_*.yaml"))
+KSERVE_CRDS = sorted(KSERVE_CRD_DIR.glob("serving.kserve.io_*.yaml"))
 HELMS = {name: REPO / ".tools" / name / "helm" for name in ("helm3", "helm4")}
 VALUES = {"default": [], "kind": ["-f", str(CHART / "values-kind.yaml")], "eks": ["-f", str(CHART / "values-eks.yaml")]}
 EXAMPLES = REPO / "operators" / "examples"
@@ -102,7 +103,8 @@ def test_install_without_kserve_fails_with_the_charts_message(control_plane, cor
 
 @pytest.fixture(scope="module")
 def kserve_crds(control_plane):
-    """KServe's CRDs (../shared/kserve-crds), as `kubectl apply --server-side` installs them."""
+    """KServe's CRDs (tests/data/kserve-crds), as `kubectl apply --server-side` installs them."""
+    assert len(KSERVE_CRDS) == 4
     for path in KSERVE_CRDS:
         control_plane.kubectl("apply", "--server-side", "-f", str(path))
     for path in KSERVE_CRDS:
