@@ -6,6 +6,7 @@
 #                                       the API server is ready
 #   scripts/control-plane.sh down DIR   stop what `up DIR` started
 #   scripts/control-plane.sh bin        print the directory that holds the binaries
+#   scripts/control-plane.sh router     print the path of KServe's router (`build` builds it too)
 # No node runs: Pods are created (and admitted) but stay Pending. That is enough to test a chart,
 # its RBAC and PodSecurity, an operator and the controllers (Deployment, Job, garbage collector).
 set -euo pipefail
@@ -14,8 +15,11 @@ set -euo pipefail
 # against, so the API server speaks what KServe's controller expects. etcd 3.6 is what 1.34 ships.
 K8S_VERSION="${POSEGRAPH_K8S_VERSION:-v1.34.4}"
 ETCD_VERSION="${POSEGRAPH_ETCD_VERSION:-v3.6.16}"
+# KServe's InferenceGraph router (cmd/router), the release whose CRDs tests/data/kserve-crds holds.
+KSERVE_VERSION="${POSEGRAPH_KSERVE_VERSION:-v0.20.0}"
 cache="${POSEGRAPH_CACHE:-$HOME/.cache/posegraph}/control-plane"
 bindir="$cache/k8s-$K8S_VERSION-etcd-$ETCD_VERSION"
+kservedir="$cache/kserve-$KSERVE_VERSION"
 staging_minor="v0.${K8S_VERSION#v1.}"   # k8s.io/api etc. are published as v0.<minor>.<patch>
 
 say() { printf '==> %s\n' "$*" >&2; }
@@ -79,6 +83,51 @@ EOF
   mv "$bindir.tmp" "$bindir"
   say "control plane built in $(( $(date +%s) - started ))s: $bindir"
   ls -l "$bindir" >&2
+}
+
+# KServe's router. Its go.mod has replace directives, so `go install` refuses it: it is built inside
+# a writable copy of its downloaded module. One change is made, and only to where it listens:
+# upstream always binds :8080 (constants.RouterPort); with POSEGRAPH_ROUTER_LISTEN set (tests and
+# `posegraph up --router kserve` give it 127.0.0.1:<free port>) it binds there instead. Unset, the
+# binary behaves exactly as upstream's. Every other line is KServe's (router.patch beside it).
+build_kserve_router() {
+  if [ -x "$kservedir/router" ]; then
+    say "KServe router already built: $kservedir/router (kserve $KSERVE_VERSION)"
+    return
+  fi
+  command -v go >/dev/null || die "go not found: KServe's router is built from its Go module"
+  local started src mod main
+  started=$(date +%s)
+  mkdir -p "$cache"
+  mod=$(cd "$cache" && go mod download -json "github.com/kserve/kserve@$KSERVE_VERSION" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  src="$cache/src-kserve-$KSERVE_VERSION"
+  rm -rf "$src"
+  cp -r "$mod" "$src"
+  chmod -R u+w "$src"
+  main="$src/cmd/router/main.go"
+  grep -q 'Addr:         ":" + strconv.Itoa(constants.RouterPort),' "$main" \
+    || die "cmd/router/main.go of kserve $KSERVE_VERSION has no listen address line to patch"
+  sed -i 's|Addr:         ":" + strconv.Itoa(constants.RouterPort),|Addr:         posegraphListenAddr(),|' "$main"
+  cat >> "$main" <<'GO'
+
+// posegraphListenAddr is the one change posegraph makes to KServe's router (scripts/control-plane.sh):
+// where it listens. Unset, it is upstream's ":8080".
+func posegraphListenAddr() string {
+	if addr := os.Getenv("POSEGRAPH_ROUTER_LISTEN"); addr != "" {
+		return addr
+	}
+	return ":" + strconv.Itoa(constants.RouterPort)
+}
+GO
+  mkdir -p "$kservedir.tmp"
+  (cd "$src" && CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o "$kservedir.tmp/router" ./cmd/router) \
+    || die "go build ./cmd/router (kserve $KSERVE_VERSION) failed"
+  diff -u "$mod/cmd/router/main.go" "$main" > "$kservedir.tmp/router.patch" || true
+  rm -rf "$src"   # 440 MB of sources: the binary and its patch are what is kept
+  rm -rf "$kservedir"
+  mv "$kservedir.tmp" "$kservedir"
+  say "built KServe's router ($KSERVE_VERSION) in $(( $(date +%s) - started ))s: $kservedir/router"
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -223,9 +272,11 @@ down() {
 }
 
 case "${1:-}" in
-  build) build ;;
+  build) build; build_kserve_router ;;
+  build-router) build_kserve_router ;;
+  router) echo "$kservedir/router" ;;
   up) [ -n "${2:-}" ] || die "usage: $0 up DIR"; up "$2" ;;
   down) [ -n "${2:-}" ] || die "usage: $0 down DIR"; down "$2" ;;
   bin) echo "$bindir" ;;
-  *) echo "usage: $0 build | up DIR | down DIR | bin" >&2; exit 2 ;;
+  *) echo "usage: $0 build | build-router | up DIR | down DIR | bin | router" >&2; exit 2 ;;
 esac

@@ -17,7 +17,9 @@ ARTIFACTS = TESTS / "artifacts"
 @pytest.fixture(scope="session", autouse=True)
 def isolated_environment(tmp_path_factory):
     """Caches, checkpoints and kubeconfig of the tests never touch the developer's own."""
+    kserve_router = str(_control_plane.kserve_router())  # in the real cache, found before isolation
     root = tmp_path_factory.mktemp("posegraph-home")
+    os.environ["POSEGRAPH_KSERVE_ROUTER"] = kserve_router
     os.environ["POSEGRAPH_CACHE"] = str(root / "cache")
     os.environ["POSEGRAPH_CHECKPOINTS"] = str(root / "no-checkpoints-here")
     os.environ["KUBECONFIG"] = str(root / "kubeconfig-none")
@@ -117,3 +119,14 @@ def control_plane(tmp_path_factory):
     plane = ControlPlane.start(tmp_path_factory.mktemp("control-plane"))
     yield plane
     plane.stop()
+
+
+@pytest.fixture(scope="session")
+def kserve_router() -> Path:
+    """KServe's own InferenceGraph router (cmd/router of the pinned release), built by
+    scripts/control-plane.sh. Missing, the tests that need it fail saying how to build it."""
+    path = Path(os.environ["POSEGRAPH_KSERVE_ROUTER"])
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"KServe's router is not built ({path}): run `scripts/control-plane.sh build` "
+                    "(part of `make test`; needs Go)")
+    return path

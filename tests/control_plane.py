@@ -29,6 +29,11 @@ def script(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
                           env=SCRIPT_ENV)
 
 
+def kserve_router() -> Path:
+    """Where scripts/control-plane.sh builds KServe's router (it may not be there)."""
+    return Path(script("router").stdout.strip())
+
+
 def built() -> Path | None:
     bindir = Path(script("bin").stdout.strip())
     return bindir if (bindir / "kube-apiserver").exists() else None

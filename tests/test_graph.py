@@ -161,9 +161,13 @@ def append(tag):
     return behaviour
 
 
-@pytest.fixture
-def router():
+@pytest.fixture(params=["posegraph", "kserve"])
+def router(request, kserve_router):
+    """Starts a graph router, posegraph's and KServe's own (each test runs with both); `.kind` says
+    which, where the two differ on purpose (docs/graph.md, "posegraph's router and KServe's")."""
     from services import free_port
+
+    from posegraph.graph.local import router_command
 
     started = []
 
@@ -171,9 +175,8 @@ def router():
         spec = {"nodes": {"root": {"routerType": "Sequence", "steps": steps}},
                 "routerTimeouts": timeouts or {"serviceClient": 5}}
         port = free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "posegraph.graph.router", "--graph-json", json.dumps(spec),
-                                 "--port", str(port), "--headers-propagate", ",".join(headers)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        cmd, env = router_command(request.param, spec, port, list(headers))
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **env})
         started.append(proc)
         url = f"http://127.0.0.1:{port}/"
         for _ in range(100):
@@ -184,9 +187,10 @@ def router():
                 time.sleep(0.1)
         raise RuntimeError(proc.stdout.read().decode())
 
+    start.kind = request.param
     yield start
     for proc in started:
-        proc.terminate()
+        proc.kill()  # KServe's router drains for 30 s on SIGTERM; neither holds state
         proc.wait(10)
 
 
@@ -234,25 +238,35 @@ def test_soft_dependency_goes_on(router):
     assert c.seen[0]["body"] == {"error": "a broke"}, "$response is the failed step's body"
 
 
-def test_unreachable_step_is_a_502_naming_it(router):
+def test_unreachable_step_is_a_5xx_at_once(router):
+    """posegraph's router: 502 naming the step; KServe's: 500 {"error", "cause"} (docs/graph.md)."""
     from services import free_port
 
     _, url_a = service(append("a"))
     url = router([step("a", url_a), step("b", f"http://127.0.0.1:{free_port()}/v1/models/b:predict")])
     started = time.monotonic()
     response = httpx.post(url, json={"instances": [{}]})
-    assert response.status_code == 502 and response.json()["step"] == "b"
-    assert "unreachable" in response.json()["error"] and time.monotonic() - started < 5
+    assert time.monotonic() - started < 5
+    if router.kind == "posegraph":
+        assert response.status_code == 502 and response.json()["step"] == "b"
+        assert "unreachable" in response.json()["error"]
+    else:
+        assert response.status_code == 500 and response.json()["error"] == "Failed to process request"
+        assert "connection refused" in response.json()["cause"]
 
 
-def test_slow_step_is_a_504_within_the_step_timeout(router):
+def test_slow_step_is_a_5xx_within_the_step_timeout(router):
+    """posegraph's router: 504 naming the step; KServe's: 500 with the client's timeout as cause."""
     _, url_slow = service(lambda body: (200, {"predictions": []}, 3.0))
     url = router([step("slow", url_slow)], timeouts={"serviceClient": 1})
     started = time.monotonic()
     response = httpx.post(url, json={"instances": [{}]}, timeout=30)
     elapsed = time.monotonic() - started
-    assert response.status_code == 504 and response.json()["step"] == "slow"
     assert 0.9 < elapsed < 2.5
+    if router.kind == "posegraph":
+        assert response.status_code == 504 and response.json()["step"] == "slow"
+    else:
+        assert response.status_code == 500 and "Timeout" in response.json()["cause"]
 
 
 def test_headers_and_request_id_are_propagated(router):
@@ -260,15 +274,43 @@ def test_headers_and_request_id_are_propagated(router):
     b, url_b = service(append("b"))
     url = router([step("a", url_a), step("b", url_b)])
     response = httpx.post(url, json={"instances": [{}]}, headers={
-        "Authorization": "Bearer t0ken", "X-Trace-Span": "s1", "X-Secret-Internal": "no", "X-Request-Id": "req-42"})
-    assert response.headers["x-request-id"] == "req-42"
+        "authorization": "Bearer t0ken", "X-Trace-Span": "s1", "X-Secret-Internal": "no", "X-Request-Id": "req-42"})
     for server in (a, b):
         headers = {k.lower(): v for k, v in server.seen[0]["headers"].items()}
         assert headers["authorization"] == "Bearer t0ken" and headers["x-trace-span"] == "s1"
         assert headers["x-request-id"] == "req-42" and "x-secret-internal" not in headers
+    if router.kind == "kserve":  # forwarded as sent, neither echoed nor generated
+        assert "x-request-id" not in response.headers
+        httpx.post(url, json={"instances": [{}]})
+        assert "x-request-id" not in {k.lower() for k in a.seen[1]["headers"]}
+        return
+    assert response.headers["x-request-id"] == "req-42"
     generated = httpx.post(url, json={"instances": [{}]}).headers["x-request-id"]
     assert re.fullmatch(r"[0-9a-f-]{36}", generated)
     assert {k.lower(): v for k, v in a.seen[1]["headers"].items()}["x-request-id"] == generated
+
+
+def test_header_patterns_match_like_kserves(router):
+    """Unanchored and case-sensitive against the canonical name: "Trace" forwards X-Trace-Span and
+    Traceparent; "x-trace" forwards nothing (canonical names are X-Trace-…)."""
+    a, url_a = service(append("a"))
+    url = router([step("a", url_a)], headers=("Trace", "x-secret"))
+    httpx.post(url, json={"instances": [{}]}, headers={"x-trace-span": "s1", "traceparent": "00-1", "x-secret-a": "no"})
+    headers = {k.lower(): v for k, v in a.seen[0]["headers"].items()}
+    assert headers["x-trace-span"] == "s1" and headers["traceparent"] == "00-1" and "x-secret-a" not in headers
+
+
+def test_mapping_keeps_only_the_predictions(router):
+    """KServe maps a non-empty predictions list to {"instances": …} and drops every other key; an
+    empty list is passed on as it is."""
+    a, url_a = service(lambda body: (200, {"predictions": body["instances"], "model_name": "a"}, 0))
+    b, url_b = service(lambda body: (200, {"predictions": [], "echo": body}, 0))
+    c, url_c = service(lambda body: (200, {"got": body}, 0))
+    url = router([step("a", url_a), step("b", url_b), step("c", url_c)])
+    response = httpx.post(url, json={"instances": [{"n": 1}]})
+    assert b.seen[0]["body"] == {"instances": [{"n": 1}]}
+    assert c.seen[0]["body"] == {"predictions": [], "echo": {"instances": [{"n": 1}]}}
+    assert response.json() == {"got": c.seen[0]["body"]}
 
 
 def test_router_refuses_graphs_it_cannot_run_like_kserve():
@@ -385,12 +427,13 @@ def test_a_stage_going_down_is_a_clear_error(checkpoints, astronaut):
         assert 'posegraph_router_step_errors_total{reason="unreachable",step="pose2d"} 1.0' in metrics
 
 
-def test_up_cli_runs_and_stops_cleanly_on_ctrl_c(checkpoints, astronaut, tmp_path):
+@pytest.mark.parametrize("router", ["posegraph", "kserve"])
+def test_up_cli_runs_and_stops_cleanly_on_ctrl_c(checkpoints, astronaut, tmp_path, router, kserve_router):
     from services import free_port
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "posegraph", "up", "--checkpoints", str(checkpoints),
-                             "--port", str(port), "--runtime", "kserve"],
+                             "--port", str(port), "--runtime", "kserve", "--router", router],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     try:
@@ -409,6 +452,8 @@ def test_up_cli_runs_and_stops_cleanly_on_ctrl_c(checkpoints, astronaut, tmp_pat
         assert result.returncode == 0, result.stderr
         children = [int(m) for l in lines for m in re.findall(r"127\.0\.0\.1:(\d+)/v1/models", l)]
         assert len(children) == 3
+        said = {"posegraph": "posegraph's graph router", "kserve": "KServe's InferenceGraph router"}[router]
+        assert sum(said in l for l in lines) == 2, "".join(lines)  # starting …, and the router's line
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(60)
@@ -442,3 +487,11 @@ def test_up_from_a_spec_with_archives_in_s3(checkpoints, s3, tmp_path, astronaut
     finally:
         for k, v in old.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+def test_up_with_kserves_router_not_built_says_how_to_build_it(checkpoints, tmp_path):
+    result = posegraph("up", "--checkpoints", checkpoints, "--router", "kserve",
+                       env={"POSEGRAPH_KSERVE_ROUTER": str(tmp_path / "no-router")}, timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "scripts/control-plane.sh build-router" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

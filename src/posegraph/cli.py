@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stage server runtime (default: the spec's; without a spec kserve, which measured "
                          "1.12× in-process latency against TorchServe's 1.33×, see docs/graph.md)")
     up.add_argument("--port", type=int, default=8090, help="router port on 127.0.0.1 (default 8090)")
+    up.add_argument("--router", choices=["posegraph", "kserve"], default="posegraph",
+                    help="the graph router: posegraph's (metrics, errors that name the step) or KServe's own "
+                         "binary, as a cluster runs it (built by scripts/control-plane.sh build-router)")
     _profile_args(up)
 
     call = sub.add_parser("call", help="send an image through a graph endpoint and print the frame document")
@@ -282,10 +285,11 @@ def cmd_graph(args) -> int:
 
 def cmd_up(args) -> int:
     from .config import load_profile
-    from .graph.local import (archives_for_pipeline, archives_for_profile, default_pipeline,
-                              start_local_graph)
+    from .graph.local import (archives_for_pipeline, archives_for_profile, check_router, default_pipeline,
+                              kserve_router_binary, start_local_graph)
     from .graph.spec import load_pipeline
 
+    check_router(args.router)  # before archives are built: a missing binary is said at once
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.spec:
         pipeline = load_pipeline(args.spec)
@@ -299,14 +303,18 @@ def cmd_up(args) -> int:
         print("preparing stage archives (exported once, then cached) …", flush=True)
         layouts = archives_for_profile(profile, directory)
         pipeline = default_pipeline(layouts, args.runtime or "kserve")
-    print(f"starting {', '.join(layouts)} ({args.runtime or pipeline.spec.runtime} runtime) and the graph router …",
+    router_name = {"posegraph": "posegraph's graph router", "kserve": "KServe's InferenceGraph router"}[args.router]
+    print(f"starting {', '.join(layouts)} ({args.runtime or pipeline.spec.runtime} runtime) and {router_name} …",
           flush=True)
-    graph = start_local_graph(pipeline, layouts, port=args.port, runtime=args.runtime)
+    graph = start_local_graph(pipeline, layouts, port=args.port, runtime=args.runtime, router=args.router)
     try:
         print(f"graph ready: POST {graph.endpoint}  (KServe v1: {{\"instances\": [frame documents]}})")
         for stage, server in graph.servers.items():
             print(f"  {stage:7s} {server.runtime:10s} {server.predict_url}   metrics {server.metrics_url}")
-        print(f"  router  metrics {graph.endpoint}metrics   logs {graph.workdir}")
+        if args.router == "kserve":
+            print(f"  router  {router_name} ({kserve_router_binary()}), no metrics   logs {graph.workdir}")
+        else:
+            print(f"  router  {router_name}, metrics {graph.endpoint}metrics   logs {graph.workdir}")
         print(f"try: posegraph call photo.jpg --endpoint {graph.endpoint}      Ctrl-C stops everything", flush=True)
         while graph.router.poll() is None and all(s.process.poll() is None for s in graph.servers.values()):
             time.sleep(0.5)

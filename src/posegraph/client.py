@@ -64,6 +64,8 @@ class GraphClient:
             body = {"error": response.text[:300]}
         if response.status_code != 200:
             message = body.get("error") if isinstance(body, dict) else None
+            if isinstance(body, dict) and body.get("cause"):  # KServe's router: {"error": …, "cause": …}
+                message = f"{message}: {body['cause']}"
             raise GraphError(f"{self.endpoint} answered {response.status_code}: {message or body}",
                              status=response.status_code, step=body.get("step") if isinstance(body, dict) else None)
         if not isinstance(body, dict) or not isinstance(body.get("predictions"), list):

@@ -107,6 +107,45 @@ def default_pipeline(layouts: dict[str, Path], runtime: str) -> PosePipeline:
     })
 
 
+# The graph routers `posegraph up --router` can start: posegraph's own (Python, with metrics and
+# step-naming errors) or KServe's (the Go binary a cluster's InferenceGraph runs).
+ROUTERS = ("posegraph", "kserve")
+# The KServe release whose router scripts/control-plane.sh builds (and whose CRDs the tests use);
+# tests/test_kserve_router.py checks that the script builds this one.
+KSERVE_VERSION = "v0.20.0"
+
+
+def kserve_router_binary() -> Path:
+    """Where scripts/control-plane.sh put KServe's router ($POSEGRAPH_KSERVE_ROUTER overrides)."""
+    if os.environ.get("POSEGRAPH_KSERVE_ROUTER"):
+        return Path(os.environ["POSEGRAPH_KSERVE_ROUTER"])
+    root = Path(os.environ.get("POSEGRAPH_CACHE", Path.home() / ".cache" / "posegraph"))
+    return root / "control-plane" / f"kserve-{KSERVE_VERSION}" / "router"
+
+
+def check_router(router: str) -> None:
+    """Refuse an unknown router, or KServe's when it is not built, before anything starts."""
+    if router not in ROUTERS:
+        raise UsageError(f"router {router!r}: one of {', '.join(ROUTERS)}")
+    if router == "kserve" and not os.access(kserve_router_binary(), os.X_OK):
+        raise UsageError(f"KServe's router is not built ({kserve_router_binary()}): run "
+                         "`scripts/control-plane.sh build-router` (needs Go; `make test` builds it), "
+                         "or use --router posegraph")
+
+
+def router_command(router: str, spec: dict, port: int, headers: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The command line and extra environment of a graph router serving `spec` on 127.0.0.1:port."""
+    check_router(router)
+    if router == "kserve":
+        # KServe's controller passes the same two things to the router's container: the graph spec
+        # as --graph-json and the header patterns as PROPAGATE_HEADERS. The listen address is
+        # posegraph's one addition to that binary (scripts/control-plane.sh).
+        return ([str(kserve_router_binary()), "--graph-json", json.dumps(spec)],
+                {"PROPAGATE_HEADERS": ",".join(headers), "POSEGRAPH_ROUTER_LISTEN": f"127.0.0.1:{port}"})
+    return ([sys.executable, "-m", "posegraph.graph.router", "--graph-json", json.dumps(spec),
+             "--port", str(port), "--headers-propagate", ",".join(headers)], {})
+
+
 def local_graph_spec(pipeline: PosePipeline, predict_urls: dict[str, str]) -> dict:
     """The cluster's InferenceGraph spec with each step pointed at its local stage server."""
     spec = to_dict(inference_graph(pipeline))["spec"]
@@ -124,6 +163,7 @@ class LocalGraph:
     port: int
     workdir: Path
     graph_spec: dict = field(default_factory=dict)
+    router_kind: str = "posegraph"
 
     @property
     def endpoint(self) -> str:
@@ -131,7 +171,9 @@ class LocalGraph:
 
     def stop(self) -> None:
         if self.router.poll() is None:
-            os.killpg(self.router.pid, signal.SIGTERM)
+            # KServe's router answers SIGTERM by failing its readiness probe and sleeping 30 s for
+            # a load balancer to notice; locally nothing routes to it but us, and it holds no state.
+            os.killpg(self.router.pid, signal.SIGKILL if self.router_kind == "kserve" else signal.SIGTERM)
             try:
                 self.router.wait(timeout=15)
             except subprocess.TimeoutExpired:
@@ -146,7 +188,7 @@ class LocalGraph:
         self.stop()
 
 
-def _router_ready(port: int) -> bool:
+def router_ready(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
             return r.status == 200
@@ -164,8 +206,10 @@ def start_embedded_graph(profile: Profile, checkpoint_dir: Path) -> LocalGraph:
 
 def start_local_graph(pipeline: PosePipeline, layouts: dict[str, Path], *, port: int | None = None,
                       runtime: str | None = None, env: dict[str, str] | None = None,
-                      timeout: float = 180.0) -> LocalGraph:
-    """Start the stage servers and the router, and wait until all of them answer."""
+                      timeout: float = 180.0, router: str = "posegraph") -> LocalGraph:
+    """Start the stage servers and the router (posegraph's or KServe's), and wait until all of them
+    answer."""
+    check_router(router)
     port = port or free_port()
     with socket.socket() as probe:
         try:
@@ -174,7 +218,7 @@ def start_local_graph(pipeline: PosePipeline, layouts: dict[str, Path], *, port:
             raise UsageError(f"127.0.0.1:{port} is already in use: pass another --port") from None
     workdir = Path(tempfile.mkdtemp(prefix="posegraph-up-"))
     servers: dict[str, StageServer] = {}
-    router = None
+    process = None
     try:
         for stage in STAGE_NAMES:
             servers[stage] = start_stage_server(stage, layouts[stage], runtime=runtime or pipeline.runtime_of(stage),
@@ -182,21 +226,20 @@ def start_local_graph(pipeline: PosePipeline, layouts: dict[str, Path], *, port:
         for server in servers.values():
             server.wait_ready(timeout)
         spec = local_graph_spec(pipeline, {stage: s.predict_url for stage, s in servers.items()})
-        cmd = [sys.executable, "-m", "posegraph.graph.router", "--graph-json", json.dumps(spec),
-               "--port", str(port), "--headers-propagate", ",".join(pipeline.spec.graph.headersToPropagate)]
+        cmd, router_env = router_command(router, spec, port, pipeline.spec.graph.headersToPropagate)
         with open(workdir / "router.log", "wb") as out:
-            router = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                      env={**os.environ, **(env or {})})
+            process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                       env={**os.environ, **(env or {}), **router_env})
         deadline = time.monotonic() + 30
-        while not _router_ready(port):
-            if router.poll() is not None or time.monotonic() > deadline:
-                raise PosegraphError(f"the graph router did not start: "
+        while not router_ready(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise PosegraphError(f"the graph router ({router}) did not start: "
                                      f"{(workdir / 'router.log').read_text()[-800:]}")
             time.sleep(0.1)
-        return LocalGraph(pipeline, servers, router, port, workdir, spec)
+        return LocalGraph(pipeline, servers, process, port, workdir, spec, router)
     except BaseException:
-        if router is not None and router.poll() is None:
-            os.killpg(router.pid, signal.SIGKILL)
+        if process is not None and process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
         for server in servers.values():
             server.stop()
         raise

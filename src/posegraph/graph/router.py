@@ -13,8 +13,10 @@ It reads the same graph spec KServe's router reads (``--graph-json``: the Infere
   goes on.
 * Each step call is bounded by ``routerTimeouts.serviceClient``. The whole request is bounded by
   ``serverWrite``.
-* Headers matching the propagation patterns are forwarded to every step. So is a request id
-  (``X-Request-Id``; generated when absent, echoed in the response).
+* Headers matching the propagation patterns are forwarded to every step: a pattern matches
+  anywhere in the header's canonical name (``X-Request-Id``), case-sensitively, as KServe's does.
+  A request id (``X-Request-Id``) is always forwarded; this router generates one when absent and
+  echoes it in the response (KServe's does neither).
 
 Where KServe's router says little, this one says more. An unreachable step is answered with 502,
 a step that times out with 504, and both name the step. Prometheus metrics per step are at
@@ -80,14 +82,22 @@ def _error(status: int, message: str, step: str | None = None) -> Answer:
 
 
 def map_predictions_to_instances(body: bytes) -> bytes:
+    """As KServe's router does it: a body whose ``predictions`` is a non-empty list becomes
+    ``{"instances": predictions}`` (KServe decodes into a struct of just those two fields, so any
+    other top-level key is dropped); anything else is passed on unchanged."""
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         return body
-    if isinstance(data, dict) and "predictions" in data and "instances" not in data:
-        data["instances"] = data.pop("predictions")
-        return json.dumps(data).encode()
+    if isinstance(data, dict) and isinstance(data.get("predictions"), list) and data["predictions"]:
+        return json.dumps({"instances": data["predictions"]}).encode()
     return body
+
+
+def canonical_header(name: str) -> str:
+    """Go's canonical form of a header name (``x-request-id`` → ``X-Request-Id``): what KServe's
+    router matches its patterns against."""
+    return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
 
 
 class Metrics:
@@ -120,7 +130,9 @@ class GraphRouter:
         timeouts = spec.get("routerTimeouts") or {}
         self.step_timeout = timeouts.get("serviceClient")
         self.request_timeout = timeouts.get("serverWrite")
-        self.patterns = [re.compile(p, re.IGNORECASE) for p in (headers_to_propagate or [])]
+        # KServe's semantics: a header is forwarded when a pattern matches anywhere in its canonical
+        # name (Go's regexp MatchString, unanchored and case-sensitive).
+        self.patterns = [re.compile(p) for p in (headers_to_propagate or [])]
         self.metrics = Metrics()
         self.client: httpx.AsyncClient | None = None
         self.shutting_down = False
@@ -160,7 +172,7 @@ class GraphRouter:
                       response.headers.get("content-type", "application/json"))
 
     def forwarded_headers(self, headers: dict[str, str], request_id: str) -> dict[str, str]:
-        out = {k: v for k, v in headers.items() if any(p.fullmatch(k) for p in self.patterns)}
+        out = {k: v for k, v in headers.items() if any(p.search(canonical_header(k)) for p in self.patterns)}
         out = {k: v for k, v in out.items() if k.lower() not in {"content-length", "host"}}
         out["x-request-id"] = request_id
         out["content-type"] = "application/json"
