@@ -96,10 +96,22 @@ def test_s3_video_to_postgres_and_s3_outputs(graph, clip, s3, postgres, tmp_path
     try:
         assert_complete(store, "walk-1", FRAMES)
         outputs = store.job("walk-1")["outputs"]
+        tracks = [t for t in store.tracks("walk-1")]
+        # Joint angles in PostgreSQL: one row per frame of every lifted track (migration 2).
+        for t in tracks:
+            frames, angles = store.joint_angles("walk-1", t["track_id"])
+            assert frames == [r["frame_index"] for r in store.track_rows("walk-1", t["track_id"])]
+            assert all(v is None or 0 <= v <= 180 for values in angles.values() for v in values)
     finally:
         store.close()
     assert outputs == {"overlay": "s3://outputs/jobs/walk/overlay.webm", "pose3d": "s3://outputs/jobs/walk/pose3d.png",
-                       "frames": "s3://outputs/jobs/walk/frames.jsonl"}
+                       "frames": "s3://outputs/jobs/walk/frames.jsonl", "angles": "s3://outputs/jobs/walk/motion/angles.csv",
+                       "motion": "s3://outputs/jobs/walk/motion/"}
+    keys = {o["Key"] for o in s3.client().list_objects_v2(Bucket="outputs", Prefix="jobs/walk/motion/")["Contents"]}
+    long_tracks = [t["track_id"] for t in tracks if t["frames"] >= 2]
+    assert long_tracks, "the clip should give at least one track of 2+ frames"
+    assert {f"jobs/walk/motion/track-{t}.bvh" for t in long_tracks} <= keys
+    assert {f"jobs/walk/motion/track-{t['track_id']}-angles.png" for t in tracks} | {"jobs/walk/motion/angles.csv"} <= keys
     video = tmp_path / "overlay.webm"
     s3.client().download_file("outputs", "jobs/walk/overlay.webm", str(video))
     assert count_frames(video) == FRAMES
@@ -279,10 +291,80 @@ def test_a_graph_that_errors_on_some_frames_is_retried_then_recorded(graph, clip
 def test_db_migrate_cli(postgres, tmp_path):
     first = subprocess.run([sys.executable, "-m", "posegraph", "db", "migrate", "--results",
                             f"sqlite:///{tmp_path / 'new.db'}"], capture_output=True, text=True)
-    assert first.returncode == 0 and "applied schema versions [1]" in first.stdout
+    assert first.returncode == 0 and "applied schema versions [1, 2]" in first.stdout
     again = subprocess.run([sys.executable, "-m", "posegraph", "db", "migrate", "--results", postgres.dsn],
                            capture_output=True, text=True)
     assert again.returncode == 0 and "schema" in again.stdout
     bad = subprocess.run([sys.executable, "-m", "posegraph", "db", "migrate", "--results", "mysql://x"],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "sqlite:///" in bad.stderr
+
+
+# ---- exports: BVH, CSV, joint angles, JSON Lines ---------------------------------------------------
+
+def export(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "posegraph", "export", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_export_every_format_of_a_finished_job(graph, clip, tmp_path):
+    from bvh_reference import parse_bvh
+
+    db = f"sqlite:///{tmp_path / 'jobs.db'}"
+    result = job("--video", clip, *graph_args(graph), "--results", db, "--output", tmp_path / "out",
+                 "--job-id", "exported", "--no-render")
+    assert result.returncode == 0, result.stderr
+    store = open_store(db)
+    tracks = {t["track_id"]: t for t in store.tracks("exported")}
+    store.close()
+    long_tracks = sorted(t for t, v in tracks.items() if v["frames"] >= 2)
+    assert long_tracks
+    # The runner wrote the motion outputs even without rendering.
+    assert (tmp_path / "out" / "motion" / "angles.csv").is_file()
+
+    for fmt in ("bvh", "csv", "angles", "jsonl"):
+        out = tmp_path / fmt
+        done = export("--results", db, "--job-id", "exported", "--format", fmt, "--out", out)
+        assert done.returncode == 0, done.stderr
+        names = sorted(p.name for p in out.iterdir())
+        assert not [n for n in names if n.startswith(".")], "no temporary left behind"
+        if fmt == "bvh":
+            assert names == sorted(f"track-{t}.bvh" for t in long_tracks)
+            assert len([line for line in done.stderr.splitlines() if line.startswith("skipped track")]) == \
+                len(tracks) - len(long_tracks)
+            parsed = parse_bvh((out / f"track-{long_tracks[0]}.bvh").read_text())
+            assert parsed["frames"] == tracks[long_tracks[0]]["frames"]
+            assert abs(parsed["frame_time"] - 1 / 12) < 1e-6  # the clip is 12 fps, every frame processed
+        elif fmt == "csv":
+            assert names == sorted(f"track-{t}.csv" for t in tracks)
+            rows = (out / f"track-{long_tracks[0]}.csv").read_text().splitlines()
+            assert len(rows) == 1 + tracks[long_tracks[0]]["frames"] and rows[0].startswith("frame_index,")
+        elif fmt == "angles":
+            assert names == sorted(["angles.csv", *(f"track-{t}-angles.png" for t in tracks)])
+            lines = (out / "angles.csv").read_text().splitlines()
+            assert lines[0].split(",")[:4] == ["track_id", "frame_index", "timestamp_s", "left_knee_deg"]
+            assert len(lines) == 1 + sum(v["frames"] for v in tracks.values())
+            assert (out / "angles.csv").read_text() == (tmp_path / "out" / "motion" / "angles.csv").read_text()
+        else:
+            assert names == ["frames.jsonl"] and len((out / "frames.jsonl").read_text().splitlines()) == FRAMES
+
+
+def test_export_refuses_what_it_cannot_write_in_one_line(graph, clip, tmp_path):
+    db = f"sqlite:///{tmp_path / 'jobs.db'}"
+    missing = export("--results", db, "--job-id", "nope", "--format", "bvh", "--out", tmp_path / "a")
+    assert missing.returncode != 0 and "no results store" in missing.stderr and not (tmp_path / "jobs.db").exists()
+    result = job("--video", clip, *graph_args(graph), "--results", db, "--output", tmp_path / "out",
+                 "--job-id", "one-frame", "--max-frames", "1", "--no-render")
+    assert result.returncode == 0, result.stderr
+    cases = [("nope", "no job 'nope'"), ("one-frame", "no track long enough for BVH")]
+    store = open_store(db)
+    store.begin_job("busy", str(clip), {})
+    store.update_job("busy", status="running")
+    store.close()
+    cases.append(("busy", "job busy is running"))
+    for job_id, message in cases:
+        out = tmp_path / f"out-{job_id}"
+        refused = export("--results", db, "--job-id", job_id, "--format", "bvh", "--out", out)
+        assert refused.returncode != 0 and message in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
+        assert not out.exists() or not list(out.iterdir()), "nothing written"

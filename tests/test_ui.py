@@ -74,6 +74,19 @@ def _jobs(ui) -> list[dict]:
     return httpx.get(f"{ui['url']}/api/jobs", auth=AUTH).json()["jobs"]
 
 
+def _coloured_pixels(page, selector: str) -> int:
+    """Pixels of a 2D canvas that are clearly coloured (not grey, white or transparent)."""
+    return page.evaluate("""(selector) => {
+        const c = document.querySelector(selector);
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0;
+        for (let i = 0; i < d.length; i += 4) {
+            if (d[i + 3] > 128 && Math.abs(d[i] - d[i + 1]) + Math.abs(d[i + 1] - d[i + 2]) > 60) n++;
+        }
+        return n;
+    }""", selector)
+
+
 def _painted_pixels(page, selector: str) -> int:
     """Pixels of a canvas that differ from its background (the WebGL canvas keeps its buffer)."""
     return page.evaluate("""(selector) => {
@@ -200,12 +213,28 @@ def test_video_job_from_upload_to_playback_and_downloads(page, ui, clip_path, ar
     page.eval_on_selector("#job-scrub", "s => { s.value = '12'; s.dispatchEvent(new Event('input')); }")
     page.wait_for_function("document.querySelector('#job-3d').dataset.frame === '12'")
     assert abs(page.eval_on_selector("#job-video", "v => v.currentTime") - 12.5 / job["video_fps"]) < 0.05
+    # The joint-angle plot of the longest track follows the player: its cursor is at frame 12.
+    page.wait_for_selector("#job-angles-card:not([hidden])")
+    page.wait_for_function("document.querySelector('#job-angles').dataset.frame === '12'")
     page.screenshot(path=str(artifacts / "ui-job.png"), full_page=True)
+    assert _coloured_pixels(page, "#job-angles") > 500  # the angle curves (the grid is grey)
 
-    # Downloads: a CSV per track, and the frame documents.
+    # Downloads: frame documents, joint angles, a CSV per track and a BVH per track of 2+ frames.
     links = page.locator("#download-list a")
-    assert links.count() == 1 + len(job["track_list"])  # longest first; a long tail folds into <details>
+    bvh_tracks = [t for t in job["track_list"] if t["lifted"] and t["frames"] >= 2]
+    assert links.count() == 2 + len(job["track_list"]) + len(bvh_tracks)  # a long tail folds into <details>
     track = max(job["track_list"], key=lambda t: t["frames"])
+    with page.expect_download() as download:
+        page.click(f"#download-list a[href$='/tracks/{track['track_id']}.bvh']")
+    from bvh_reference import parse_bvh
+
+    bvh = parse_bvh(Path(download.value.path()).read_text())
+    assert bvh["frames"] == track["frames"] and [j["name"] for j in bvh["joints"]][0] == "root"
+    with page.expect_download() as download:
+        page.click("#download-list a[href$='/angles.csv']")
+    angle_rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+    assert len(angle_rows) == sum(t["frames"] for t in job["track_list"] if t["lifted"])
+    assert 0 <= float(angle_rows[0]["trunk_lean_deg"]) <= 180
     with page.expect_download() as download:
         page.click(f"#download-list a[href$='/tracks/{track['track_id']}.csv']")
     rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .errors import PosegraphError
+from .errors import PosegraphError, UsageError
 
 log = logging.getLogger("posegraph")
 
@@ -138,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     jstatus = jsub.add_parser("status", help="a job's row from the results store")
     jstatus.add_argument("--results", default="sqlite:///posegraph-jobs/results.db")
     jstatus.add_argument("--job-id", required=True)
+
+    export = sub.add_parser("export", help="a finished job's motion as files: BVH, CSV, joint angles, JSON Lines")
+    export.add_argument("--results", default="sqlite:///posegraph-jobs/results.db")
+    export.add_argument("--job-id", required=True)
+    export.add_argument("--format", required=True, choices=["bvh", "csv", "angles", "jsonl"],
+                        help="bvh: one file per track (Blender: File → Import → Motion Capture); csv: keypoints per "
+                             "track; angles: angles.csv and a plot per track; jsonl: every frame's document")
+    export.add_argument("--out", type=Path, required=True, help="directory (created)")
 
     db = sub.add_parser("db", help="the results store")
     dsub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
@@ -420,13 +428,34 @@ def cmd_ui(args) -> int:
     return run_ui(args)
 
 
+def cmd_export(args) -> int:
+    from .jobs.store import open_store
+    from .motion.export import export_job
+
+    if args.results.startswith("sqlite:///") and not Path(args.results[len("sqlite:///"):]).expanduser().is_file():
+        raise UsageError(f"no results store at {args.results[len('sqlite:///'):]} (--results)")
+    store = open_store(args.results)
+    try:
+        store.migrate()
+        done = export_job(store, args.job_id, args.format, args.out)
+    finally:
+        store.close()
+    for line in done.skipped:
+        print(f"skipped {line}", file=sys.stderr)
+    print(f"{len(done.files)} {args.format} file{'s' if len(done.files) != 1 else ''} in {args.out}:")
+    for path in done.files:
+        print(f"  {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="posegraph: %(levelname)s: %(message)s")
     handlers = {"run": cmd_run, "models": cmd_models, "schema": cmd_schema, "demo": cmd_demo, "serve": cmd_serve,
-                "graph": cmd_graph, "up": cmd_up, "call": cmd_call, "job": cmd_job, "db": cmd_db, "ui": cmd_ui}
+                "graph": cmd_graph, "up": cmd_up, "call": cmd_call, "job": cmd_job, "db": cmd_db, "ui": cmd_ui,
+                "export": cmd_export}
     try:
         return handlers[args.command](args)
     except PosegraphError as exc:

@@ -20,19 +20,11 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from .keypoints import COCO17, H36M17  # noqa: F401 - the joint names are part of the frame contract
+
 FRAME_SCHEMA = "posegraph/frame/v1"
 TRACK_SCHEMA = "posegraph/track/v1"
 
-COCO17 = (
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear",
-    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
-    "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
-)  # fmt: skip
-H36M17 = (
-    "root", "right_hip", "right_knee", "right_foot", "left_hip", "left_knee", "left_foot",
-    "spine", "thorax", "neck_base", "head",
-    "left_shoulder", "left_elbow", "left_wrist", "right_shoulder", "right_elbow", "right_wrist",
-)  # fmt: skip
 
 def _check_bbox(value: list[float]) -> list[float]:
     if len(value) != 4 or not np.isfinite(np.asarray(value, dtype=np.float64)).all():

@@ -13,6 +13,20 @@ H36M_SKELETON = (
     (0, 1), (1, 2), (2, 3), (0, 4), (4, 5), (5, 6), (0, 7), (7, 8), (8, 9), (9, 10),
     (8, 11), (11, 12), (12, 13), (8, 14), (14, 15), (15, 16),
 )  # fmt: skip
+# Joint names, in keypoints2d (COCO-17) and keypoints3d (Human3.6M-17) order.
+COCO17 = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear",
+    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
+    "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
+)  # fmt: skip
+H36M17 = (
+    "root", "right_hip", "right_knee", "right_foot", "left_hip", "left_knee", "left_foot",
+    "spine", "thorax", "neck_base", "head",
+    "left_shoulder", "left_elbow", "left_wrist", "right_shoulder", "right_elbow", "right_wrist",
+)  # fmt: skip
+# Each Human3.6M joint's parent: the skeleton as a tree rooted at the pelvis ("root"), which BVH
+# export and joint angles walk.
+H36M_PARENTS = (-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 9, 8, 11, 12, 8, 14, 15)
 # Left side of the body (drawn in one colour, the right in another).
 H36M_LEFT = {4, 5, 6, 11, 12, 13}
 COCO_LEFT = {1, 3, 5, 7, 9, 11, 13, 15}

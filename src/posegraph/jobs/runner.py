@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from contextlib import ExitStack
@@ -33,6 +34,7 @@ from ..client import GraphClient, GraphError
 from ..errors import BadInput, PosegraphError
 from ..frame import FrameDocument, ImageRef, TrackDocument, TrackFrame
 from ..imageio import encode_image
+from ..motion.angles import joint_angles
 from ..tracking import Tracker
 from ..uri import fetch_to_cache, write_bytes
 from ..video import VideoReader, open_video_writer
@@ -167,8 +169,9 @@ class JobRunner:
                     self.store.update_track_error(self.job_id, doc.track_id, str(exc))
                 continue
             for doc, rows in zip(lifted, chunk_rows):
+                angles = joint_angles(np.asarray([f.keypoints3d for f in doc.frames]))
                 self.store.write_lifted(self.job_id, doc.track_id, [
-                    (r["frame_index"], r["person_index"], f.keypoints3d) for r, f in zip(rows, doc.frames)])
+                    (r["frame_index"], r["person_index"], f.keypoints3d) for r, f in zip(rows, doc.frames)], angles)
         return failures
 
     # -- the run -----------------------------------------------------------------------------------------
@@ -269,6 +272,8 @@ class JobRunner:
         if o.render:
             self.progress.report(phase="rendering", force=True)
             outputs = self._render_and_upload(local, info)
+        motion, motion_notes = self._motion_outputs()
+        outputs.update(motion)
         row = self.store.job(self.job_id)
         counts = self.store.counts(self.job_id)
         notes = []
@@ -281,6 +286,7 @@ class JobRunner:
             notes.append(f"{unlifted} tracks could not be lifted (recorded in tracks.error)")
         if counts["persons"] == 0:
             notes.append("no person was found in the video")
+        notes.extend(motion_notes)
         status = PARTIAL if (row["frames_failed"] or unlifted) else SUCCEEDED
         self.store.update_job(self.job_id, status=status, outputs=outputs, note="; ".join(notes) or None,
                               finished_at=_now())
@@ -325,6 +331,30 @@ class JobRunner:
             write_bytes(target, path.read_bytes(), content_type=types[path.suffix])
             outputs[path.stem] = target
         return outputs
+
+    def _motion_outputs(self) -> tuple[dict[str, str], list[str]]:
+        """BVH per track, joint angles (CSV, a plot per track) under <output>/motion/ (docs/motion.md)."""
+        from ..errors import UsageError
+        from ..motion.export import export_job
+
+        work = Path(tempfile.mkdtemp(prefix=f"posegraph-{self.job_id}-motion-"))
+        outputs, notes = {}, []
+        types = {".bvh": "application/octet-stream", ".csv": "text/csv", ".png": "image/png"}
+        try:
+            for fmt in ("bvh", "angles"):
+                try:
+                    done = export_job(self.store, self.job_id, fmt, work, finishing=True)
+                except UsageError as exc:  # e.g. no track long enough for BVH: the job still succeeds
+                    notes.append(str(exc))
+                    continue
+                for path in done.files:
+                    write_bytes(_join(self.o.output, f"motion/{path.name}"), path.read_bytes(),
+                                content_type=types[path.suffix])
+                outputs["angles" if fmt == "angles" else "motion"] = _join(
+                    self.o.output, "motion/angles.csv" if fmt == "angles" else "motion/")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return outputs, notes
 
     def _summary(self, already_done: bool = False) -> dict[str, Any]:
         store = self.store if self.store is not None else open_store(self.o.results)

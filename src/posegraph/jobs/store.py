@@ -88,6 +88,26 @@ SCHEMA = [
         PRIMARY KEY (job_id, track_id)
     );
     """,
+    # version 2: joint angles per track and frame (posegraph.motion.angles), written with the
+    # track's 3D keypoints; degrees, NULL where a bone had no length.
+    """
+    CREATE TABLE IF NOT EXISTS joint_angles (
+        job_id         TEXT NOT NULL,
+        track_id       INTEGER NOT NULL,
+        frame_index    INTEGER NOT NULL,
+        left_knee      {real},
+        right_knee     {real},
+        left_elbow     {real},
+        right_elbow    {real},
+        left_hip       {real},
+        right_hip      {real},
+        left_shoulder  {real},
+        right_shoulder {real},
+        trunk_lean     {real},
+        PRIMARY KEY (job_id, track_id, frame_index),
+        FOREIGN KEY (job_id, track_id) REFERENCES tracks (job_id, track_id) ON DELETE CASCADE
+    );
+    """,
 ]
 
 
@@ -111,6 +131,11 @@ def _now() -> str:
 
 def _dump(value: Any) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def _angle(value: Any) -> float | None:
+    value = float(value)
+    return None if value != value else round(value, 3)  # NaN (a bone of no length) → NULL
 
 
 def _load(value: Any) -> Any:
@@ -290,14 +315,34 @@ class ResultsStore:
         return [{"frame_index": r[0], "person_index": r[1], "score": r[2], "bbox": _load(r[3]),
                  "keypoints2d": _load(r[4])} for r in rows]
 
-    def write_lifted(self, job_id: str, track_id: int, rows: list[tuple[int, int, list]]) -> None:
-        """``rows``: (frame_index, person_index, keypoints3d). Marks the track lifted, atomically."""
+    def write_lifted(self, job_id: str, track_id: int, rows: list[tuple[int, int, list]],
+                     angles: dict[str, Any] | None = None) -> None:
+        """``rows``: (frame_index, person_index, keypoints3d); ``angles``: {name: (T,) degrees} in the
+        same frame order. Marks the track lifted, atomically, with its angles."""
         with self.transaction() as cur:
             cur.executemany(self._sql("UPDATE persons SET keypoints3d = {j} WHERE job_id = ? AND frame_index = ? "
                                       "AND person_index = ?"),
                             [(_dump(k3), job_id, f, p) for f, p, k3 in rows])
+            if angles is not None:
+                from ..motion.angles import ANGLES
+
+                self._exec(cur, "DELETE FROM joint_angles WHERE job_id = ? AND track_id = ?", (job_id, track_id))
+                cur.executemany(self._sql(
+                    f"INSERT INTO joint_angles (job_id, track_id, frame_index, {', '.join(ANGLES)}) "
+                    f"VALUES (?, ?, ?, {', '.join('?' for _ in ANGLES)})"),
+                    [(job_id, track_id, f, *(_angle(angles[a][i]) for a in ANGLES))
+                     for i, (f, _, _) in enumerate(rows)])
             self._exec(cur, "UPDATE tracks SET lifted = TRUE, error = NULL WHERE job_id = ? AND track_id = ?",
                        (job_id, track_id))
+
+    def joint_angles(self, job_id: str, track_id: int) -> tuple[list[int], dict[str, list[float | None]]]:
+        """One track's frame numbers and its angles per frame (empty when none were stored)."""
+        from ..motion.angles import ANGLES
+
+        with self.transaction() as cur:
+            rows = self._exec(cur, f"SELECT frame_index, {', '.join(ANGLES)} FROM joint_angles "
+                                   "WHERE job_id = ? AND track_id = ? ORDER BY frame_index", (job_id, track_id)).fetchall()
+        return [r[0] for r in rows], {name: [r[i + 1] for r in rows] for i, name in enumerate(ANGLES)}
 
     def update_track_error(self, job_id: str, track_id: int, error: str) -> None:
         with self.transaction() as cur:

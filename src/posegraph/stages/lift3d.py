@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import MissingInput
 from ..frame import FrameDocument, TrackDocument
 from ..keypoints import coco_to_h36m
+from ..motion.smoothing import SmoothingSettings, smooth
 from .base import Stage, StageSettings
 
 
@@ -30,6 +31,9 @@ class Lift3dSettings(StageSettings):
     # MotionBERT's configs test with flip averaging; None: the model's default.
     flip_test: bool | None = None
     batch_size: int = 64
+    # Temporal smoothing of each track: of the 2D it lifts from and of the 3D it returns
+    # (posegraph.motion.smoothing; a single frame is never smoothed).
+    smoothing: SmoothingSettings = SmoothingSettings()
 
 
 @dataclass
@@ -37,6 +41,7 @@ class LiftBatch:
     sequences: list[np.ndarray] = field(default_factory=list)  # each (T, 17, 2), codec-normalised
     image_sizes: list[tuple[int, int]] = field(default_factory=list)  # (w, h) per sequence
     owners: list[tuple[int, int | None]] = field(default_factory=list)  # (doc, person) or (doc, None)
+    frame_index: list[np.ndarray | None] = field(default_factory=list)  # a track's frame numbers, else None
 
 
 class Lift3dStage(Stage):
@@ -95,9 +100,14 @@ class Lift3dStage(Stage):
             if isinstance(doc, TrackDocument):
                 kp = np.asarray([f.keypoints2d for f in doc.frames])
                 boxes = np.asarray([f.bbox for f in doc.frames])
-                batch.sequences.append(self.normalise(kp, boxes, doc.width, doc.height))
+                frames = np.asarray([f.frame_index for f in doc.frames])
+                # Smoothed in the codec's units (x in [-1, 1] across the image), which are on the
+                # scale of the 3D output's metres: one set of 1€ parameters fits both.
+                sequence = smooth(self.normalise(kp, boxes, doc.width, doc.height), self.settings.smoothing, frames)
+                batch.sequences.append(sequence.astype(np.float32))
                 batch.image_sizes.append((doc.width, doc.height))
                 batch.owners.append((d, None))
+                batch.frame_index.append(frames)
                 continue
             if doc.persons is None:
                 raise MissingInput(self.name, ["persons (run detect and pose2d first)"])
@@ -112,6 +122,7 @@ class Lift3dStage(Stage):
                 batch.sequences.append(seq)
                 batch.image_sizes.append((doc.width, doc.height))
                 batch.owners.append((d, i))
+                batch.frame_index.append(None)
         return batch
 
     # -- inference -------------------------------------------------------------------------------
@@ -188,9 +199,10 @@ class Lift3dStage(Stage):
         return raw - raw[:, :1]
 
     def postprocess(self, docs, batch: LiftBatch, outputs: list[np.ndarray]):
-        for (d, p), (width, _), raw in zip(batch.owners, batch.image_sizes, outputs):
+        for (d, p), (width, _), frames, raw in zip(batch.owners, batch.image_sizes, batch.frame_index, outputs):
             metres = self.to_metres(np.asarray(raw, np.float64), width)
             if p is None:
+                metres = smooth(metres, self.settings.smoothing, frames)
                 for frame, k3 in zip(docs[d].frames, metres):
                     frame.keypoints3d = k3.tolist()
             else:

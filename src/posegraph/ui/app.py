@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import csv
-import io
-import json
 import logging
 import re
 import secrets
@@ -31,9 +28,10 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..errors import BadInput, PosegraphError
+from ..errors import BadInput, PosegraphError, UsageError
 from ..frame import COCO17, H36M17, FrameDocument, ImageRef
 from ..keypoints import COCO_LEFT, COCO_SKELETON, H36M_LEFT, H36M_SKELETON
+from ..motion import export
 from .launchers import JobRequest, KubernetesLauncher, LocalLauncher
 
 log = logging.getLogger(__name__)
@@ -148,7 +146,7 @@ def _int_field(fields: dict[str, str], key: str, default: int | None, low: int, 
 def create_app(settings: UISettings) -> Starlette:
     from ..client import GraphClient, GraphError
     from ..imageio import decode_image, encode_image
-    from ..jobs.store import open_store, stored_frame_document
+    from ..jobs.store import open_store
     from ..video import VideoReader, sniff_container
 
     (settings.data_dir / "tmp").mkdir(parents=True, exist_ok=True)
@@ -289,37 +287,60 @@ def create_app(settings: UISettings) -> Starlette:
 
     async def frames_jsonl(request: Request) -> Response:
         job = await _get_job(request)
-
-        def lines():
-            last, chunk = job.get("last_frame"), 512
-            for start in range(0, (last if last is not None else -1) + 1, chunk):
-                rows = store.frame_results(job["job_id"], start, start + chunk)
-                for index in sorted(rows):
-                    doc = stored_frame_document(index, rows[index], width=job.get("width"), height=job.get("height"),
-                                                video_uri=job["video_uri"])
-                    yield json.dumps(doc.to_json(), separators=(",", ":")) + "\n"
-
-        return StreamingResponse(lines(), media_type="application/jsonl", headers={
+        return StreamingResponse(export.frames_jsonl(store, job), media_type="application/jsonl", headers={
             "Content-Disposition": f'attachment; filename="{job["job_id"]}-frames.jsonl"'})
 
-    async def track_csv(request: Request) -> Response:
+    async def _track(request: Request) -> tuple[dict[str, Any], dict[str, Any]]:
         job = await _get_job(request)
         track_id = int(request.path_params["track_id"])
-        rows = await _in_thread(store.track_rows, job["job_id"], track_id)
-        if not rows:
+        track = next((t for t in await _in_thread(store.tracks, job["job_id"]) if t["track_id"] == track_id), None)
+        if track is None:
             raise ClientError(404, f"job {job['job_id']} has no track {track_id}")
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(["frame_index", "timestamp_s", "track_id", "person_index", "score", "x1", "y1", "x2", "y2",
-                         *[f"{n}_{c}" for n in COCO17 for c in ("x", "y", "score")],
-                         *[f"{n}_{c}_m" for n in H36M17 for c in ("x", "y", "z")]])
-        for r in rows:
-            k2 = r["keypoints2d"] or [[None] * 3] * 17
-            k3 = r["keypoints3d"] or [[None] * 3] * 17
-            writer.writerow([r["frame_index"], r["timestamp_s"], track_id, r["person_index"], _num(r["score"]),
-                             *map(_num, r["bbox"]), *[_num(v) for p in k2 for v in p], *[_num(v) for p in k3 for v in p]])
-        return Response(buffer.getvalue(), media_type="text/csv", headers={
-            "Content-Disposition": f'attachment; filename="{job["job_id"]}-track{track_id}.csv"'})
+        return job, track
+
+    async def track_csv(request: Request) -> Response:
+        job, track = await _track(request)
+        rows = await _in_thread(store.track_rows, job["job_id"], track["track_id"])
+        return Response(export.track_csv(track["track_id"], rows), media_type="text/csv", headers={
+            "Content-Disposition": f'attachment; filename="{job["job_id"]}-track{track["track_id"]}.csv"'})
+
+    async def track_angles(request: Request) -> Response:
+        """A track's joint angles per frame (degrees), for the page's plot beside the player."""
+        job, track = await _track(request)
+        angles = await _in_thread(export.track_angles, store, job["job_id"], track)
+        if angles is None:
+            raise ClientError(409, f"track {track['track_id']} has no 3D keypoints yet: no angles")
+        return JSONResponse({"track_id": angles.track_id, "frames": angles.frame_index, "angles": angles.angles})
+
+    def _finished(job: dict[str, Any]) -> None:
+        try:
+            export.finished_job(store, job["job_id"])
+        except UsageError as exc:
+            raise ClientError(409, str(exc)) from None
+
+    async def angles_csv(request: Request) -> Response:
+        job = await _get_job(request)
+        _finished(job)
+        tracks = [a for t in await _in_thread(store.tracks, job["job_id"])
+                  if (a := await _in_thread(export.track_angles, store, job["job_id"], t)) is not None]
+        return Response(export.angles_csv(tracks), media_type="text/csv", headers={
+            "Content-Disposition": f'attachment; filename="{job["job_id"]}-angles.csv"'})
+
+    async def track_bvh(request: Request) -> Response:
+        job, track = await _track(request)
+        _finished(job)
+
+        def write() -> bytes:
+            with tempfile.TemporaryDirectory() as tmp:
+                export.track_bvh(store, job, track["track_id"], Path(tmp) / "t.bvh")
+                return (Path(tmp) / "t.bvh").read_bytes()
+
+        try:
+            body = await _in_thread(write)
+        except UsageError as exc:  # too short to solve rotations
+            raise ClientError(409, str(exc)) from None
+        return Response(body, media_type="application/octet-stream", headers={
+            "Content-Disposition": f'attachment; filename="{job["job_id"]}-track{track["track_id"]}.bvh"'})
 
     async def video(request: Request) -> Response:
         job = await _get_job(request)
@@ -349,6 +370,9 @@ def create_app(settings: UISettings) -> Starlette:
         Route("/api/jobs/{job_id}/frames", frames),
         Route("/api/jobs/{job_id}/frames.jsonl", frames_jsonl),
         Route("/api/jobs/{job_id}/tracks/{track_id:int}.csv", track_csv),
+        Route("/api/jobs/{job_id}/tracks/{track_id:int}.bvh", track_bvh),
+        Route("/api/jobs/{job_id}/tracks/{track_id:int}/angles", track_angles),
+        Route("/api/jobs/{job_id}/angles.csv", angles_csv),
         Route("/api/jobs/{job_id}/video", video),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
@@ -364,10 +388,6 @@ def create_app(settings: UISettings) -> Starlette:
                     max_body_size=settings.max_upload_bytes + 1024 * 1024)
     app.state.settings = settings
     return app
-
-
-def _num(value: Any) -> Any:
-    return "" if value is None else (round(value, 6) if isinstance(value, float) else value)
 
 
 async def _in_thread(fn, *args, **kwargs):

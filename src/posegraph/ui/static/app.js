@@ -274,7 +274,7 @@ function escapeHtml(text) {
 }
 
 // ---- one job ----------------------------------------------------------------------------------------
-const jobState = { id: null, frames: null, fps: null, loaded: false };
+const jobState = { id: null, frames: null, fps: null, loaded: false, angles: null, frameIndex: null };
 
 async function showJob(jobId) {
   if (jobState.id !== jobId) Object.assign(jobState, { id: jobId, frames: null, fps: null, loaded: false });
@@ -309,19 +309,29 @@ async function loadPlayer(job) {
   };
   const base = `/api/jobs/${encodeURIComponent(job.job_id)}`;
   link(downloads, `${base}/frames.jsonl`, "Frame documents (JSON Lines)");
+  link(downloads, `${base}/angles.csv`, "Joint angles of every track (CSV, degrees)");
   // Longest tracks first; a long tail (short tracks, e.g. from random weights) folds away.
   const tracks = [...(job.track_list || [])].sort((a, b) => b.frames - a.frames || a.track_id - b.track_id);
-  const label = (t) => `Track ${t.track_id}: ${t.frames} frame${t.frames === 1 ? "" : "s"}, CSV${t.lifted ? "" : " (not lifted to 3D)"}`;
-  tracks.slice(0, 12).forEach((t) => link(downloads, `${base}/tracks/${t.track_id}.csv`, label(t)));
+  const trackItem = (list, t) => {
+    const li = document.createElement("li");
+    const frames = `${t.frames} frame${t.frames === 1 ? "" : "s"}`;
+    li.innerHTML = `Track ${t.track_id} (${frames}${t.lifted ? "" : ", not lifted to 3D"}): ` +
+      `<a href="${base}/tracks/${t.track_id}.csv" download>keypoints CSV</a>` +
+      // BVH needs rotations between frames: two frames with 3D at least.
+      (t.lifted && t.frames >= 2 ? ` · <a href="${base}/tracks/${t.track_id}.bvh" download>BVH (Blender, Maya, Unity)</a>` : "");
+    list.appendChild(li);
+  };
+  tracks.slice(0, 12).forEach((t) => trackItem(downloads, t));
   if (tracks.length > 12) {
     const more = document.createElement("details");
     more.innerHTML = `<summary>${tracks.length - 12} more tracks</summary><ul></ul>`;
     const list = more.querySelector("ul");
-    tracks.slice(12).forEach((t) => link(list, `${base}/tracks/${t.track_id}.csv`, label(t)));
+    tracks.slice(12).forEach((t) => trackItem(list, t));
     const li = document.createElement("li");
     li.appendChild(more);
     downloads.appendChild(li);
   }
+  await loadAngles(base, tracks.filter((t) => t.lifted && t.frames >= 2));
   $("#job-downloads").hidden = false;
   if (!(job.outputs && job.outputs.overlay)) return;
   const data = await api(`${base}/frames`);
@@ -334,6 +344,79 @@ async function loadPlayer(job) {
   scrub.max = String(Math.max(0, jobState.frames.length - 1));
   showFrame(0);
 }
+
+// ---- joint angles beside the player -------------------------------------------------------------------
+const ANGLE_LINES = [
+  ["left_knee", "#4cc9f0"], ["right_knee", "#118ab2"], ["left_hip", "#06d6a0"], ["right_hip", "#2a9d8f"],
+  ["left_elbow", "#f72585"], ["right_elbow", "#b5179e"], ["trunk_lean", "#f8961e"],
+];
+
+async function loadAngles(base, tracks) {
+  const card = $("#job-angles-card"), select = $("#job-angles-track");
+  jobState.angles = null;
+  card.hidden = !tracks.length;
+  if (!tracks.length) return;
+  select.replaceChildren(...tracks.map((t) => new Option(`track ${t.track_id} (${t.frames} frames)`, t.track_id)));
+  select.onchange = async () => {
+    try {
+      jobState.angles = await api(`${base}/tracks/${select.value}/angles`);
+    } catch (err) { banner(`Joint angles: ${err.message}`); return; }
+    drawAngles(jobState.frameIndex ?? 0);
+  };
+  $("#job-angles-legend").innerHTML = ANGLE_LINES.map(([name, color]) =>
+    `<span style="color:${color}">■</span> ${name.replace("_", " ")}`).join(" &nbsp; ") +
+    " &nbsp; — degrees; 0 = straight limb / upright trunk; gaps: the track was not seen";
+  await select.onchange();
+}
+
+function drawAngles(frameIndex) {
+  const canvas = $("#job-angles"), data = jobState.angles;
+  if (!data || !data.frames.length) return;
+  const ctx = canvas.getContext("2d"), w = canvas.width, h = canvas.height, pad = 28;
+  const first = data.frames[0], last = data.frames[data.frames.length - 1];
+  const x = (f) => pad + (w - 2 * pad) * (last > first ? (f - first) / (last - first) : 0.5);
+  const y = (deg) => h - pad - (h - 2 * pad) * Math.min(deg, 180) / 180;
+  ctx.clearRect(0, 0, w, h);
+  ctx.strokeStyle = "#d9dee8"; ctx.fillStyle = "#5c6577"; ctx.font = "11px system-ui"; ctx.lineWidth = 1;
+  for (const deg of [0, 45, 90, 135, 180]) {
+    ctx.beginPath(); ctx.moveTo(pad, y(deg)); ctx.lineTo(w - pad, y(deg)); ctx.stroke();
+    ctx.fillText(`${deg}°`, 2, y(deg) + 4);
+  }
+  // Frames inside the track's span where it was not seen: grey bands (as in the exported plots).
+  const step = (w - 2 * pad) / Math.max(1, last - first);
+  ctx.fillStyle = "#eceff4";
+  data.frames.forEach((f, i) => {
+    if (i > 0 && f - data.frames[i - 1] > 1) ctx.fillRect(x(data.frames[i - 1]) + step / 2, pad / 2,
+                                                           x(f) - x(data.frames[i - 1]) - step, h - 1.5 * pad);
+  });
+  for (const [name, color] of ANGLE_LINES) {
+    ctx.strokeStyle = color; ctx.fillStyle = color; ctx.lineWidth = 1.6; ctx.beginPath();
+    let drawing = false;
+    data.frames.forEach((f, i) => {
+      const v = data.angles[name][i];
+      if (v === null || v === undefined) { drawing = false; return; }  // a bone of no length
+      if (!drawing) ctx.moveTo(x(f), y(v)); else ctx.lineTo(x(f), y(v));
+      drawing = true;
+    });
+    ctx.stroke();
+    data.frames.forEach((f, i) => {  // each observation as a dot: a 2-frame track is still visible
+      const v = data.angles[name][i];
+      if (v !== null && v !== undefined) ctx.fillRect(x(f) - 2, y(v) - 2, 4, 4);
+    });
+  }
+  // The player's frame: a cursor, and the values at it.
+  const at = data.frames.indexOf(frameIndex);
+  ctx.strokeStyle = "#1d2330"; ctx.lineWidth = 1.5;
+  if (frameIndex >= first && frameIndex <= last) {
+    ctx.beginPath(); ctx.moveTo(x(frameIndex), pad / 2); ctx.lineTo(x(frameIndex), h - pad); ctx.stroke();
+  }
+  ctx.fillStyle = "#1d2330";
+  ctx.fillText(at >= 0 ? `frame ${frameIndex}: knees ${fmt(data.angles.left_knee[at])}° / ${fmt(data.angles.right_knee[at])}°, ` +
+    `trunk lean ${fmt(data.angles.trunk_lean[at])}°` : `frame ${frameIndex}: track ${data.track_id} not seen`, pad, 12);
+  canvas.dataset.frame = String(frameIndex);
+}
+
+const fmt = (v) => (v === null || v === undefined ? "–" : v.toFixed(0));
 
 // The player's listeners, attached once: they read jobState, so every job page shares them.
 function setupPlayer() {
@@ -366,6 +449,8 @@ function showFrame(k) {
   const view = make3D($("#job-3d"));
   if (view) view.set(tracks.map((p) => ({ k3: p.k3, color: PERSON_COLORS[(p.track ?? 0) % PERSON_COLORS.length] })));
   $("#job-3d").dataset.frame = String(frame.i);
+  jobState.frameIndex = frame.i;
+  drawAngles(frame.i);
 }
 
 // ---- routing and polling ----------------------------------------------------------------------------
