@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -32,9 +30,8 @@ import numpy as np
 
 from posegraph.checkpoints import write_random
 from posegraph.config import load_profile
-from posegraph.frame import FrameDocument, parse_document
-from posegraph.graph.local import (archives_for_profile, default_pipeline, router_command, router_ready,
-                                   start_local_graph)
+from posegraph.frame import parse_document
+from posegraph.graph.local import archives_for_profile, default_pipeline, start_local_graph, start_router
 from posegraph.pipeline import Pipeline
 from posegraph.samples import astronaut_bgr
 from posegraph.serving.local import free_port
@@ -85,11 +82,8 @@ def main() -> None:
             endpoints, extra = {first: graph.endpoint}, []
             for router in others:
                 port = free_port()
-                cmd, env = router_command(router, graph.graph_spec, port, graph.pipeline.spec.graph.headersToPropagate)
-                extra.append(subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                                              stderr=subprocess.STDOUT))
-                while not router_ready(port):
-                    time.sleep(0.1)
+                extra.append(start_router(router, graph.graph_spec, port, graph.pipeline.spec.graph.headersToPropagate,
+                                          log=graph.workdir / f"router-{router}.log"))
                 endpoints[router] = f"http://127.0.0.1:{port}/"
 
             def direct_chain():

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from services import wait
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "control-plane.sh"
@@ -129,21 +130,6 @@ class ControlPlane:
                                                 ref.get("subresource")) if p)
                 refused.append(f"{e['verb']} {resource} {ref.get('name') or ''} in {ref.get('namespace') or '(cluster)'}")
         return refused
-
-
-def wait(predicate, timeout: float = 90.0, what: str = "condition", interval: float = 0.3):
-    """Poll until predicate() is truthy (a wait, not a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-            if last:
-                return last
-        except Exception as exc:  # noqa: BLE001 - the object may not exist yet
-            last = exc
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
 def finish_pod(core, namespace: str, pod: str, exit_code: int, container: str | None = None) -> None:

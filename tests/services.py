@@ -36,6 +36,22 @@ def wait_for_port(port: int, timeout: float = 60.0, proc: subprocess.Popen | Non
     raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout}s")
 
 
+def wait(predicate, timeout: float = 90.0, what: str = "condition", interval: float = 0.3):
+    """Poll until predicate() is truthy; its last value or exception is in the failure. A wait,
+    not a timing assertion: generous, because a loaded 2-core CI machine is slow."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except Exception as exc:  # noqa: BLE001 - the object may not exist yet
+            last = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
 def stop_process(proc: subprocess.Popen, timeout: float = 30.0) -> None:
     if proc.poll() is not None:
         return

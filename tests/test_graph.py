@@ -162,12 +162,12 @@ def append(tag):
 
 
 @pytest.fixture(params=["posegraph", "kserve"])
-def router(request, kserve_router):
+def router(request, kserve_router, tmp_path):
     """Starts a graph router, posegraph's and KServe's own (each test runs with both); `.kind` says
     which, where the two differ on purpose (docs/graph.md, "posegraph's router and KServe's")."""
     from services import free_port
 
-    from posegraph.graph.local import router_command
+    from posegraph.graph.local import start_router
 
     started = []
 
@@ -175,17 +175,8 @@ def router(request, kserve_router):
         spec = {"nodes": {"root": {"routerType": "Sequence", "steps": steps}},
                 "routerTimeouts": timeouts or {"serviceClient": 5}}
         port = free_port()
-        cmd, env = router_command(request.param, spec, port, list(headers))
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **env})
-        started.append(proc)
-        url = f"http://127.0.0.1:{port}/"
-        for _ in range(100):
-            try:
-                if httpx.get(url + "readyz").status_code == 200:
-                    return url
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError(proc.stdout.read().decode())
+        started.append(start_router(request.param, spec, port, list(headers), log=tmp_path / f"router-{port}.log"))
+        return f"http://127.0.0.1:{port}/"
 
     start.kind = request.param
     yield start

@@ -55,7 +55,7 @@ def graphs(request, checkpoints, kserve_router):
     from services import free_port
 
     from posegraph.config import load_profile
-    from posegraph.graph.local import archives_for_profile, router_command, start_local_graph
+    from posegraph.graph.local import archives_for_profile, start_local_graph, start_router
     from posegraph.graph.spec import parse_pipeline
 
     layouts = archives_for_profile(load_profile("cpu"), checkpoints)
@@ -64,11 +64,8 @@ def graphs(request, checkpoints, kserve_router):
         "graph": {"routerTimeouts": {"serviceClient": SERVICE_CLIENT_S}}}})
     graph = start_local_graph(pipeline, layouts, router="kserve", env={"POSEGRAPH_AUTH_TOKEN": TOKEN})
     port = free_port()
-    cmd, env = router_command("posegraph", graph.graph_spec, port, pipeline.spec.graph.headersToPropagate)
-    ours = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    from services import wait_for_port
-
-    wait_for_port(port, proc=ours)
+    ours = start_router("posegraph", graph.graph_spec, port, pipeline.spec.graph.headersToPropagate,
+                        log=graph.workdir / "router-posegraph.log")
     graph.routers = {"kserve": graph.endpoint, "posegraph": f"http://127.0.0.1:{port}/"}
     yield graph
     ours.kill()

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from control_plane import REPO, finish_pod, play_kubelet, secret_data, wait
+from control_plane import REPO, finish_pod, play_kubelet, secret_data
+from services import wait
 from k8s_schema import KSERVE_CRDS as KSERVE_CRD_DIR  # KServe's CRDs, vendored for a clean clone
 
 CHART = REPO / "charts" / "posegraph"

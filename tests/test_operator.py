@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import services
 import yaml
 from k8s_schema import validate
 
@@ -148,21 +149,11 @@ def operator(cluster):
 
 
 def wait(predicate, timeout=90.0, what="condition"):
-    """Poll until predicate() is truthy. Generous on purpose: this is a wait, not a timing
-    assertion. After the restart test the operator resumes every pipeline left in the emulated
-    API, and on a loaded 2-core CI machine that storm of requests can take tens of seconds
-    (a fresh-clone run once took over 20 s to reach the next pipeline's graph)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-            if last:
-                return last
-        except Exception as exc:  # noqa: BLE001 - the object may not exist yet
-            last = exc
-        time.sleep(0.25)  # each poll is a request to the same emulated API the operator uses
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+    """After the restart test the operator resumes every pipeline left in the emulated API, and on
+    a loaded 2-core CI machine that storm of requests can take tens of seconds (a fresh-clone run
+    once took over 20 s to reach the next pipeline's graph). Each poll is a request to the same
+    emulated API the operator uses."""
+    return services.wait(predicate, timeout, what, interval=0.25)
 
 
 def apply(cluster, path_or_manifest, name=None, **spec_updates):

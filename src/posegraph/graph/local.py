@@ -119,8 +119,7 @@ def kserve_router_binary() -> Path:
     """Where scripts/control-plane.sh put KServe's router ($POSEGRAPH_KSERVE_ROUTER overrides)."""
     if os.environ.get("POSEGRAPH_KSERVE_ROUTER"):
         return Path(os.environ["POSEGRAPH_KSERVE_ROUTER"])
-    root = Path(os.environ.get("POSEGRAPH_CACHE", Path.home() / ".cache" / "posegraph"))
-    return root / "control-plane" / f"kserve-{KSERVE_VERSION}" / "router"
+    return cache_dir("control-plane") / f"kserve-{KSERVE_VERSION}" / "router"
 
 
 def check_router(router: str) -> None:
@@ -144,6 +143,23 @@ def router_command(router: str, spec: dict, port: int, headers: list[str]) -> tu
                 {"PROPAGATE_HEADERS": ",".join(headers), "POSEGRAPH_ROUTER_LISTEN": f"127.0.0.1:{port}"})
     return ([sys.executable, "-m", "posegraph.graph.router", "--graph-json", json.dumps(spec),
              "--port", str(port), "--headers-propagate", ",".join(headers)], {})
+
+
+def start_router(router: str, spec: dict, port: int, headers: list[str], *, log: Path,
+                 env: dict[str, str] | None = None, timeout: float = 30.0) -> subprocess.Popen:
+    """A graph router on 127.0.0.1:port, in its own process group, once it answers /readyz."""
+    cmd, router_env = router_command(router, spec, port, headers)
+    with open(log, "wb") as out:
+        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env={**os.environ, **(env or {}), **router_env})
+    deadline = time.monotonic() + timeout
+    while not router_ready(port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+            raise PosegraphError(f"the graph router ({router}) did not start: {Path(log).read_text()[-800:]}")
+        time.sleep(0.1)
+    return process
 
 
 def local_graph_spec(pipeline: PosePipeline, predict_urls: dict[str, str]) -> dict:
@@ -218,7 +234,6 @@ def start_local_graph(pipeline: PosePipeline, layouts: dict[str, Path], *, port:
             raise UsageError(f"127.0.0.1:{port} is already in use: pass another --port") from None
     workdir = Path(tempfile.mkdtemp(prefix="posegraph-up-"))
     servers: dict[str, StageServer] = {}
-    process = None
     try:
         for stage in STAGE_NAMES:
             servers[stage] = start_stage_server(stage, layouts[stage], runtime=runtime or pipeline.runtime_of(stage),
@@ -226,20 +241,10 @@ def start_local_graph(pipeline: PosePipeline, layouts: dict[str, Path], *, port:
         for server in servers.values():
             server.wait_ready(timeout)
         spec = local_graph_spec(pipeline, {stage: s.predict_url for stage, s in servers.items()})
-        cmd, router_env = router_command(router, spec, port, pipeline.spec.graph.headersToPropagate)
-        with open(workdir / "router.log", "wb") as out:
-            process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                       env={**os.environ, **(env or {}), **router_env})
-        deadline = time.monotonic() + 30
-        while not router_ready(port):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise PosegraphError(f"the graph router ({router}) did not start: "
-                                     f"{(workdir / 'router.log').read_text()[-800:]}")
-            time.sleep(0.1)
+        process = start_router(router, spec, port, pipeline.spec.graph.headersToPropagate,
+                               log=workdir / "router.log", env=env)
         return LocalGraph(pipeline, servers, process, port, workdir, spec, router)
     except BaseException:
-        if process is not None and process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
         for server in servers.values():
             server.stop()
         raise
