@@ -253,6 +253,28 @@ def test_video_job_from_upload_to_playback_and_downloads(page, ui, clip_path, ar
     page.screenshot(path=str(artifacts / "ui-jobs.png"), full_page=True)
 
 
+def test_motion_downloads_refuse_what_they_cannot_give(ui, clip_path):
+    """Runs after the video job above: a one-frame track has no BVH (409), an unknown track is a
+    404, and a job that has not finished has no angles yet (409). Each says why."""
+    from posegraph.jobs.store import open_store
+
+    done = next(j for j in _jobs(ui) if j["status"] == "succeeded")
+    job = httpx.get(f"{ui['url']}/api/jobs/{done['job_id']}", auth=AUTH).json()
+    short = next(t for t in job["track_list"] if t["frames"] == 1)
+    base = f"{ui['url']}/api/jobs/{done['job_id']}"
+    refused = httpx.get(f"{base}/tracks/{short['track_id']}.bvh", auth=AUTH)
+    assert refused.status_code == 409 and "TrackTooShort" not in refused.text
+    assert f"track {short['track_id']}" in refused.json()["error"]
+    missing = httpx.get(f"{base}/tracks/99999.bvh", auth=AUTH)
+    assert missing.status_code == 404 and "no track 99999" in missing.json()["error"]
+    store = open_store(f"sqlite:///{ui['data'] / 'results.db'}")
+    store.begin_job("still-running", str(clip_path), {})
+    store.update_job("still-running", status="running")
+    store.close()
+    busy = httpx.get(f"{ui['url']}/api/jobs/still-running/angles.csv", auth=AUTH)
+    assert busy.status_code == 409 and "once it has finished" in busy.json()["error"]
+
+
 def test_a_video_that_cannot_be_decoded_gets_a_message_and_no_job(page, ui, clip_path, tmp_path, artifacts):
     truncated = tmp_path / "broken.mp4"
     truncated.write_bytes(clip_path.read_bytes()[:1500])  # looks like MP4, decodes nothing
