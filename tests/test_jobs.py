@@ -111,7 +111,9 @@ def test_s3_video_to_postgres_and_s3_outputs(graph, clip, s3, postgres, tmp_path
     long_tracks = [t["track_id"] for t in tracks if t["frames"] >= 2]
     assert long_tracks, "the clip should give at least one track of 2+ frames"
     assert {f"jobs/walk/motion/track-{t}.bvh" for t in long_tracks} <= keys
-    assert {f"jobs/walk/motion/track-{t['track_id']}-angles.png" for t in tracks} | {"jobs/walk/motion/angles.csv"} <= keys
+    assert {f"jobs/walk/motion/track-{t}-angles.png" for t in long_tracks} | {"jobs/walk/motion/angles.csv"} <= keys
+    assert not [k for k in keys if k.endswith("-angles.png") and int(k.split("track-")[1].split("-")[0])
+                not in long_tracks], "no plot of a one-frame track"
     video = tmp_path / "overlay.webm"
     s3.client().download_file("outputs", "jobs/walk/overlay.webm", str(video))
     assert count_frames(video) == FRAMES
@@ -340,7 +342,7 @@ def test_export_every_format_of_a_finished_job(graph, clip, tmp_path):
             rows = (out / f"track-{long_tracks[0]}.csv").read_text().splitlines()
             assert len(rows) == 1 + tracks[long_tracks[0]]["frames"] and rows[0].startswith("frame_index,")
         elif fmt == "angles":
-            assert names == sorted(["angles.csv", *(f"track-{t}-angles.png" for t in tracks)])
+            assert names == sorted(["angles.csv", *(f"track-{t}-angles.png" for t in long_tracks)])
             lines = (out / "angles.csv").read_text().splitlines()
             assert lines[0].split(",")[:4] == ["track_id", "frame_index", "timestamp_s", "left_knee_deg"]
             assert len(lines) == 1 + sum(v["frames"] for v in tracks.values())

@@ -1,5 +1,5 @@
-"""A finished job's results as files: BVH per track, keypoints CSV per track, joint angles (CSV and a
-plot per track), frames as JSON Lines. One module for `posegraph export`, the job runner's outputs
+"""A finished job's results as files: BVH per track, keypoints CSV per track, joint angles (CSV, and a
+plot per track of two frames or more), frames as JSON Lines. One module for `posegraph export`, the job runner's outputs
 and the web UI's downloads, so all three give the same bytes.
 
 Everything is written into a temporary folder beside the destination and moved in only when the
@@ -153,6 +153,8 @@ def export_job(store, job_id: str, fmt: str, out_dir: Path, *, finishing: bool =
                     skipped.append(f"track {t['track_id']}: no 3D keypoints ({t.get('error') or 'not lifted'})")
                     continue
                 all_angles.append(angles)
+                if len(angles.frame_index) < 2:  # one point is no curve (random weights make hundreds)
+                    continue
                 plot_track_angles(angles.frame_index, {k: np.asarray(v, np.float64) for k, v in angles.angles.items()},
                                   work / f"track-{t['track_id']}-angles.png",
                                   title=f"job {job_id}, track {t['track_id']}: joint angles", random_weights=random_weights)
