@@ -85,6 +85,9 @@ def plot_track_angles(frame_index: list[int], angles: dict[str, np.ndarray], pat
         ax.legend(fontsize=7, ncol=4, loc="upper right")
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("frame" + ("  (grey: not seen)" if missing else ""))
+    from matplotlib.ticker import MaxNLocator
+
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))  # frames are whole numbers
     heading = title + ("  —  RANDOM WEIGHTS: noise, not a result" if random_weights else "")
     fig.suptitle(heading, fontsize=10, color="darkred" if random_weights else "black")
     fig.tight_layout()
