@@ -133,11 +133,6 @@ def _dump(value: Any) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"))
 
 
-def _angle(value: Any) -> float | None:
-    value = float(value)
-    return None if value != value else round(value, 3)  # NaN (a bone of no length) → NULL
-
-
 def _load(value: Any) -> Any:
     if value is None or not isinstance(value, (str, bytes)):
         return value  # psycopg already decoded jsonb
@@ -324,13 +319,13 @@ class ResultsStore:
                                       "AND person_index = ?"),
                             [(_dump(k3), job_id, f, p) for f, p, k3 in rows])
             if angles is not None:
-                from ..motion.angles import ANGLES
+                from ..motion.angles import ANGLES, stored_angle
 
                 self._exec(cur, "DELETE FROM joint_angles WHERE job_id = ? AND track_id = ?", (job_id, track_id))
                 cur.executemany(self._sql(
                     f"INSERT INTO joint_angles (job_id, track_id, frame_index, {', '.join(ANGLES)}) "
                     f"VALUES (?, ?, ?, {', '.join('?' for _ in ANGLES)})"),
-                    [(job_id, track_id, f, *(_angle(angles[a][i]) for a in ANGLES))
+                    [(job_id, track_id, f, *(stored_angle(angles[a][i]) for a in ANGLES))
                      for i, (f, _, _) in enumerate(rows)])
             self._exec(cur, "UPDATE tracks SET lifted = TRUE, error = NULL WHERE job_id = ? AND track_id = ?",
                        (job_id, track_id))

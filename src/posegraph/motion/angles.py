@@ -28,6 +28,12 @@ ANGLES = (
 )  # fmt: skip
 
 
+def stored_angle(value) -> float | None:
+    """An angle as the store and the CSV keep it: degrees to 3 decimals, NaN (no bone) as None."""
+    value = float(value)
+    return None if value != value else round(value, 3)
+
+
 def _unit(v: np.ndarray) -> np.ndarray:
     n = np.linalg.norm(v, axis=-1, keepdims=True)
     return v / np.where(n > 1e-9, n, np.nan)

@@ -1,6 +1,6 @@
-"""A finished job's results as files: BVH per track, keypoints CSV per track, joint angles (CSV, and a
-plot per track of two frames or more), frames as JSON Lines. One module for `posegraph export`, the job runner's outputs
-and the web UI's downloads, so all three give the same bytes.
+"""A finished job's results as files: BVH per track, keypoints CSV per track, joint angles (CSV, and
+a plot per track of two frames or more), frames as JSON Lines. One module for `posegraph export`,
+the job runner's outputs and the web UI's downloads, so all three give the same bytes.
 
 Everything is written into a temporary folder beside the destination and moved in only when the
 whole export succeeded: an error never leaves half a set of files.
@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..keypoints import COCO17, H36M17
-from .angles import ANGLES, joint_angles, plot_track_angles
+from .angles import ANGLES, joint_angles, plot_track_angles, stored_angle
 
 FORMATS = ("bvh", "csv", "angles", "jsonl")
 FINISHED = ("succeeded", "partial")
@@ -32,7 +32,7 @@ def finished_job(store, job_id: str) -> dict[str, Any]:
     """The job's row, or one readable line saying why it cannot be exported yet."""
     job = store.job(job_id)
     if job is None:
-        raise UsageError(f"no job {job_id!r} in this results store (`posegraph job list` shows the jobs)")
+        raise UsageError(f"no job {job_id!r} in this results store (check --results and --job-id)")
     if job["status"] not in FINISHED:
         raise UsageError(f"job {job_id} is {job['status']}: export it once it has finished (succeeded or partial)")
     return job
@@ -81,7 +81,7 @@ def track_angles(store, job_id: str, track: dict[str, Any]) -> TrackAngles | Non
     if frames != [r["frame_index"] for r in rows]:
         computed = joint_angles(np.asarray([r["keypoints3d"] for r in rows]))
         frames = [r["frame_index"] for r in rows]
-        angles = {k: [None if v != v else round(float(v), 3) for v in values] for k, values in computed.items()}
+        angles = {k: [stored_angle(v) for v in values] for k, values in computed.items()}
     return TrackAngles(track["track_id"], frames, [r["timestamp_s"] for r in rows], angles)
 
 
