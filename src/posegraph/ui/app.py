@@ -16,11 +16,12 @@ import secrets
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -28,10 +29,16 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..client import GraphClient, GraphError
 from ..errors import BadInput, PosegraphError, UsageError
-from ..frame import COCO17, H36M17, FrameDocument, ImageRef
+from ..frame import COCO17, H36M17, FrameDocument
+from ..imageio import decode_image, image_ref
+from ..jobs.store import ResultsStore, open_store
 from ..keypoints import COCO_LEFT, COCO_SKELETON, H36M_LEFT, H36M_SKELETON
 from ..motion import export
+from ..names import FAILED, QUEUED, RUNNING
+from ..uri import fetch_to_cache
+from ..video import VideoReader, sniff_container
 from .launchers import JobRequest, KubernetesLauncher, LocalLauncher
 
 log = logging.getLogger(__name__)
@@ -48,8 +55,23 @@ class UISettings:
     max_upload_bytes: int = 200 * 1024 * 1024
     password: str | None = None                  # HTTP Basic auth (user "posegraph"); None: off
     graph_token: str | None = None
-    title: str = "posegraph"
-    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class UIState:
+    """What the endpoints read (``request.app.state.ui``): built once by create_app, so the
+    endpoints can live at module level instead of as closures over the factory's locals."""
+    store: ResultsStore
+    launcher: LocalLauncher | KubernetesLauncher
+    graph: str                                   # GraphClient endpoint and token, for photos
+    graph_token: str | None
+    uploads: Path                                # uploaded videos, one folder per job (local mode)
+    tmp: Path                                    # uploads spooled here while they are checked
+    max_upload_bytes: int
+
+
+def _ui(request: Request) -> UIState:
+    return request.app.state.ui
 
 
 class ClientError(Exception):
@@ -61,8 +83,8 @@ class ClientError(Exception):
         self.message = message
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+async def _in_thread(fn, *args, **kwargs):
+    return await run_in_threadpool(fn, *args, **kwargs)
 
 
 # ---- auth -------------------------------------------------------------------------------------------
@@ -95,17 +117,18 @@ class BasicAuth:
 
 # ---- uploads ----------------------------------------------------------------------------------------
 
-async def _read_upload(request: Request, settings: UISettings) -> tuple[dict[str, str], Path | None, str]:
+async def _read_upload(request: Request) -> tuple[dict[str, str], Path | None, str]:
     """The multipart form: (fields, uploaded file spooled to disk or None, its original name).
     Oversized bodies are refused before they are read (Content-Length) and while they stream."""
+    ui = _ui(request)
     length = request.headers.get("content-length")
     if length is None:
         raise ClientError(411, "send the upload with a Content-Length (no chunked uploads)")
     if not length.isdigit():
         raise ClientError(400, f"Content-Length {length!r} is not a byte count")
-    if int(length) > settings.max_upload_bytes:
+    if int(length) > ui.max_upload_bytes:
         raise ClientError(413, f"the upload is {int(length) / 1e6:.1f} MB; the limit is "
-                               f"{settings.max_upload_bytes / 1e6:.0f} MB")
+                               f"{ui.max_upload_bytes / 1e6:.0f} MB")
     try:
         form = await request.form(max_files=1, max_fields=10)
     except Exception as exc:  # noqa: BLE001 - a malformed multipart body
@@ -116,7 +139,7 @@ async def _read_upload(request: Request, settings: UISettings) -> tuple[dict[str
             fields[key] = value.strip()
             continue
         name = Path(value.filename or "upload").name
-        tmp = tempfile.NamedTemporaryFile(dir=settings.data_dir / "tmp", delete=False, suffix=Path(name).suffix[:8])
+        tmp = tempfile.NamedTemporaryFile(dir=ui.tmp, delete=False, suffix=Path(name).suffix[:8])
         with tmp:
             shutil.copyfileobj(value.file, tmp, length=1024 * 1024)
         path = Path(tmp.name)
@@ -141,256 +164,280 @@ def _int_field(fields: dict[str, str], key: str, default: int | None, low: int, 
     return value
 
 
+# ---- pages and metadata -----------------------------------------------------------------------------
+
+async def index(request: Request) -> Response:
+    return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def healthz(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+async def meta(request: Request) -> Response:
+    ui = _ui(request)
+    return JSONResponse({
+        "title": "posegraph", "mode": ui.launcher.mode, "max_upload_mb": ui.max_upload_bytes / 1e6,
+        "coco17": COCO17, "h36m17": H36M17, "coco_skeleton": COCO_SKELETON, "h36m_skeleton": H36M_SKELETON,
+        "coco_left": sorted(COCO_LEFT), "h36m_left": sorted(H36M_LEFT),
+        "three": (STATIC / "vendor" / "three.module.min.js").is_file(),
+    })
+
+
+# ---- photo: through the graph and straight back -----------------------------------------------------
+
+async def photo(request: Request) -> Response:
+    ui = _ui(request)
+    fields, path, name = await _read_upload(request)
+    if path is None:
+        raise ClientError(400, "choose a photo to upload (field 'file')")
+    try:
+        data = path.read_bytes()
+    finally:
+        path.unlink(missing_ok=True)
+    try:
+        pixels = decode_image(data, what=name)
+    except BadInput as exc:
+        raise ClientError(415, f"{exc}. Upload a JPEG or PNG photo.") from None
+    doc = FrameDocument(width=pixels.shape[1], height=pixels.shape[0], image=image_ref(pixels))
+    started = time.perf_counter()
+    try:
+        with GraphClient(ui.graph, token=ui.graph_token) as client:
+            [result] = await _in_thread(client.infer, [doc])
+    except GraphError as exc:
+        status = exc.status if exc.status and 400 <= exc.status < 500 else 502
+        raise ClientError(status, f"the graph answered: {exc}") from None
+    out = result.to_json()
+    out.pop("image", None)
+    out["elapsed_ms"] = round((time.perf_counter() - started) * 1000, 1)
+    out["random_weights"] = any(r.random_weights for r in (result.stages or {}).values())
+    out["filename"] = name
+    return JSONResponse(out)
+
+
+# ---- jobs -------------------------------------------------------------------------------------------
+
+async def create_job(request: Request) -> Response:
+    ui = _ui(request)
+    fields, path, name = await _read_upload(request)
+    uri = fields.get("uri") or ""
+    try:
+        stride = _int_field(fields, "stride", 1, 1, 100)
+        max_frames = _int_field(fields, "max_frames", None, 1, 1_000_000)
+        if path is None and not uri:
+            raise ClientError(400, "choose a video to upload, or give an s3:// or https:// URI")
+        if path is not None and uri:
+            raise ClientError(400, "give either a file or a URI, not both")
+        # Compact UTC, not ISO (utc_now): the name is also a PoseJob's, lower-case letters, digits and '-'.
+        job_name = time.strftime("ui-%Y%m%d-%H%M%S-", time.gmtime()) + secrets.token_hex(3)
+        if path is not None:
+            # Decode before anything is stored: a bad video never becomes a job.
+            if sniff_container(path) is None:
+                raise ClientError(415, f"{name} is not a video (expected MP4, MOV, MKV, WebM or AVI)")
+            try:
+                with VideoReader(path) as reader:
+                    if next(reader.frames(max_frames=1), None) is None:
+                        raise BadInput(f"{name}: no frame could be decoded")
+            except BadInput as exc:  # name the user's file, not our temporary copy
+                raise ClientError(400, str(exc).replace(path.name, name)) from None
+            video = ui.uploads / job_name / (re.sub(r"[^A-Za-z0-9._-]", "_", name) or "video")
+            video.parent.mkdir(parents=True)
+            shutil.move(path, video)
+            path = None
+            video_ref = str(video)
+        else:
+            if not VIDEO_URI.match(uri):
+                raise ClientError(400, f"{uri!r}: give an s3://bucket/key or https:// URI")
+            video_ref = uri
+    finally:
+        if path is not None:
+            path.unlink(missing_ok=True)
+    launcher, store = ui.launcher, ui.store
+    job = JobRequest(job_id=job_name, video=video_ref, stride=stride, max_frames=max_frames, filename=name)
+    job_id = launcher.store_job_id(job_name)
+    params = {"stride": stride, "max_frames": max_frames, "source": "ui", "filename": name,
+              "output": launcher.output_of(job_name)}
+    try:
+        await _in_thread(store.begin_job, job_id, launcher.video_uri(job), params)
+        await _in_thread(launcher.start, job)
+    except Exception as exc:  # noqa: BLE001 - the launcher failed: say so, keep the record
+        log.exception("could not start job %s", job_id)
+        await _in_thread(store.update_job, job_id, status=FAILED, error=f"could not start: {exc}")
+        raise ClientError(502, f"could not start the job: {exc}") from None
+    return JSONResponse({"job_id": job_id}, status_code=201)
+
+
+def _job_json(launcher: LocalLauncher | KubernetesLauncher, job: dict[str, Any]) -> dict[str, Any]:
+    out = {k: job.get(k) for k in ("job_id", "video_uri", "status", "width", "height", "fps", "frames_total",
+                                    "frames_done", "frames_failed", "persons", "tracks", "outputs",
+                                    "random_weights", "error", "note", "created_at", "started_at",
+                                    "finished_at", "updated_at", "params")}
+    stride = int((job.get("params") or {}).get("stride") or 1)
+    out["video_fps"] = (job["fps"] / stride) if job.get("fps") else None
+    out["random_weights"] = bool(job.get("random_weights"))
+    if job["status"] in (QUEUED, RUNNING):
+        out["launcher"] = launcher.describe(launcher.job_name(job["job_id"]))
+        if out["launcher"].get("runner_exit_code") not in (None, 0) and job["status"] == QUEUED:
+            out["error"] = f"the runner exited with code {out['launcher']['runner_exit_code']} before starting"
+    return out
+
+
+async def list_jobs(request: Request) -> Response:
+    ui = _ui(request)
+    jobs = await _in_thread(ui.store.list_jobs, 200)
+    return JSONResponse({"jobs": [_job_json(ui.launcher, j) for j in jobs]})
+
+
+async def _get_job(request: Request) -> dict[str, Any]:
+    job_id = request.path_params["job_id"]
+    job = await _in_thread(_ui(request).store.job, job_id)
+    if job is None:
+        raise ClientError(404, f"no job {job_id}")
+    return job
+
+
+async def get_job(request: Request) -> Response:
+    ui = _ui(request)
+    job = await _get_job(request)
+    out = _job_json(ui.launcher, job)
+    out["track_list"] = await _in_thread(ui.store.tracks, job["job_id"])
+    return JSONResponse(out)
+
+
+async def frames(request: Request) -> Response:
+    """Every stored frame, compact: what the 3D view needs to follow the video."""
+    job = await _get_job(request)
+    rows = await _in_thread(_ui(request).store.frame_results, job["job_id"], 0, 2**31 - 1)
+    compact = [{"i": r["frame_index"], "t": r["timestamp_s"], "ok": r["status"] == "ok",
+                "p": [{"track": p["track_id"], "k3": p["keypoints3d"], "k2": p["keypoints2d"], "box": p["bbox"]}
+                      for p in r["persons"]]} for r in sorted(rows.values(), key=lambda r: r["frame_index"])]
+    return JSONResponse({"job_id": job["job_id"], "frames": compact})
+
+
+async def frames_jsonl(request: Request) -> Response:
+    job = await _get_job(request)
+    return StreamingResponse(export.frames_jsonl(_ui(request).store, job), media_type="application/jsonl",
+                             headers={"Content-Disposition": f'attachment; filename="{job["job_id"]}-frames.jsonl"'})
+
+
+async def _track(request: Request) -> tuple[dict[str, Any], dict[str, Any]]:
+    job = await _get_job(request)
+    track_id = int(request.path_params["track_id"])
+    tracks = await _in_thread(_ui(request).store.tracks, job["job_id"])
+    track = next((t for t in tracks if t["track_id"] == track_id), None)
+    if track is None:
+        raise ClientError(404, f"job {job['job_id']} has no track {track_id}")
+    return job, track
+
+
+async def track_csv(request: Request) -> Response:
+    job, track = await _track(request)
+    rows = await _in_thread(_ui(request).store.track_rows, job["job_id"], track["track_id"])
+    return Response(export.track_csv(track["track_id"], rows), media_type="text/csv", headers={
+        "Content-Disposition": f'attachment; filename="{job["job_id"]}-track{track["track_id"]}.csv"'})
+
+
+async def track_angles(request: Request) -> Response:
+    """A track's joint angles per frame (degrees), for the page's plot beside the player."""
+    job, track = await _track(request)
+    angles = await _in_thread(export.track_angles, _ui(request).store, job["job_id"], track)
+    if angles is None:
+        raise ClientError(409, f"track {track['track_id']} has no 3D keypoints yet: no angles")
+    return JSONResponse({"track_id": angles.track_id, "frames": angles.frame_index, "angles": angles.angles})
+
+
+def _finished(store: ResultsStore, job: dict[str, Any]) -> None:
+    try:
+        export.finished_job(store, job["job_id"])
+    except UsageError as exc:
+        raise ClientError(409, str(exc)) from None
+
+
+async def angles_csv(request: Request) -> Response:
+    store = _ui(request).store
+    job = await _get_job(request)
+    _finished(store, job)
+    tracks = [a for t in await _in_thread(store.tracks, job["job_id"])
+              if (a := await _in_thread(export.track_angles, store, job["job_id"], t)) is not None]
+    return Response(export.angles_csv(tracks), media_type="text/csv", headers={
+        "Content-Disposition": f'attachment; filename="{job["job_id"]}-angles.csv"'})
+
+
+async def track_bvh(request: Request) -> Response:
+    store = _ui(request).store
+    job, track = await _track(request)
+    _finished(store, job)
+
+    def write() -> bytes:
+        with tempfile.TemporaryDirectory() as tmp:
+            export.track_bvh(store, job, track["track_id"], Path(tmp) / "t.bvh")
+            return (Path(tmp) / "t.bvh").read_bytes()
+
+    try:
+        body = await _in_thread(write)
+    except UsageError as exc:  # too short to solve rotations
+        raise ClientError(409, str(exc)) from None
+    return Response(body, media_type="application/octet-stream", headers={
+        "Content-Disposition": f'attachment; filename="{job["job_id"]}-track{track["track_id"]}.bvh"'})
+
+
+async def video(request: Request) -> Response:
+    job = await _get_job(request)
+    uri = (job.get("outputs") or {}).get("overlay")
+    if not uri:
+        raise ClientError(404, f"job {job['job_id']} has no rendered video (yet)")
+    try:
+        path = await _in_thread(fetch_to_cache, uri, progress=False)
+    except PosegraphError as exc:
+        raise ClientError(502, f"cannot read {uri}: {exc}") from None
+    media = "video/webm" if path.suffix == ".webm" else "video/mp4"
+    return FileResponse(path, media_type=media)  # answers Range requests: the player can seek
+
+
+async def client_error(request: Request, exc: ClientError) -> Response:
+    return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+
+ROUTES = [
+    Route("/", index),
+    Route("/healthz", healthz),
+    Route("/api/meta", meta),
+    Route("/api/photo", photo, methods=["POST"]),
+    Route("/api/jobs", list_jobs, methods=["GET"]),
+    Route("/api/jobs", create_job, methods=["POST"]),
+    Route("/api/jobs/{job_id}", get_job),
+    Route("/api/jobs/{job_id}/frames", frames),
+    Route("/api/jobs/{job_id}/frames.jsonl", frames_jsonl),
+    Route("/api/jobs/{job_id}/tracks/{track_id:int}.csv", track_csv),
+    Route("/api/jobs/{job_id}/tracks/{track_id:int}.bvh", track_bvh),
+    Route("/api/jobs/{job_id}/tracks/{track_id:int}/angles", track_angles),
+    Route("/api/jobs/{job_id}/angles.csv", angles_csv),
+    Route("/api/jobs/{job_id}/video", video),
+    Mount("/static", StaticFiles(directory=STATIC), name="static"),
+]
+
+
 # ---- the app ----------------------------------------------------------------------------------------
 
-def create_app(settings: UISettings) -> Starlette:
-    from ..client import GraphClient, GraphError
-    from ..imageio import decode_image, encode_image
-    from ..jobs.store import open_store
-    from ..video import VideoReader, sniff_container
+@contextlib.asynccontextmanager
+async def _lifespan(app: Starlette):
+    yield
+    app.state.ui.launcher.stop()
+    app.state.ui.store.close()
 
+
+def create_app(settings: UISettings) -> Starlette:
     (settings.data_dir / "tmp").mkdir(parents=True, exist_ok=True)
     (settings.data_dir / "uploads").mkdir(parents=True, exist_ok=True)
     store = open_store(settings.results)
     store.migrate()
-    launcher = settings.launcher
+    state = UIState(store=store, launcher=settings.launcher, graph=settings.graph, graph_token=settings.graph_token,
+                    uploads=settings.data_dir / "uploads", tmp=settings.data_dir / "tmp",
+                    max_upload_bytes=settings.max_upload_bytes)
 
-    async def index(request: Request) -> Response:
-        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
-
-    async def healthz(request: Request) -> Response:
-        return PlainTextResponse("ok")
-
-    async def meta(request: Request) -> Response:
-        return JSONResponse({
-            "title": settings.title, "mode": launcher.mode, "max_upload_mb": settings.max_upload_bytes / 1e6,
-            "coco17": COCO17, "h36m17": H36M17, "coco_skeleton": COCO_SKELETON, "h36m_skeleton": H36M_SKELETON,
-            "coco_left": sorted(COCO_LEFT), "h36m_left": sorted(H36M_LEFT),
-            "three": (STATIC / "vendor" / "three.module.min.js").is_file(),
-        })
-
-    # -- photo: through the graph and straight back ------------------------------------------------
-    async def photo(request: Request) -> Response:
-        fields, path, name = await _read_upload(request, settings)
-        if path is None:
-            raise ClientError(400, "choose a photo to upload (field 'file')")
-        try:
-            data = path.read_bytes()
-        finally:
-            path.unlink(missing_ok=True)
-        try:
-            pixels = decode_image(data, what=name)
-        except BadInput as exc:
-            raise ClientError(415, f"{exc}. Upload a JPEG or PNG photo.") from None
-        doc = FrameDocument(width=pixels.shape[1], height=pixels.shape[0],
-                            image=ImageRef(data=base64.b64encode(encode_image(pixels)).decode(), format="jpeg"))
-        started = time.perf_counter()
-        try:
-            with GraphClient(settings.graph, token=settings.graph_token) as client:
-                [result] = await _in_thread(client.infer, [doc])
-        except GraphError as exc:
-            status = exc.status if exc.status and 400 <= exc.status < 500 else 502
-            raise ClientError(status, f"the graph answered: {exc}") from None
-        out = result.to_json()
-        out.pop("image", None)
-        out["elapsed_ms"] = round((time.perf_counter() - started) * 1000, 1)
-        out["random_weights"] = any(r.random_weights for r in (result.stages or {}).values())
-        out["filename"] = name
-        return JSONResponse(out)
-
-    # -- jobs ---------------------------------------------------------------------------------------
-    async def create_job(request: Request) -> Response:
-        fields, path, name = await _read_upload(request, settings)
-        uri = fields.get("uri") or ""
-        try:
-            stride = _int_field(fields, "stride", 1, 1, 100)
-            max_frames = _int_field(fields, "max_frames", None, 1, 1_000_000)
-            if path is None and not uri:
-                raise ClientError(400, "choose a video to upload, or give an s3:// or https:// URI")
-            if path is not None and uri:
-                raise ClientError(400, "give either a file or a URI, not both")
-            job_name = time.strftime("ui-%Y%m%d-%H%M%S-", time.gmtime()) + secrets.token_hex(3)
-            if path is not None:
-                # Decode before anything is stored: a bad video never becomes a job.
-                if sniff_container(path) is None:
-                    raise ClientError(415, f"{name} is not a video (expected MP4, MOV, MKV, WebM or AVI)")
-                try:
-                    with VideoReader(path) as reader:
-                        if next(reader.frames(max_frames=1), None) is None:
-                            raise BadInput(f"{name}: no frame could be decoded")
-                except BadInput as exc:  # name the user's file, not our temporary copy
-                    raise ClientError(400, str(exc).replace(path.name, name)) from None
-                video = settings.data_dir / "uploads" / job_name / (re.sub(r"[^A-Za-z0-9._-]", "_", name) or "video")
-                video.parent.mkdir(parents=True)
-                shutil.move(path, video)
-                path = None
-                video_ref = str(video)
-            else:
-                if not VIDEO_URI.match(uri):
-                    raise ClientError(400, f"{uri!r}: give an s3://bucket/key or https:// URI")
-                video_ref = uri
-        finally:
-            if path is not None:
-                path.unlink(missing_ok=True)
-        job = JobRequest(job_id=job_name, video=video_ref, stride=stride, max_frames=max_frames, filename=name)
-        job_id = launcher.store_job_id(job_name)
-        params = {"stride": stride, "max_frames": max_frames, "source": "ui", "filename": name,
-                  "output": launcher.output_of(job_name)}
-        try:
-            await _in_thread(store.begin_job, job_id, launcher.video_uri(job), params)
-            await _in_thread(launcher.start, job)
-        except Exception as exc:  # noqa: BLE001 - the launcher failed: say so, keep the record
-            log.exception("could not start job %s", job_id)
-            await _in_thread(store.update_job, job_id, status="failed", error=f"could not start: {exc}")
-            raise ClientError(502, f"could not start the job: {exc}") from None
-        return JSONResponse({"job_id": job_id}, status_code=201)
-
-    def _job_json(job: dict[str, Any]) -> dict[str, Any]:
-        out = {k: job.get(k) for k in ("job_id", "video_uri", "status", "width", "height", "fps", "frames_total",
-                                        "frames_done", "frames_failed", "persons", "tracks", "outputs",
-                                        "random_weights", "error", "note", "created_at", "started_at",
-                                        "finished_at", "updated_at", "params")}
-        stride = int((job.get("params") or {}).get("stride") or 1)
-        out["video_fps"] = (job["fps"] / stride) if job.get("fps") else None
-        out["random_weights"] = bool(job.get("random_weights"))
-        if job["status"] in ("queued", "running"):
-            out["launcher"] = launcher.describe(launcher.job_name(job["job_id"]))
-            if out["launcher"].get("runner_exit_code") not in (None, 0) and job["status"] == "queued":
-                out["error"] = f"the runner exited with code {out['launcher']['runner_exit_code']} before starting"
-        return out
-
-    async def list_jobs(request: Request) -> Response:
-        jobs = await _in_thread(store.list_jobs, 200)
-        return JSONResponse({"jobs": [_job_json(j) for j in jobs]})
-
-    async def _get_job(request: Request) -> dict[str, Any]:
-        job_id = request.path_params["job_id"]
-        job = await _in_thread(store.job, job_id)
-        if job is None:
-            raise ClientError(404, f"no job {job_id}")
-        return job
-
-    async def get_job(request: Request) -> Response:
-        job = await _get_job(request)
-        out = _job_json(job)
-        out["track_list"] = await _in_thread(store.tracks, job["job_id"])
-        return JSONResponse(out)
-
-    async def frames(request: Request) -> Response:
-        """Every stored frame, compact: what the 3D view needs to follow the video."""
-        job = await _get_job(request)
-        rows = await _in_thread(store.frame_results, job["job_id"], 0, 2**31 - 1)
-        compact = [{"i": r["frame_index"], "t": r["timestamp_s"], "ok": r["status"] == "ok",
-                    "p": [{"track": p["track_id"], "k3": p["keypoints3d"], "k2": p["keypoints2d"], "box": p["bbox"]}
-                          for p in r["persons"]]} for r in sorted(rows.values(), key=lambda r: r["frame_index"])]
-        return JSONResponse({"job_id": job["job_id"], "frames": compact})
-
-    async def frames_jsonl(request: Request) -> Response:
-        job = await _get_job(request)
-        return StreamingResponse(export.frames_jsonl(store, job), media_type="application/jsonl", headers={
-            "Content-Disposition": f'attachment; filename="{job["job_id"]}-frames.jsonl"'})
-
-    async def _track(request: Request) -> tuple[dict[str, Any], dict[str, Any]]:
-        job = await _get_job(request)
-        track_id = int(request.path_params["track_id"])
-        track = next((t for t in await _in_thread(store.tracks, job["job_id"]) if t["track_id"] == track_id), None)
-        if track is None:
-            raise ClientError(404, f"job {job['job_id']} has no track {track_id}")
-        return job, track
-
-    async def track_csv(request: Request) -> Response:
-        job, track = await _track(request)
-        rows = await _in_thread(store.track_rows, job["job_id"], track["track_id"])
-        return Response(export.track_csv(track["track_id"], rows), media_type="text/csv", headers={
-            "Content-Disposition": f'attachment; filename="{job["job_id"]}-track{track["track_id"]}.csv"'})
-
-    async def track_angles(request: Request) -> Response:
-        """A track's joint angles per frame (degrees), for the page's plot beside the player."""
-        job, track = await _track(request)
-        angles = await _in_thread(export.track_angles, store, job["job_id"], track)
-        if angles is None:
-            raise ClientError(409, f"track {track['track_id']} has no 3D keypoints yet: no angles")
-        return JSONResponse({"track_id": angles.track_id, "frames": angles.frame_index, "angles": angles.angles})
-
-    def _finished(job: dict[str, Any]) -> None:
-        try:
-            export.finished_job(store, job["job_id"])
-        except UsageError as exc:
-            raise ClientError(409, str(exc)) from None
-
-    async def angles_csv(request: Request) -> Response:
-        job = await _get_job(request)
-        _finished(job)
-        tracks = [a for t in await _in_thread(store.tracks, job["job_id"])
-                  if (a := await _in_thread(export.track_angles, store, job["job_id"], t)) is not None]
-        return Response(export.angles_csv(tracks), media_type="text/csv", headers={
-            "Content-Disposition": f'attachment; filename="{job["job_id"]}-angles.csv"'})
-
-    async def track_bvh(request: Request) -> Response:
-        job, track = await _track(request)
-        _finished(job)
-
-        def write() -> bytes:
-            with tempfile.TemporaryDirectory() as tmp:
-                export.track_bvh(store, job, track["track_id"], Path(tmp) / "t.bvh")
-                return (Path(tmp) / "t.bvh").read_bytes()
-
-        try:
-            body = await _in_thread(write)
-        except UsageError as exc:  # too short to solve rotations
-            raise ClientError(409, str(exc)) from None
-        return Response(body, media_type="application/octet-stream", headers={
-            "Content-Disposition": f'attachment; filename="{job["job_id"]}-track{track["track_id"]}.bvh"'})
-
-    async def video(request: Request) -> Response:
-        job = await _get_job(request)
-        uri = (job.get("outputs") or {}).get("overlay")
-        if not uri:
-            raise ClientError(404, f"job {job['job_id']} has no rendered video (yet)")
-        from ..uri import fetch_to_cache
-
-        try:
-            path = await _in_thread(fetch_to_cache, uri, progress=False)
-        except PosegraphError as exc:
-            raise ClientError(502, f"cannot read {uri}: {exc}") from None
-        media = "video/webm" if path.suffix == ".webm" else "video/mp4"
-        return FileResponse(path, media_type=media)  # answers Range requests: the player can seek
-
-    async def client_error(request: Request, exc: ClientError) -> Response:
-        return _error(exc.status, exc.message)
-
-    routes = [
-        Route("/", index),
-        Route("/healthz", healthz),
-        Route("/api/meta", meta),
-        Route("/api/photo", photo, methods=["POST"]),
-        Route("/api/jobs", list_jobs, methods=["GET"]),
-        Route("/api/jobs", create_job, methods=["POST"]),
-        Route("/api/jobs/{job_id}", get_job),
-        Route("/api/jobs/{job_id}/frames", frames),
-        Route("/api/jobs/{job_id}/frames.jsonl", frames_jsonl),
-        Route("/api/jobs/{job_id}/tracks/{track_id:int}.csv", track_csv),
-        Route("/api/jobs/{job_id}/tracks/{track_id:int}.bvh", track_bvh),
-        Route("/api/jobs/{job_id}/tracks/{track_id:int}/angles", track_angles),
-        Route("/api/jobs/{job_id}/angles.csv", angles_csv),
-        Route("/api/jobs/{job_id}/video", video),
-        Mount("/static", StaticFiles(directory=STATIC), name="static"),
-    ]
-    @contextlib.asynccontextmanager
-    async def lifespan(app):
-        yield
-        launcher.stop()
-        store.close()
-
-    app = Starlette(routes=routes, exception_handlers={ClientError: client_error},
-                    middleware=[Middleware(BasicAuth, password=settings.password)], lifespan=lifespan,
+    app = Starlette(routes=ROUTES, exception_handlers={ClientError: client_error},
+                    middleware=[Middleware(BasicAuth, password=settings.password)], lifespan=_lifespan,
                     # The body limit also holds while an upload streams in (no Content-Length trust).
                     max_body_size=settings.max_upload_bytes + 1024 * 1024)
-    app.state.settings = settings
+    app.state.ui = state
     return app
-
-
-async def _in_thread(fn, *args, **kwargs):
-    from starlette.concurrency import run_in_threadpool
-
-    return await run_in_threadpool(fn, *args, **kwargs)
