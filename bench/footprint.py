@@ -22,7 +22,7 @@ from pathlib import Path
 from posegraph.checkpoints import write_random
 from posegraph.config import load_profile
 from posegraph.serving.archive import build_archive
-from posegraph.serving.local import start_stage_server
+from posegraph.embedded import start_stage_server
 from posegraph.zoo import get_model
 
 SETS = {

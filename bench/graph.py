@@ -31,10 +31,10 @@ import numpy as np
 from posegraph.checkpoints import write_random
 from posegraph.config import load_profile
 from posegraph.frame import parse_document
-from posegraph.graph.local import archives_for_profile, default_pipeline, start_local_graph, start_router
+from posegraph.embedded import archives_for_profile, default_pipeline, start_local_graph, start_router
 from posegraph.pipeline import Pipeline
 from posegraph.samples import astronaut_bgr
-from posegraph.serving.local import free_port
+from posegraph.embedded import free_port
 from posegraph.zoo import get_model
 
 

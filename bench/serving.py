@@ -34,7 +34,7 @@ from posegraph.config import load_profile
 from posegraph.frame import parse_document
 from posegraph.samples import astronaut_bgr
 from posegraph.serving.archive import ArchiveOptions, build_archive
-from posegraph.serving.local import start_stage_server
+from posegraph.embedded import start_stage_server
 from posegraph.stages import STAGES
 from posegraph.zoo import get_model
 

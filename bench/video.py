@@ -65,7 +65,7 @@ def main() -> None:
     # (b) posegraph's in-process pipeline and (c) a job through the local graph (KServe runtime, SQLite,
     # rendering off): once with the cpu profile (no flip test), once doing mmpose's work (RTMPose
     # flip test on, as its configs and so MMPoseInferencer do).
-    from posegraph.graph.local import archives_for_profile, default_pipeline, start_local_graph
+    from posegraph.embedded import archives_for_profile, default_pipeline, start_local_graph
     from posegraph.jobs.runner import JobOptions, JobRunner
     from posegraph.pipeline import Pipeline
     from posegraph.video import VideoReader

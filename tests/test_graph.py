@@ -167,7 +167,7 @@ def router(request, kserve_router, tmp_path):
     which, where the two differ on purpose (docs/graph.md, "posegraph's router and KServe's")."""
     from services import free_port
 
-    from posegraph.graph.local import start_router
+    from posegraph.embedded import start_router
 
     started = []
 
@@ -320,7 +320,7 @@ def test_router_refuses_graphs_it_cannot_run_like_kserve():
 @pytest.fixture(scope="module")
 def local_graph(checkpoints):
     from posegraph.config import load_profile
-    from posegraph.graph.local import archives_for_profile, default_pipeline, start_local_graph
+    from posegraph.embedded import archives_for_profile, default_pipeline, start_local_graph
 
     layouts = archives_for_profile(load_profile("cpu"), checkpoints)
     graph = start_local_graph(default_pipeline(layouts, "torchserve"), layouts)
@@ -401,7 +401,7 @@ def test_a_stage_going_down_is_a_clear_error(checkpoints, astronaut):
     """Its own graph: this test kills a stage."""
     from posegraph.client import GraphClient, GraphError
     from posegraph.config import load_profile
-    from posegraph.graph.local import archives_for_profile, default_pipeline, start_local_graph
+    from posegraph.embedded import archives_for_profile, default_pipeline, start_local_graph
 
     layouts = archives_for_profile(load_profile("cpu"), checkpoints)
     pipeline = default_pipeline(layouts, "kserve")  # the other runtime, so both serve a graph here
@@ -457,7 +457,7 @@ def test_up_cli_runs_and_stops_cleanly_on_ctrl_c(checkpoints, astronaut, tmp_pat
 def test_up_from_a_spec_with_archives_in_s3(checkpoints, s3, tmp_path, astronaut):
     from posegraph.client import GraphClient
     from posegraph.config import load_profile
-    from posegraph.graph.local import archives_for_pipeline, archives_for_profile, start_local_graph
+    from posegraph.embedded import archives_for_pipeline, archives_for_profile, start_local_graph
     from posegraph.serving.archive import push
 
     s3.create_bucket("pipelines")

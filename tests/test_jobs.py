@@ -34,7 +34,7 @@ def postgres():
 @pytest.fixture(scope="module")
 def graph(checkpoints):
     from posegraph.config import load_profile
-    from posegraph.graph.local import archives_for_profile, default_pipeline, start_local_graph
+    from posegraph.embedded import archives_for_profile, default_pipeline, start_local_graph
 
     layouts = archives_for_profile(load_profile("cpu"), checkpoints)
     with start_local_graph(default_pipeline(layouts, "kserve"), layouts) as g:
@@ -224,7 +224,7 @@ def test_unreachable_video_uri_fails_clearly(graph, s3, tmp_path):
 
 def test_a_video_with_nobody_in_it(checkpoints, tmp_path):
     from posegraph.config import load_profile
-    from posegraph.graph.local import archives_for_profile, default_pipeline, start_local_graph
+    from posegraph.embedded import archives_for_profile, default_pipeline, start_local_graph
 
     layouts = archives_for_profile(load_profile("cpu", ["detect.score_threshold=0.9999"]), checkpoints)
     empty = write_clip(tmp_path / "empty.mp4", [np.full((240, 320, 3), 90, np.uint8)] * 6)

@@ -29,7 +29,7 @@ def jpeg_b64(pixels) -> str:
 
 
 def test_the_script_builds_the_release_posegraph_pins():
-    from posegraph.graph.local import KSERVE_VERSION
+    from posegraph.embedded import KSERVE_VERSION
 
     script = (REPO / "scripts" / "control-plane.sh").read_text()
     assert f'KSERVE_VERSION="${{POSEGRAPH_KSERVE_VERSION:-{KSERVE_VERSION}}}"' in script
@@ -55,7 +55,7 @@ def graphs(request, checkpoints, kserve_router):
     from services import free_port
 
     from posegraph.config import load_profile
-    from posegraph.graph.local import archives_for_profile, start_local_graph, start_router
+    from posegraph.embedded import archives_for_profile, start_local_graph, start_router
     from posegraph.graph.spec import parse_pipeline
 
     layouts = archives_for_profile(load_profile("cpu"), checkpoints)

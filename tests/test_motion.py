@@ -80,8 +80,8 @@ def test_served_lift3d_smooths_exactly_as_in_process(checkpoints):
     import httpx
 
     from posegraph.config import load_profile
-    from posegraph.graph.local import archives_for_profile
-    from posegraph.serving.local import start_stage_server
+    from posegraph.embedded import archives_for_profile
+    from posegraph.embedded import start_stage_server
     from posegraph.stages import Lift3dStage
 
     profile = load_profile("cpu")

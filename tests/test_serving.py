@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
-from posegraph.serving.local import start_stage_server
+from posegraph.embedded import start_stage_server
 
 STAGES = ("detect", "pose2d", "lift3d")
 

@@ -6,12 +6,11 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from pathlib import Path
 
-from . import __version__
+from . import __version__, processes
 from .errors import PosegraphError, UsageError
 
 log = logging.getLogger("posegraph")
@@ -262,10 +261,9 @@ def cmd_archive(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .serving.local import start_stage_server
+    from .embedded import start_stage_server
 
-    # SIGTERM (systemd, timeout, kubectl) must stop the child server too, not orphan it.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    processes.exit_on_sigterm()  # the child server stops too
     server = start_stage_server(args.stage, args.model_dir, runtime=args.runtime, port=args.port,
                                 metrics_port=args.metrics_port)
     try:
@@ -293,12 +291,12 @@ def cmd_graph(args) -> int:
 
 def cmd_up(args) -> int:
     from .config import load_profile
-    from .graph.local import (archives_for_pipeline, archives_for_profile, check_router, default_pipeline,
+    from .embedded import (archives_for_pipeline, archives_for_profile, check_router, default_pipeline,
                               kserve_router_binary, start_local_graph)
     from .graph.spec import load_pipeline
 
     check_router(args.router)  # before archives are built: a missing binary is said at once
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    processes.exit_on_sigterm()
     if args.spec:
         pipeline = load_pipeline(args.spec)
         layouts = archives_for_pipeline(pipeline)
@@ -374,7 +372,7 @@ def cmd_job(args) -> int:
             return 1
         print(json.dumps(row, indent=2, default=str))
         return 0
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    processes.exit_on_sigterm()
     options = JobOptions(
         video=args.video, results=args.results, output=args.output, graph=args.graph, lift3d=args.lift3d,
         stride=args.stride, batch=args.batch, max_frames=args.max_frames, job_id=args.job_id,

@@ -46,7 +46,7 @@ def _photo_through_graph(graph, photo: Path, out: Path) -> bool:
 
 
 def run_demo(args) -> int:
-    from .graph.local import start_embedded_graph
+    from .embedded import start_embedded_graph
     from .jobs.runner import JobOptions, JobRunner
 
     started = time.perf_counter()

@@ -83,12 +83,13 @@ class Progress:
         """Best effort: a progress report that cannot be delivered must not stop the job."""
         try:
             from .. import k8s_config
+            from ..names import API_GROUP, API_VERSION, POSEJOBS
 
             client = k8s_config.client()
             namespace, name = self.posejob
             progress = {k: v for k, v in self.state.items() if k != "job_id"}
             client.CustomObjectsApi().patch_namespaced_custom_object_status(
-                "posegraph.io", "v1alpha1", namespace, "posejobs", name, {"status": {"progress": progress}})
+                API_GROUP, API_VERSION, namespace, POSEJOBS, name, {"status": {"progress": progress}})
         except Exception as exc:  # noqa: BLE001
             log.warning("could not report progress to PoseJob %s: %s", "/".join(self.posejob), exc)
 

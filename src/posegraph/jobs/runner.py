@@ -101,7 +101,7 @@ class JobRunner:
             return self.o.graph, self.o.lift3d
         from ..checkpoints import default_checkpoint_dir
         from ..config import load_profile
-        from ..graph.local import start_embedded_graph
+        from ..embedded import start_embedded_graph
 
         directory = Path(self.o.checkpoints) if self.o.checkpoints else default_checkpoint_dir()
         graph = stack.enter_context(start_embedded_graph(load_profile(self.o.profile), directory))

@@ -20,6 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import processes
+from ..names import API_GROUP, API_GROUP_VERSION, API_VERSION, POSEJOBS, posejob_store_id
+
 log = logging.getLogger(__name__)
 
 
@@ -70,10 +73,7 @@ class LocalLauncher:
         env = dict(os.environ)
         if self.token:
             env["POSEGRAPH_AUTH_TOKEN"] = self.token
-        log_file = open(out / "runner.log", "ab")  # noqa: SIM115 - the child owns it
-        process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                                   start_new_session=True)
-        log_file.close()
+        process = processes.spawn(cmd, log=out / "runner.log", append=True, env=env)
         with self._lock:
             self._processes[request.job_id] = process
         log.info("job %s: runner pid %d", request.job_id, process.pid)
@@ -88,15 +88,9 @@ class LocalLauncher:
 
     def stop(self) -> None:
         with self._lock:
-            processes = list(self._processes.values())
-        for process in processes:
-            if process.poll() is None:
-                process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            runners = list(self._processes.values())
+        # SIGTERM: a runner records its job as interrupted (resumable) and stops its own graph.
+        processes.stop(runners, grace_s=20)
 
 
 class KubernetesLauncher:
@@ -113,8 +107,6 @@ class KubernetesLauncher:
         self.results_secret = results_secret
 
     def store_job_id(self, name: str) -> str:
-        from ..operator.resources import posejob_store_id  # what the operator passes as --job-id
-
         return posejob_store_id(self.namespace, name)
 
     def job_name(self, job_id: str) -> str:
@@ -144,7 +136,7 @@ class KubernetesLauncher:
 
         video = self.upload(request)
         body = {
-            "apiVersion": "posegraph.io/v1alpha1",
+            "apiVersion": API_GROUP_VERSION,
             "kind": "PoseJob",
             "metadata": {"name": request.job_id, "namespace": self.namespace,
                          "labels": {"app.kubernetes.io/created-by": "posegraph-ui"}},
@@ -157,7 +149,7 @@ class KubernetesLauncher:
             },
         }
         k8s_config.client().CustomObjectsApi().create_namespaced_custom_object(
-            "posegraph.io", "v1alpha1", self.namespace, "posejobs", body)
+            API_GROUP, API_VERSION, self.namespace, POSEJOBS, body)
 
     def describe(self, name: str) -> dict[str, Any]:
         """The PoseJob's own status: says why a job waits (e.g. for its pipeline) before it runs."""
@@ -165,7 +157,7 @@ class KubernetesLauncher:
 
         try:
             posejob = k8s_config.client().CustomObjectsApi().get_namespaced_custom_object(
-                "posegraph.io", "v1alpha1", self.namespace, "posejobs", name)
+                API_GROUP, API_VERSION, self.namespace, POSEJOBS, name)
         except Exception:  # noqa: BLE001 - absent or unreachable: the store is the record
             return {}
         status = posejob.get("status") or {}

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import signal
-import sys
 from contextlib import ExitStack
 from pathlib import Path
 
+from .. import processes
 from ..errors import UsageError
 
 
@@ -39,7 +38,7 @@ def run_ui(args) -> int:
     data = Path(args.data).resolve()
     data.mkdir(parents=True, exist_ok=True)
     results = args.results or f"sqlite:///{data / 'results.db'}"
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    processes.exit_on_sigterm()
     with ExitStack() as stack:
         if args.kubernetes_namespace:
             if not args.graph or args.graph == "local":
@@ -70,7 +69,7 @@ def run_ui(args) -> int:
 def _embedded_graph(args, stack: ExitStack) -> tuple[str, str]:
     from ..checkpoints import default_checkpoint_dir
     from ..config import load_profile
-    from ..graph.local import start_embedded_graph
+    from ..embedded import start_embedded_graph
 
     print("starting the embedded graph: stage archives (exported once, then cached), three stage servers "
           "and a router on 127.0.0.1 …", flush=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,11 +21,10 @@ from pathlib import Path
 
 import yaml
 
+from .. import processes
 from ..errors import PosegraphError, UsageError
-from .archive import ArchiveOptions, config_properties, find_mar, metrics_declarations
-
-RUNTIMES = ("torchserve", "kserve")
-
+from ..names import RUNTIMES
+from ..serving.archive import ArchiveOptions, config_properties, find_mar, metrics_declarations
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -109,17 +107,8 @@ class StageServer:
         except OSError:
             return ""
 
-    def stop(self, timeout: float = 30.0) -> None:
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+    def stop(self) -> None:
+        processes.stop(self.process)
 
 
 def _model_name_of(mar: Path) -> str:
@@ -174,7 +163,5 @@ def start_stage_server(stage: str, model_dir: Path, *, runtime: str = "torchserv
         cmd = [sys.executable, "-m", "posegraph.serving.kserve_model", "--model_dir", str(model_dir),
                "--stage", stage, "--http_port", str(port), "--host", "127.0.0.1"]
         metrics_url = f"http://127.0.0.1:{port}/metrics"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=child_env,
-                                   start_new_session=True)
+    process = processes.spawn(cmd, log=log_path, cwd=workdir, env=child_env)
     return StageServer(stage, runtime, model_name, port, process, metrics_url, workdir, log_path, management_port)

@@ -1,0 +1,86 @@
+"""Stage archives for the embedded graph: built once from a profile's checkpoints and cached, or
+copied from where a PosePipeline's ``storageUri`` points (a directory or an s3:// prefix)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .. import __version__
+from ..config import Profile
+from ..errors import PosegraphError, UsageError
+from ..graph.spec import PosePipeline
+from ..names import STAGES
+from ..uri import cache_dir, file_sha256, local_path, s3_client, split_s3
+
+
+def _build_cached_archive(stage: str, checkpoint: str, settings) -> Path:
+    from dataclasses import asdict
+
+    from ..engine import EXPORT_VERSION
+    from ..serving.archive import ArchiveOptions, build_archive
+
+    path = local_path(checkpoint)
+    ident = file_sha256(path) if path is not None and path.is_file() else checkpoint
+    key = hashlib.sha256(json.dumps([ident, settings.model_dump(exclude={"checkpoint"}), __version__,
+                                     EXPORT_VERSION, asdict(ArchiveOptions())], sort_keys=True).encode()).hexdigest()[:16]
+    layout = cache_dir("archives") / f"{stage}-{key}"
+    if not (layout / "model-store" / f"{stage}.mar").is_file():
+        tmp = Path(tempfile.mkdtemp(dir=layout.parent, prefix=f".{stage}-"))
+        build_archive(stage, checkpoint, tmp, settings=settings)
+        if layout.exists():
+            shutil.rmtree(layout)
+        os.replace(tmp, layout)
+    return layout
+
+
+def archives_for_profile(profile: Profile, checkpoint_dir: Path | None) -> dict[str, Path]:
+    """Archive layouts for the embedded default, built once from the profile's checkpoints."""
+    from ..checkpoints import resolve_checkpoint
+
+    layouts = {}
+    for stage in STAGES:
+        settings = profile.stage_settings(stage)
+        checkpoint = resolve_checkpoint(settings.model, settings.checkpoint, checkpoint_dir)
+        layouts[stage] = _build_cached_archive(stage, checkpoint, settings)
+    return layouts
+
+
+def _download_prefix(uri: str) -> Path:
+    bucket, prefix = split_s3(uri)
+    prefix = prefix.rstrip("/") + "/"
+    dest = cache_dir("archives") / ("s3-" + hashlib.sha256(uri.encode()).hexdigest()[:16])
+    client = s3_client()
+    try:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+    except Exception as exc:
+        from ..uri import _describe
+
+        raise PosegraphError(f"cannot list {uri}: {_describe(exc)}") from None
+    if not keys:
+        raise UsageError(f"{uri} is empty: push an archive there first (posegraph models push)")
+    for key in keys:
+        target = dest / key[len(prefix):]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        client.download_file(bucket, key, str(target))
+    return dest
+
+
+def archives_for_pipeline(pipeline: PosePipeline) -> dict[str, Path]:
+    """Where each stage's archive layout is on this machine: local paths as they are, s3:// copied."""
+    layouts = {}
+    for stage, deployment in pipeline.spec.stages.items():
+        uri = deployment.storageUri
+        if uri.startswith("s3://"):
+            layouts[stage] = _download_prefix(uri)
+        else:
+            path = local_path(uri)
+            if path is None or not path.is_dir():
+                raise UsageError(f"stages.{stage}.storageUri {uri}: locally, a directory or s3:// prefix")
+            layouts[stage] = path
+    return layouts
