@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     jrun.add_argument("--job-id", default=None, help="default: derived from the video and stride (reruns resume)")
     jrun.add_argument("--no-render", action="store_true", help="skip the overlay video and plot")
     jrun.add_argument("--video-format", choices=["webm", "mp4"], default="webm")
+    jrun.add_argument("--frame-format", choices=["jpeg", "png"], default="jpeg",
+                      help="how frames go to the graph: jpeg (default), or png, lossless at ~10x the bytes")
     jrun.add_argument("--retries", type=int, default=3, help="retries of a failing graph call (with backoff)")
     jrun.add_argument("--progress-file", default=None, help="keep a JSON progress report here")
     jrun.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus job gauges here")
@@ -360,7 +362,8 @@ def cmd_call(args) -> int:
 
 
 def cmd_job(args) -> int:
-    from .jobs.runner import SUCCEEDED, JobOptions, JobRunner
+    from .jobs.runner import JobOptions, JobRunner
+    from .names import SUCCEEDED
     from .jobs.store import open_store
 
     if args.job_command == "status":
@@ -377,6 +380,7 @@ def cmd_job(args) -> int:
         video=args.video, results=args.results, output=args.output, graph=args.graph, lift3d=args.lift3d,
         stride=args.stride, batch=args.batch, max_frames=args.max_frames, job_id=args.job_id,
         render=not args.no_render, retries=args.retries, video_format=args.video_format,
+        frame_format=args.frame_format,
         progress_file=args.progress_file, metrics_port=args.metrics_port, report_posejob=args.report_posejob,
         profile=args.profile, checkpoints=str(args.checkpoints) if args.checkpoints else None, token=args.token,
         quiet=args.quiet)

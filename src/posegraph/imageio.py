@@ -95,8 +95,9 @@ def encode_image(pixels: np.ndarray, fmt: str = "jpeg", quality: int = 92) -> by
     return buf.tobytes()
 
 
-def image_ref(pixels: np.ndarray, fmt: str = "jpeg") -> ImageRef:
-    return ImageRef(data=base64.b64encode(encode_image(pixels, fmt)).decode("ascii"), format=fmt)
+def image_ref(pixels: np.ndarray, fmt: str = "jpeg", quality: int = 92) -> ImageRef:
+    """Pixels inlined in a frame document (base64), the one way every caller encodes them."""
+    return ImageRef(data=base64.b64encode(encode_image(pixels, fmt, quality)).decode("ascii"), format=fmt)
 
 
 def network_input(pixels: np.ndarray, params: dict) -> np.ndarray:

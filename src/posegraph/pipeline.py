@@ -17,13 +17,14 @@ import numpy as np
 from .checkpoints import resolve_checkpoint
 from .config import Profile, load_profile
 from .errors import BadInput
-from .frame import FrameDocument, ImageRef, StageRecord
+from .frame import FrameDocument, ImageRef
 from .imageio import decode_image
 from .render import draw_overlay, plot_3d, poses_for_plot
 from .stages import STAGE_ORDER, STAGES, Stage
-from .tracking import Tracker, apply_tracks, tracks_from_frames
+from .tracking import Tracker
 from .uri import fetch_to_cache
 from .video import VideoReader, VideoWriter, is_image_file
+from .videopass import InProcessFrames, InProcessLift, MemorySink, run_video, video_frames
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,10 @@ class Pipeline:
         self.detect_and_pose([doc])
         return self.stages["lift3d"].run([doc])[0]
 
+    def tracker(self, state: dict | None = None) -> Tracker:
+        t = self.profile.tracking
+        return Tracker.from_state(state, threshold=t.threshold, use_oks=t.method == "oks", max_gap=t.max_gap)
+
     def video(
         self,
         reader: VideoReader,
@@ -66,44 +71,13 @@ class Pipeline:
         on_frame: Callable[[FrameDocument, np.ndarray], None] | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> list[FrameDocument]:
-        """Every ``stride``-th frame through detect and pose2d (``batch_frames`` at a time), persons
-        tracked across frames, then each whole track lifted to 3D in one lift3d call."""
-        t = self.profile.tracking
-        tracker = Tracker(threshold=t.threshold, use_oks=t.method == "oks", max_gap=t.max_gap)
-        docs: list[FrameDocument] = []
-        pending: list[FrameDocument] = []
-
-        def flush() -> None:
-            self.detect_and_pose(pending)
-            for doc in pending:
-                tracker.update(doc)
-                if on_frame:
-                    on_frame(doc, doc._pixels)
-                doc._pixels = None  # frames are not kept: memory stays flat on long videos
-            if progress:
-                progress(len(pending))
-            docs.extend(pending)
-            pending.clear()
-
-        fps = reader.info.fps
-        for index, pixels in reader.frames(stride=stride, max_frames=max_frames):
-            pending.append(FrameDocument.from_pixels(pixels, frame_index=index, timestamp_s=round(index / fps, 4)))
-            if len(pending) >= batch_frames:
-                flush()
-        if pending:
-            flush()
-
+        """The video pass (posegraph.videopass) with this process's stages, documents in memory."""
+        sink = MemorySink(on_frame=on_frame)
         lift = self.stages["lift3d"]
-        tracks = tracks_from_frames(docs)
-        started = time.perf_counter()
-        if tracks:
-            lift.run(tracks)
-            apply_tracks(docs, tracks)
-        record = StageRecord(model=lift.spec.name, random_weights=lift.random_weights,
-                             ms=round((time.perf_counter() - started) * 1000, 2))
-        for doc in docs:
-            doc.stages["lift3d"] = record
-        return docs
+        lift_s = run_video(video_frames(reader, stride=stride, max_frames=max_frames), InProcessFrames(self.stages),
+                           InProcessLift(lift), sink, self.tracker(), batch_frames=batch_frames, progress=progress)
+        sink.stamp_lift(lift.spec.name, lift.random_weights, lift_s * 1000)
+        return sink.docs
 
 
 @dataclass

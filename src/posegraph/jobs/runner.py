@@ -15,14 +15,11 @@ re-done from the store, so the outputs are complete whatever was interrupted.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
-import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,22 +27,19 @@ from typing import Any
 
 import numpy as np
 
-from ..client import GraphClient, GraphError
+from ..client import GraphClient
 from ..errors import BadInput, PosegraphError
-from ..frame import FrameDocument, ImageRef, TrackDocument, TrackFrame
-from ..imageio import encode_image
+from ..frame import FrameDocument, TrackDocument, TrackFrame
 from ..motion.angles import joint_angles
+from ..names import FAILED, INTERRUPTED, PARTIAL, RUNNING, SUCCEEDED, utc_now
 from ..tracking import Tracker
 from ..uri import fetch_to_cache, write_bytes
 from ..video import VideoReader, open_video_writer
+from ..videopass import FrameResult, GraphFrames, GraphLift, run_video, video_frames
 from .progress import Progress
 from .store import FrameRow, PersonRow, ResultsStore, open_store, stored_frame_document
 
 log = logging.getLogger(__name__)
-
-# Statuses a job row goes through. "partial": finished, with failures recorded (frames or tracks).
-QUEUED, RUNNING, SUCCEEDED, PARTIAL, FAILED, INTERRUPTED = ("queued", "running", "succeeded", "partial", "failed",
-                                                            "interrupted")
 
 
 @dataclass
@@ -62,6 +56,7 @@ class JobOptions:
     render: bool = True
     retries: int = 3
     video_format: str = "webm"  # webm (VP8, plays in browsers) or mp4 (mp4v)
+    frame_format: str = "jpeg"  # how frames travel to the graph: jpeg, or png (lossless, ~10x the bytes)
     progress_file: str | None = None
     metrics_port: int | None = None
     report_posejob: str | None = None  # namespace/name: patch its status.progress (in a cluster)
@@ -88,6 +83,8 @@ class JobRunner:
             raise BadInput("--stride and --batch must be ≥ 1")
         if options.video_format not in {"webm", "mp4"}:
             raise BadInput("--video-format must be webm or mp4")
+        if options.frame_format not in {"jpeg", "png"}:
+            raise BadInput("--frame-format must be jpeg or png")
         self.o = options
         self.job_id = options.resolved_job_id()
         self.store: ResultsStore | None = None
@@ -107,73 +104,6 @@ class JobRunner:
         graph = stack.enter_context(start_embedded_graph(load_profile(self.o.profile), directory))
         return graph.endpoint, self.o.lift3d or graph.servers["lift3d"].predict_url
 
-    def _infer(self, client: GraphClient, docs: list[Any]) -> list[Any]:
-        """The graph with retries and backoff on network errors and 5xx; 4xx are answers, not retried."""
-        delay = float(os.environ.get("POSEGRAPH_RETRY_BASE_S", "1"))
-        for attempt in range(self.o.retries + 1):
-            try:
-                return client.infer(docs)
-            except GraphError as exc:
-                retryable = exc.status is None or exc.status >= 500
-                if not retryable or attempt == self.o.retries:
-                    raise
-                log.warning("graph call failed (%s); retrying in %.0fs", exc, delay)
-                time.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")
-
-    def _frames_through_graph(self, client: GraphClient, batch: list[tuple[int, float, np.ndarray]]
-                              ) -> list[tuple[int, float, list | None, str | None]]:
-        """(frame index, timestamp, persons or None, error or None) per frame. A batch that keeps
-        failing is retried frame by frame, so one bad frame costs only itself."""
-        docs = [FrameDocument(image=ImageRef(data=base64.b64encode(encode_image(px, "jpeg", 90)).decode("ascii"),
-                                             format="jpeg"),
-                              width=int(px.shape[1]), height=int(px.shape[0]), frame_index=i, timestamp_s=t)
-                for i, t, px in batch]
-        try:
-            results = self._infer(client, docs)
-            if any(record.random_weights for r in results for record in r.stages.values()) and not self.random_weights:
-                self.random_weights = True
-                self.store.update_job(self.job_id, random_weights=True)
-            return [(i, t, r.persons or [], None) for (i, t, _), r in zip(batch, results)]
-        except GraphError as exc:
-            if len(batch) == 1:
-                return [(batch[0][0], batch[0][1], None, str(exc))]
-            log.warning("a batch of %d frames failed (%s); trying them one by one", len(batch), exc)
-            out = []
-            for item in batch:
-                out.extend(self._frames_through_graph(client, [item]))
-            return out
-
-    # -- lifting -----------------------------------------------------------------------------------------
-    def _lift(self, client: GraphClient, track_ids: list[int], width: int, height: int) -> int:
-        """Lift finished tracks (one request for several), write keypoints3d back. Returns failures."""
-        failures = 0
-        docs, owners = [], []
-        for track_id in track_ids:
-            rows = self.store.track_frames(self.job_id, track_id)
-            if not rows:
-                continue
-            docs.append(TrackDocument(track_id=track_id, width=width, height=height, frames=[
-                TrackFrame(frame_index=r["frame_index"], bbox=r["bbox"], score=r["score"],
-                           keypoints2d=r["keypoints2d"]) for r in rows]))
-            owners.append(rows)
-        for start in range(0, len(docs), self.o.batch):
-            chunk, chunk_rows = docs[start : start + self.o.batch], owners[start : start + self.o.batch]
-            try:
-                lifted = self._infer(client, chunk)
-            except GraphError as exc:
-                failures += len(chunk)
-                for doc in chunk:
-                    log.error("track %d could not be lifted: %s", doc.track_id, exc)
-                    self.store.update_track_error(self.job_id, doc.track_id, str(exc))
-                continue
-            for doc, rows in zip(lifted, chunk_rows):
-                angles = joint_angles(np.asarray([f.keypoints3d for f in doc.frames]))
-                self.store.write_lifted(self.job_id, doc.track_id, [
-                    (r["frame_index"], r["person_index"], f.keypoints3d) for r, f in zip(rows, doc.frames)], angles)
-        return failures
-
     # -- the run -----------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         o = self.o
@@ -188,7 +118,7 @@ class JobRunner:
             self.progress.close()
             return self._summary(already_done=True)
         self.random_weights = bool(job.get("random_weights"))
-        self.store.update_job(self.job_id, status=RUNNING, started_at=job["started_at"] or _now(), error=None)
+        self.store.update_job(self.job_id, status=RUNNING, started_at=job["started_at"] or utc_now(), error=None)
         try:
             with ExitStack() as stack:
                 return self._run(stack, job)
@@ -197,12 +127,12 @@ class JobRunner:
             self.progress.report(phase=INTERRUPTED, force=True)
             raise
         except PosegraphError as exc:
-            self.store.update_job(self.job_id, status=FAILED, error=str(exc), finished_at=_now())
+            self.store.update_job(self.job_id, status=FAILED, error=str(exc), finished_at=utc_now())
             self.progress.report(phase=FAILED, error=str(exc), force=True)
             raise
         except Exception as exc:
             message = f"internal error: {type(exc).__name__}: {exc}"
-            self.store.update_job(self.job_id, status=FAILED, error=message, finished_at=_now())
+            self.store.update_job(self.job_id, status=FAILED, error=message, finished_at=utc_now())
             self.progress.report(phase=FAILED, error=message, force=True)
             raise
         finally:
@@ -210,10 +140,15 @@ class JobRunner:
             self.store.close()
 
     def _run(self, stack: ExitStack, job: dict[str, Any]) -> dict[str, Any]:
-        o = self.o
-        local = fetch_to_cache(o.video)
+        local = fetch_to_cache(self.o.video)
         reader = stack.enter_context(VideoReader(local))
-        info = reader.info
+        self._ingest(stack, reader, job)
+        return self._finish(local, reader)
+
+    def _ingest(self, stack: ExitStack, reader: VideoReader, job: dict[str, Any]) -> None:
+        """The video pass from the resume point: frames through the graph into the store, each
+        finished track lifted as it ends (posegraph.videopass)."""
+        o, info = self.o, reader.info
         total = -(-info.frame_count // o.stride) if info.frame_count else None
         if total and o.max_frames:
             total = min(total, o.max_frames)
@@ -228,48 +163,19 @@ class JobRunner:
         tracker = Tracker.from_state(job.get("tracker_state"), threshold=t.threshold, use_oks=t.method == "oks",
                                      max_gap=t.max_gap)
         resume_from = (job["last_frame"] + 1) if job.get("last_frame") is not None else 0
-        done = job.get("frames_done") or 0
-        self.progress.start(total=total, done=done + (job.get("frames_failed") or 0), phase=RUNNING)
+        self.progress.start(total=total, done=(job.get("frames_done") or 0) + (job.get("frames_failed") or 0),
+                            phase=RUNNING)
+        sink = StoreSink(self, info.width, info.height)
+        run_video(video_frames(reader, stride=o.stride, max_frames=o.max_frames, start=resume_from),
+                  GraphFrames(client.infer, retries=o.retries, image_format=o.frame_format),
+                  GraphLift(lift_client.infer, retries=o.retries), sink, tracker,
+                  batch_frames=o.batch, lift_batch=o.batch)
 
-        pending: list[tuple[int, float, np.ndarray]] = []
-        lift_failures = 0
-
-        def flush() -> None:
-            nonlocal lift_failures
-            results = self._frames_through_graph(client, pending)
-            frames, persons, extents = [], [], {}
-            for index, timestamp, found, error in results:
-                if found is None:
-                    frames.append(FrameRow(index, timestamp, "failed", error, 0))
-                    continue
-                doc = FrameDocument(width=info.width, height=info.height, frame_index=index, persons=found)
-                tracker.update(doc)
-                frames.append(FrameRow(index, timestamp, "ok", None, len(doc.persons)))
-                for p_index, person in enumerate(doc.persons):
-                    persons.append(PersonRow(index, p_index, person.track_id, person.score, person.bbox,
-                                             person.keypoints2d, person.keypoints3d))
-                    first, last = extents.get(person.track_id, (index, index))
-                    extents[person.track_id] = (min(first, index), max(last, index))
-            self.store.commit_batch(self.job_id, frames, persons, [(k, a, b) for k, (a, b) in extents.items()],
-                                    last_frame=pending[-1][0], tracker_state=tracker.state())
-            pending.clear()
-            finished = [tid for tid in self.store.unlifted_tracks(self.job_id) if tid not in tracker.live_ids()]
-            lift_failures += self._lift(lift_client, finished, info.width, info.height)
-            row = self.store.job(self.job_id)
-            self.progress.report(done=row["frames_done"] + row["frames_failed"], persons=row["persons"],
-                                 tracks=row["tracks"], failed=row["frames_failed"])
-
-        for index, pixels in reader.frames(stride=o.stride, max_frames=o.max_frames, start=resume_from):
-            pending.append((index, round(index / info.fps, 4), pixels))
-            if len(pending) >= o.batch:
-                flush()
-        if pending:
-            flush()
-        # The video has ended: every track is finished.
-        lift_failures += self._lift(lift_client, self.store.unlifted_tracks(self.job_id), info.width, info.height)
-
+    def _finish(self, local: Path, reader: VideoReader) -> dict[str, Any]:
+        """Outputs rebuilt from the store (whatever was interrupted before), then the job's status."""
+        info = reader.info
         outputs = {}
-        if o.render:
+        if self.o.render:
             self.progress.report(phase="rendering", force=True)
             outputs = self._render_and_upload(local, info)
         motion, motion_notes = self._motion_outputs()
@@ -289,7 +195,7 @@ class JobRunner:
         notes.extend(motion_notes)
         status = PARTIAL if (row["frames_failed"] or unlifted) else SUCCEEDED
         self.store.update_job(self.job_id, status=status, outputs=outputs, note="; ".join(notes) or None,
-                              finished_at=_now())
+                              finished_at=utc_now())
         self.progress.report(phase=status, force=True, outputs=outputs)
         return self._summary()
 
@@ -365,8 +271,65 @@ class JobRunner:
         return summary
 
 
-def _now() -> str:
-    from datetime import datetime, timezone
 
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+class StoreSink:
+    """The video pass's sink for a job: each batch of frames, persons, track extents and the
+    tracker's state committed in one transaction (the resume point); finished tracks read back
+    from the store for lifting, their 3D poses and joint angles written to it."""
 
+    def __init__(self, runner: JobRunner, width: int, height: int) -> None:
+        self.runner, self.store, self.job_id = runner, runner.store, runner.job_id
+        self.width, self.height = width, height
+        self._rows: dict[int, list[dict[str, Any]]] = {}
+
+    def add(self, results: list[FrameResult], tracker: Tracker) -> None:
+        frames, persons, extents = [], [], {}
+        for result in results:
+            index, timestamp, doc = result.frame.index, result.frame.timestamp_s, result.doc
+            if doc is None:
+                frames.append(FrameRow(index, timestamp, "failed", result.error, 0))
+                continue
+            frames.append(FrameRow(index, timestamp, "ok", None, len(doc.persons or [])))
+            for p_index, person in enumerate(doc.persons or []):
+                persons.append(PersonRow(index, p_index, person.track_id, person.score, person.bbox,
+                                         person.keypoints2d, person.keypoints3d))
+                first, last = extents.get(person.track_id, (index, index))
+                extents[person.track_id] = (min(first, index), max(last, index))
+        from ..videopass import random_weights_in
+
+        if not self.runner.random_weights and random_weights_in(r.doc for r in results if r.doc is not None):
+            self.runner.random_weights = True
+            self.store.update_job(self.job_id, random_weights=True)
+        self.store.commit_batch(self.job_id, frames, persons, [(k, a, b) for k, (a, b) in extents.items()],
+                                last_frame=results[-1].frame.index, tracker_state=tracker.state())
+        row = self.store.job(self.job_id)
+        self.runner.progress.report(done=row["frames_done"] + row["frames_failed"], persons=row["persons"],
+                                    tracks=row["tracks"], failed=row["frames_failed"])
+
+    def finished_tracks(self, live: set[int]) -> list[TrackDocument]:
+        tracks = []
+        for track_id in self.store.unlifted_tracks(self.job_id):
+            if track_id in live:
+                continue
+            rows = self.store.track_frames(self.job_id, track_id)
+            if not rows:
+                continue
+            self._rows[track_id] = rows
+            tracks.append(TrackDocument(track_id=track_id, width=self.width, height=self.height, frames=[
+                TrackFrame(frame_index=r["frame_index"], bbox=r["bbox"], score=r["score"],
+                           keypoints2d=r["keypoints2d"]) for r in rows]))
+        return tracks
+
+    def lifted(self, tracks: list[TrackDocument]) -> None:
+        for doc in tracks:
+            rows = self._rows.pop(doc.track_id)
+            angles = joint_angles(np.asarray([f.keypoints3d for f in doc.frames]))
+            self.store.write_lifted(self.job_id, doc.track_id, [
+                (r["frame_index"], r["person_index"], f.keypoints3d) for r, f in zip(rows, doc.frames)], angles)
+
+    def lift_failed(self, tracks: list[TrackDocument], error: str) -> None:
+        # Recorded, and tried again after the next batch (a graph that recovers lifts it then).
+        for doc in tracks:
+            log.error("track %d could not be lifted: %s", doc.track_id, error)
+            self.store.update_track_error(self.job_id, doc.track_id, error)
+            self._rows.pop(doc.track_id, None)

@@ -1,0 +1,258 @@
+"""One pass over a video, whoever runs it: ``posegraph run`` (in-process stages, documents kept
+in memory), ``posegraph job run`` (a graph endpoint, a results store; the UI starts those) and
+the benchmarks.
+
+    frames ─▶ batches ─▶ detect + pose2d ─▶ tracker ─▶ sink (memory, or the results store)
+                                                        └─▶ finished tracks ─▶ lift ─▶ sink
+
+What varies is given, not re-written: where frames come from (``video_frames``), what runs
+detect + pose2d on a batch (``InProcessFrames`` or ``GraphFrames``), what lifts tracks
+(``InProcessLift`` or ``GraphLift``) and where documents go (a ``Sink``). A track is lifted as
+soon as the tracker has let it go, so memory stays flat and a job's store holds 3D poses while
+the video is still being read; a track's content is final then, so when it is lifted does not
+change its result.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
+
+import numpy as np
+
+from .errors import PosegraphError
+from .frame import FrameDocument, StageRecord, TrackDocument
+from .tracking import Tracker, apply_tracks, tracks_from_frames
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Frame:
+    index: int
+    timestamp_s: float
+    pixels: np.ndarray
+
+
+@dataclass
+class FrameResult:
+    """One frame after detect + pose2d: its document, or why it failed (the frame is recorded
+    as failed and the video goes on)."""
+
+    frame: Frame
+    doc: FrameDocument | None
+    error: str | None = None
+
+
+class StepFailed(PosegraphError):
+    """A batch could not be computed (after retries): the pass records it and goes on."""
+
+
+def video_frames(reader, *, stride: int = 1, max_frames: int | None = None, start: int = 0) -> Iterator[Frame]:
+    """Every ``stride``-th decoded frame from ``start``, with its time stamp in the video."""
+    fps = reader.info.fps
+    for index, pixels in reader.frames(stride=stride, max_frames=max_frames, start=start):
+        yield Frame(index, round(index / fps, 4), pixels)
+
+
+# -- detect + pose2d ------------------------------------------------------------------------------------
+class DetectAndPose(Protocol):
+    def __call__(self, frames: list[Frame]) -> list[FrameResult]: ...
+
+
+class InProcessFrames:
+    """The detect and pose2d stages in this process, on the decoded pixels."""
+
+    def __init__(self, stages: dict) -> None:
+        self.detect, self.pose2d = stages["detect"], stages["pose2d"]
+
+    def __call__(self, frames: list[Frame]) -> list[FrameResult]:
+        docs = [FrameDocument.from_pixels(f.pixels, frame_index=f.index, timestamp_s=f.timestamp_s) for f in frames]
+        docs = self.pose2d.run(self.detect.run(docs))
+        for doc in docs:
+            doc._pixels = None  # the frame is not kept with its document: memory stays flat
+        return [FrameResult(f, doc) for f, doc in zip(frames, docs)]
+
+
+def with_retries(call: Callable[[list], list], retries: int) -> Callable[[list], list]:
+    """``call`` retried with backoff on network errors and 5xx; a 4xx is an answer, not retried.
+    The first wait is $POSEGRAPH_RETRY_BASE_S (1 s), doubled each time."""
+    from .client import GraphError
+
+    def retrying(docs: list) -> list:
+        delay = float(os.environ.get("POSEGRAPH_RETRY_BASE_S", "1"))
+        for attempt in range(retries + 1):
+            try:
+                return call(docs)
+            except GraphError as exc:
+                if (exc.status is not None and exc.status < 500) or attempt == retries:
+                    raise StepFailed(str(exc)) from exc
+                log.warning("graph call failed (%s); retrying in %.0fs", exc, delay)
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    return retrying
+
+
+class GraphFrames:
+    """Frames through a graph endpoint (detect → pose2d → lift3d per frame), sent as encoded
+    images: JPEG by default (a tenth of PNG's bytes), PNG when the pixels must arrive unchanged.
+    A batch that keeps failing is retried frame by frame, so one bad frame costs only itself."""
+
+    def __init__(self, infer: Callable[[list], list], *, retries: int = 3, image_format: str = "jpeg") -> None:
+        if image_format not in {"jpeg", "png"}:
+            raise PosegraphError(f"frame format {image_format!r}: jpeg or png")
+        self.infer = with_retries(infer, retries)
+        self.image_format = image_format
+
+    def _document(self, frame: Frame) -> FrameDocument:
+        from .imageio import image_ref
+
+        return FrameDocument(image=image_ref(frame.pixels, self.image_format, quality=90), width=int(frame.pixels.shape[1]), height=int(frame.pixels.shape[0]),
+                             frame_index=frame.index, timestamp_s=frame.timestamp_s)
+
+    def __call__(self, frames: list[Frame]) -> list[FrameResult]:
+        try:
+            docs = self.infer([self._document(f) for f in frames])
+        except StepFailed as exc:
+            if len(frames) == 1:
+                return [FrameResult(frames[0], None, str(exc))]
+            log.warning("a batch of %d frames failed (%s); trying them one by one", len(frames), exc)
+            return [result for f in frames for result in self([f])]
+        for doc in docs:
+            doc.image = None  # the frame's bytes came back with it: not kept
+        return [FrameResult(f, doc) for f, doc in zip(frames, docs)]
+
+
+# -- lifting --------------------------------------------------------------------------------------------
+class Lift(Protocol):
+    def __call__(self, tracks: list[TrackDocument]) -> list[TrackDocument]: ...
+
+
+class InProcessLift:
+    def __init__(self, stage) -> None:
+        self.stage = stage
+
+    def __call__(self, tracks: list[TrackDocument]) -> list[TrackDocument]:
+        return self.stage.run(tracks)
+
+
+class GraphLift:
+    """Track documents through a lift3d endpoint (or a graph, which passes them on to lift3d)."""
+
+    def __init__(self, infer: Callable[[list], list], *, retries: int = 3) -> None:
+        self.infer = with_retries(infer, retries)
+
+    def __call__(self, tracks: list[TrackDocument]) -> list[TrackDocument]:
+        return self.infer(tracks)
+
+
+# -- sinks ----------------------------------------------------------------------------------------------
+class Sink(Protocol):
+    def add(self, results: list[FrameResult], tracker: Tracker) -> None:
+        """A batch of frames, tracked."""
+
+    def finished_tracks(self, live: set[int]) -> list[TrackDocument]:
+        """Tracks not lifted yet, except the ``live`` ones (the tracker may still extend them)."""
+
+    def lifted(self, tracks: list[TrackDocument]) -> None: ...
+
+    def lift_failed(self, tracks: list[TrackDocument], error: str) -> None: ...
+
+
+def random_weights_in(docs: Iterable[FrameDocument | TrackDocument]) -> bool:
+    return any(record.random_weights for doc in docs for record in (doc.stages or {}).values())
+
+
+class MemorySink:
+    """Frame documents kept in memory, in order (``posegraph run``, tests, benchmarks);
+    ``on_frame(doc, pixels)`` sees each frame once, e.g. to draw the overlay video."""
+
+    def __init__(self, on_frame: Callable[[FrameDocument, np.ndarray], None] | None = None) -> None:
+        self.docs: list[FrameDocument] = []
+        self.failed: list[FrameResult] = []
+        self.on_frame = on_frame
+        self._lifted: set[int] = set()
+        self._lift_ms = 0.0
+        self.random_weights = False
+
+    def add(self, results: list[FrameResult], tracker: Tracker) -> None:
+        for result in results:
+            if result.doc is None:
+                self.failed.append(result)
+                continue
+            self.random_weights = self.random_weights or random_weights_in([result.doc])
+            if self.on_frame:
+                self.on_frame(result.doc, result.frame.pixels)
+            self.docs.append(result.doc)
+
+    def finished_tracks(self, live: set[int]) -> list[TrackDocument]:
+        done = {p.track_id for d in self.docs for p in d.persons or []} - live - self._lifted
+        tracks = [t for t in tracks_from_frames(self.docs) if t.track_id in done]
+        self._lifted.update(t.track_id for t in tracks)  # failed or lifted, a track is tried once here
+        return tracks
+
+    def lifted(self, tracks: list[TrackDocument]) -> None:
+        apply_tracks(self.docs, tracks)
+
+    def lift_failed(self, tracks: list[TrackDocument], error: str) -> None:
+        raise StepFailed(f"tracks {[t.track_id for t in tracks]} could not be lifted: {error}")
+
+    def stamp_lift(self, model: str, random_weights: bool, ms: float) -> None:
+        """Every frame's lift3d record: the model and the time all tracks took."""
+        record = StageRecord(model=model, random_weights=random_weights, ms=round(ms, 2))
+        for doc in self.docs:
+            doc.stages["lift3d"] = record
+
+
+# -- the pass -------------------------------------------------------------------------------------------
+def run_video(frames: Iterable[Frame], detect_and_pose: DetectAndPose, lift: Lift, sink: Sink, tracker: Tracker,
+              *, batch_frames: int = 8, lift_batch: int = 8,
+              progress: Callable[[int], None] | None = None) -> float:
+    """Every frame through ``detect_and_pose`` (``batch_frames`` at a time) and the tracker into
+    ``sink``; each track lifted once the tracker has let it go (``lift_batch`` tracks a request),
+    the rest when the video ends. Returns the seconds spent lifting."""
+    lift_s = 0.0
+
+    def lift_tracks(tracks: Sequence[TrackDocument]) -> None:
+        nonlocal lift_s
+        for start in range(0, len(tracks), lift_batch):
+            chunk = list(tracks[start : start + lift_batch])
+            started = time.perf_counter()
+            try:
+                done = lift(chunk)
+            except StepFailed as exc:
+                sink.lift_failed(chunk, str(exc))
+                continue
+            finally:
+                lift_s += time.perf_counter() - started
+            sink.lifted(done)
+
+    pending: list[Frame] = []
+
+    def flush() -> None:
+        results = detect_and_pose(pending)
+        for result in results:
+            if result.doc is not None:
+                result.doc.width = result.doc.width or int(result.frame.pixels.shape[1])
+                result.doc.height = result.doc.height or int(result.frame.pixels.shape[0])
+                tracker.update(result.doc)
+        sink.add(results, tracker)
+        if progress:
+            progress(len(pending))
+        pending.clear()
+        lift_tracks(sink.finished_tracks(tracker.live_ids()))
+
+    for frame in frames:
+        pending.append(frame)
+        if len(pending) >= batch_frames:
+            flush()
+    if pending:
+        flush()
+    lift_tracks(sink.finished_tracks(set()))  # the video has ended: every track is finished
+    return lift_s
+
