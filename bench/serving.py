@@ -35,10 +35,10 @@ from posegraph.frame import parse_document
 from posegraph.samples import astronaut_bgr
 from posegraph.serving.archive import ArchiveOptions, build_archive
 from posegraph.embedded import start_stage_server
-from posegraph.stages import STAGES
+from posegraph.names import STAGES as STAGE_ORDER
+from posegraph.stages import STAGE_CLASSES
 from posegraph.zoo import get_model
 
-STAGE_ORDER = ("detect", "pose2d", "lift3d")
 
 
 def percentile(values, q):
@@ -117,7 +117,7 @@ def main() -> None:
     requests = {}
     for stage in STAGE_ORDER:
         settings = profile.stage_settings(stage)
-        stages[stage] = STAGES[stage](settings).load(str(checkpoints / f"{settings.model}.pth"))
+        stages[stage] = STAGE_CLASSES[stage](settings).load(str(checkpoints / f"{settings.model}.pth"))
         requests[stage] = {"instances": [doc]}
         doc = stages[stage].run([parse_document(doc)])[0].to_json()
 

@@ -90,9 +90,9 @@ def main() -> None:
     for frames in (1, 8, 64, 300):
         t = track(frames)
         windowed_ms = median_ms(lambda: lift._infer_tcn([lift.preprocess([t]).sequences[0]]), max(3, args.repeat // 4))
-        saved, lift.window_runner = lift.window_runner, None
+        saved, lift.window_network = lift.window_network, None
         whole_ms = median_ms(lambda: lift._infer_tcn([lift.preprocess([t]).sequences[0]]), max(3, args.repeat // 4))
-        lift.window_runner = saved
+        lift.window_network = saved
         layouts.append((frames, windowed_ms if frames <= lift.WINDOWED_MAX_FRAMES else None, whole_ms))
 
     from posegraph.config import load_profile

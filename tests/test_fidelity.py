@@ -132,17 +132,17 @@ def test_network_equals_mm_network(name, reference_models, checkpoints):
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_onnx_export_equals_torch(name, checkpoints):
     """The served ONNX model computes the torch network's function (dynamic batch/length)."""
-    from posegraph.engine import load_runner
+    from posegraph.engine import load_network
 
     spec = MODELS[name]
     uri = str(checkpoints / f"{name}.pth")
-    onnx_runner = load_runner(spec, uri, backend="onnxruntime")
-    torch_runner = load_runner(spec, uri, backend="torch")
+    onnx_network = load_network(spec, uri, backend="onnxruntime")
+    torch_network = load_network(spec, uri, backend="torch")
     rng = np.random.default_rng(2)
     x = _example_input(name, rng).numpy()
     if spec.family == "videopose3d":
         x = rng.normal(0, 0.5, (2, 300, 17, 2)).astype(np.float32)  # a longer track: 58 output frames
-    for a, b in zip(onnx_runner(x), torch_runner(x)):
+    for a, b in zip(onnx_network(x), torch_network(x)):
         assert a.shape == b.shape
         # float32 kernels differ (fused conv+BN, other summation orders): measured ≤ 4.2e-4 on the
         # deepest network (rtmdet-m, 640²); the end-to-end tests bound what reaches users.

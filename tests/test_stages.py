@@ -60,7 +60,7 @@ def test_each_stage_adds_only_its_own_fields(stages, astronaut):
 
 def test_zero_persons_pass_through_pose2d_and_lift3d(stages, astronaut):
     detect = DetectStage({"model": "rtmdet-nano-person", "score_threshold": 1.0}).load(
-        stages["detect"].runner.source)
+        stages["detect"].network.source)
     doc = detect.run([FrameDocument.from_pixels(astronaut)])[0]
     assert doc.persons == []
     before = doc.to_json()
@@ -177,14 +177,14 @@ def test_short_tracks_windowed_equal_long_layout(stages):
     """Short tracks (and single frames) go window by window through the strided export; the
     dilated export computes the same for them, only slower."""
     lift = stages["lift3d"]
-    assert lift.window_runner is not None
+    assert lift.window_network is not None
     track = _track(5, seed=7)
     windowed = np.asarray([f.keypoints3d for f in lift.run([track.model_copy(deep=True)])[0].frames])
-    saved, lift.window_runner = lift.window_runner, None
+    saved, lift.window_network = lift.window_network, None
     try:
         whole = np.asarray([f.keypoints3d for f in lift.run([track.model_copy(deep=True)])[0].frames])
     finally:
-        lift.window_runner = saved
+        lift.window_network = saved
     assert windowed.shape == (5, 17, 3)
     assert np.abs(windowed - whole).max() < 1e-4
 
@@ -282,10 +282,10 @@ def test_unreadable_checkpoint_uris_fail_clearly(s3_env, checkpoints, monkeypatc
 
 def test_onnx_models_serve_without_torch_or_openmmlab(checkpoints, astronaut, tmp_path):
     """An exported .onnx (what model archives carry) runs with torch and mm* unimportable."""
-    from posegraph.engine import load_runner
+    from posegraph.engine import load_network
     from posegraph.zoo import get_model
 
-    load_runner(get_model("rtmdet-nano-person"), str(checkpoints / "rtmdet-nano-person.pth"))
+    load_network(get_model("rtmdet-nano-person"), str(checkpoints / "rtmdet-nano-person.pth"))
     from posegraph.uri import cache_dir
 
     exported = sorted(cache_dir("onnx").glob("rtmdet-nano-person-*.onnx"))[0]

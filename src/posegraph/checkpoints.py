@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import FetchError, PosegraphError, UsageError
+from .names import STAGES
 from .uri import cache_dir, download, fetch_to_cache
 from .zoo import MODELS, ModelSpec
 
@@ -232,7 +233,7 @@ def ensure_checkpoints(profile, directory: Path) -> None:
     when that fails (offline), randomly initialised, which is said loudly here and on every result."""
     from .zoo import get_model
 
-    for stage in ("detect", "pose2d", "lift3d"):
+    for stage in STAGES:
         settings = profile.stage_settings(stage)
         if settings.checkpoint:
             continue

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import __version__, processes
 from .errors import PosegraphError, UsageError
+from .names import STAGES
 
 log = logging.getLogger("posegraph")
 
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--seed", type=int, default=0)
 
     archive = msub.add_parser("archive", help="build a stage's model archive in KServe's TorchServe layout")
-    archive.add_argument("--stage", required=True, choices=["detect", "pose2d", "lift3d"])
+    archive.add_argument("--stage", required=True, choices=STAGES)
     archive.add_argument("--checkpoint", default=None,
                          help="weights URI (.pth or .onnx); default: <checkpoint dir>/<model>.pth")
     archive.add_argument("--out", type=Path, required=True, help="layout directory (config/ + model-store/)")
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("target", help="s3://bucket/prefix/<stage>/")
 
     serve = sub.add_parser("serve", help="serve one stage archive on 127.0.0.1 (KServe v1 protocol)")
-    serve.add_argument("stage", choices=["detect", "pose2d", "lift3d"])
+    serve.add_argument("stage", choices=STAGES)
     serve.add_argument("--runtime", choices=["torchserve", "kserve"], default="torchserve")
     serve.add_argument("--model-dir", type=Path, required=True, help="archive layout (from `models archive`)")
     serve.add_argument("--port", type=int, default=None, help="HTTP port (default: a free one)")
@@ -226,7 +227,7 @@ def cmd_models(args) -> int:
             from .config import load_profile
 
             profile = load_profile(args.profile)
-            specs = [get_model(profile.stage_settings(s).model) for s in ("detect", "pose2d", "lift3d")]
+            specs = [get_model(profile.stage_settings(s).model) for s in STAGES]
         for spec in specs:
             path = fetch_official(spec, directory)
             print(f"{spec.name}: {path}")

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 from pathlib import Path
@@ -91,10 +90,10 @@ class GraphClient:
                 if path is None or not path.is_file():
                     raise BadInput(f"{image}: no such file")
                 data = path.read_bytes()
-            from .imageio import decode_image
+            from .imageio import decode_image, inline_image
 
             pixels = decode_image(data, what=str(image)[:80] if not isinstance(image, np.ndarray) else "image")
-            ref = ImageRef(data=base64.b64encode(data).decode("ascii"))
+            ref = inline_image(data)
             fields.setdefault("width", int(pixels.shape[1]))
             fields.setdefault("height", int(pixels.shape[0]))
         return self.infer([FrameDocument(image=ref, **fields)])[0]

@@ -67,7 +67,7 @@ def export_spec(spec: ModelSpec, variant: str | None = None) -> ExportSpec:
     raise ValueError(spec.family)
 
 
-class Runner:
+class Network:
     """Calls a network on numpy arrays and returns numpy arrays."""
 
     backend: str
@@ -78,7 +78,7 @@ class Runner:
         raise NotImplementedError
 
 
-class OrtRunner(Runner):
+class OrtNetwork(Network):
     backend = "onnxruntime"
 
     def __init__(self, path: Path, *, device: str, threads: int | None, random_init: bool, source: str) -> None:
@@ -110,7 +110,7 @@ class OrtRunner(Runner):
         return self.session.run(None, feeds)
 
 
-class TorchRunner(Runner):
+class TorchNetwork(Network):
     backend = "torch"
 
     def __init__(self, module, *, device: str, random_init: bool, source: str, threads: int | None) -> None:
@@ -185,7 +185,7 @@ def export_onnx(module, spec: ModelSpec, dest: Path, *, random_init: bool, varia
     return dest
 
 
-def load_runner(
+def load_network(
     spec: ModelSpec,
     checkpoint_uri: str,
     *,
@@ -194,7 +194,7 @@ def load_runner(
     threads: int | None = None,
     variant: str | None = None,
     on_export: Callable[[str], None] | None = None,
-) -> Runner:
+) -> Network:
     """Load ``checkpoint_uri`` (.pth or .onnx) for ``spec`` on ``device`` with ``backend``."""
     if backend not in {"auto", "onnxruntime", "torch"}:
         raise UsageError(f"backend must be auto, onnxruntime or torch, not {backend!r}")
@@ -202,7 +202,7 @@ def load_runner(
     if uri.endswith(".onnx"):
         if backend == "torch":
             raise UsageError(f"{uri} is an ONNX model: use backend onnxruntime")
-        return OrtRunner(fetch_to_cache(uri), device=device, threads=threads, random_init=False, source=uri)
+        return OrtNetwork(fetch_to_cache(uri), device=device, threads=threads, random_init=False, source=uri)
 
     if backend == "auto":
         backend = "onnxruntime"
@@ -214,9 +214,9 @@ def load_runner(
     if backend == "torch":
         ckpt = load_state_dict(uri)
         module = build_torch_module(spec, ckpt.state_dict, **export_spec(spec, variant).arch_overrides)
-        return TorchRunner(module, device=device, random_init=ckpt.random_init, source=uri, threads=threads)
+        return TorchNetwork(module, device=device, random_init=ckpt.random_init, source=uri, threads=threads)
     onnx_path, random_init = exported_onnx(spec, uri, variant=variant, on_export=on_export)
-    return OrtRunner(onnx_path, device=device, threads=threads, random_init=random_init, source=uri)
+    return OrtNetwork(onnx_path, device=device, threads=threads, random_init=random_init, source=uri)
 
 
 def exported_onnx(spec: ModelSpec, checkpoint_uri: str, *, variant: str | None = None,

@@ -96,8 +96,13 @@ def encode_image(pixels: np.ndarray, fmt: str = "jpeg", quality: int = 92) -> by
 
 
 def image_ref(pixels: np.ndarray, fmt: str = "jpeg", quality: int = 92) -> ImageRef:
-    """Pixels inlined in a frame document (base64), the one way every caller encodes them."""
-    return ImageRef(data=base64.b64encode(encode_image(pixels, fmt, quality)).decode("ascii"), format=fmt)
+    """Pixels encoded and inlined in a frame document."""
+    return inline_image(encode_image(pixels, fmt, quality), fmt)
+
+
+def inline_image(data: bytes, fmt: str | None = None) -> ImageRef:
+    """Encoded image bytes inlined in a frame document (base64): the one way every caller does it."""
+    return ImageRef(data=base64.b64encode(data).decode("ascii"), format=fmt)
 
 
 def network_input(pixels: np.ndarray, params: dict) -> np.ndarray:

@@ -20,7 +20,8 @@ from .errors import BadInput
 from .frame import FrameDocument, ImageRef
 from .imageio import decode_image
 from .render import draw_overlay, plot_3d, poses_for_plot
-from .stages import STAGE_ORDER, STAGES, Stage
+from .names import STAGES
+from .stages import STAGE_CLASSES, Stage
 from .tracking import Tracker
 from .uri import fetch_to_cache
 from .video import VideoReader, VideoWriter, is_image_file
@@ -34,7 +35,7 @@ class Pipeline:
         self.profile = profile or load_profile("cpu")
         self.checkpoint_dir = checkpoint_dir
         self.stages: dict[str, Stage] = {
-            name: STAGES[name](self.profile.stage_settings(name)) for name in STAGE_ORDER
+            name: STAGE_CLASSES[name](self.profile.stage_settings(name)) for name in STAGES
         }
 
     def load(self) -> "Pipeline":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import urllib.error
@@ -27,6 +28,16 @@ def cache_dir(*parts: str) -> Path:
     path = root.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+# A video a PoseJob or the UI may name: an object in S3 or an HTTP(S) URL (a pod has no local files
+# to offer; S3 bucket names are 3–63 characters of a-z, 0-9, '.' and '-').
+_REMOTE_VIDEO = re.compile(r"^(s3://[a-z0-9.\-]{3,63}/.+|https?://\S+)$")
+
+
+def is_remote_video_uri(uri: str) -> bool:
+    """The one check of where a video job may read from (PoseJob spec, UI form, UI launcher)."""
+    return bool(_REMOTE_VIDEO.match(uri or ""))
 
 
 def scheme_of(uri: str) -> str:

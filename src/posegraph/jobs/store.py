@@ -22,12 +22,12 @@ import threading
 import urllib.parse
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import PosegraphError, UsageError
 from ..frame import FrameDocument, ImageRef
+from ..names import utc_now
 
 SCHEMA = [
     # version 1
@@ -125,10 +125,6 @@ SQLITE = Dialect("sqlite", "?", "TEXT", "?", "REAL", "TEXT")
 POSTGRES = Dialect("postgresql", "%s", "JSONB", "%s::jsonb", "DOUBLE PRECISION", "TIMESTAMPTZ")
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
 def _dump(value: Any) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"))
 
@@ -221,7 +217,7 @@ class ResultsStore:
                     if statement.strip():
                         cur.execute(statement)
                 self._exec(cur, "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
-                           (version, _now()))
+                           (version, utc_now()))
                 applied.append(version)
         return applied
 
@@ -231,7 +227,7 @@ class ResultsStore:
         with self.transaction() as cur:
             row = self._job(cur, job_id)
             if row is None:
-                now = _now()
+                now = utc_now()
                 self._exec(cur, "INSERT INTO jobs (job_id, video_uri, status, params, created_at, updated_at) "
                                 "VALUES (?, ?, 'queued', {j}, ?, ?)", (job_id, video_uri, _dump(params), now, now))
                 row = self._job(cur, job_id)
@@ -255,7 +251,7 @@ class ResultsStore:
         sets = ", ".join(f"{k} = {{j}}" if k in json_fields else f"{k} = ?" for k in fields)
         values = [(_dump(v) if k in json_fields else v) for k, v in fields.items()]
         with self.transaction() as cur:
-            self._exec(cur, f"UPDATE jobs SET {sets}, updated_at = ? WHERE job_id = ?", (*values, _now(), job_id))
+            self._exec(cur, f"UPDATE jobs SET {sets}, updated_at = ? WHERE job_id = ?", (*values, utc_now(), job_id))
 
     # -- frames ----------------------------------------------------------------------------------------
     def commit_batch(self, job_id: str, frames: list[FrameRow], persons: list[PersonRow],
@@ -289,7 +285,7 @@ class ResultsStore:
                     persons = (SELECT COUNT(*) FROM persons WHERE job_id = ?),
                     tracks = (SELECT COUNT(*) FROM tracks WHERE job_id = ?),
                     last_frame = ?, tracker_state = {j}, updated_at = ?
-                WHERE job_id = ?""", (job_id, job_id, job_id, job_id, last_frame, _dump(tracker_state), _now(), job_id))
+                WHERE job_id = ?""", (job_id, job_id, job_id, job_id, last_frame, _dump(tracker_state), utc_now(), job_id))
 
     def unlifted_tracks(self, job_id: str, ended_before: int | None = None) -> list[int]:
         """Tracks not lifted yet; with ``ended_before``, only those whose last frame is earlier."""

@@ -31,7 +31,8 @@ import yaml
 
 from .. import __version__
 from ..errors import PosegraphError, UsageError
-from ..stages import STAGES, StageSettings
+from ..names import STAGES
+from ..stages import STAGE_CLASSES, StageSettings
 
 ARCHIVE_FORMAT = "posegraph/archive/v1"
 HANDLER_SOURCE = '''"""TorchServe entry point of a posegraph stage archive: all logic lives in the posegraph package."""
@@ -147,10 +148,10 @@ def build_archive(stage: str, checkpoint_uri: str, out_dir: Path, *, settings: S
     from ..engine import exported_onnx
     from ..uri import file_sha256, local_path
 
-    if stage not in STAGES:
+    if stage not in STAGE_CLASSES:
         raise UsageError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
     options = options or ArchiveOptions()
-    stage_obj = STAGES[stage](settings)
+    stage_obj = STAGE_CLASSES[stage](settings)
     spec = stage_obj.spec
     model_name = options.model_name or stage
     if not model_name.replace("-", "").isalnum():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from ..stages import STAGES, Stage
+from ..stages import STAGE_CLASSES, Stage
 from .archive import UnpackedArchive
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ def pick_device(gpu_id: int | None = None) -> str:
 
 def load_stage(archive: UnpackedArchive, device: str = "cpu") -> Stage:
     threads = os.environ.get("POSEGRAPH_THREADS")
-    stage = STAGES[archive.stage](archive.settings())
+    stage = STAGE_CLASSES[archive.stage](archive.settings())
     stage.load(str(archive.model_path), device, backend="onnxruntime", threads=int(threads) if threads else None)
     log.info("serving %s (%s) as %r on %s", archive.stage, stage.spec.name, archive.model_name, device)
     return stage

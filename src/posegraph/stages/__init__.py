@@ -7,16 +7,15 @@ from .detect import DetectSettings, DetectStage
 from .lift3d import Lift3dSettings, Lift3dStage
 from .pose2d import Pose2dSettings, Pose2dStage
 
-STAGES: dict[str, type[Stage]] = {
+# A stage's name (posegraph.names.STAGES, in graph order) → its class.
+STAGE_CLASSES: dict[str, type[Stage]] = {
     "detect": DetectStage,
     "pose2d": Pose2dStage,
     "lift3d": Lift3dStage,
 }
-STAGE_ORDER = ("detect", "pose2d", "lift3d")
 
 __all__ = [
-    "STAGES",
-    "STAGE_ORDER",
+    "STAGE_CLASSES",
     "Stage",
     "StageSettings",
     "DetectStage",

@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from ..checkpoints import warn_random_weights
-from ..engine import Runner, load_runner
+from ..engine import Network, load_network
 from ..errors import PosegraphError
 from ..frame import FrameDocument, StageRecord
 from ..zoo import ModelSpec, get_model
@@ -40,7 +40,7 @@ class Stage:
         self.spec: ModelSpec = get_model(settings.model)
         if self.spec.stage != self.name:
             raise PosegraphError(f"{settings.model} is a {self.spec.stage} model, not a {self.name} model")
-        self.runner: Runner | None = None
+        self.network: Network | None = None
 
     # -- loading ---------------------------------------------------------------------------------
     def load(self, checkpoint_uri: str | None = None, device: str = "cpu", *, backend: str = "auto",
@@ -48,9 +48,9 @@ class Stage:
         uri = checkpoint_uri or self.settings.checkpoint
         if not uri:
             raise PosegraphError(f"{self.name}: no checkpoint given for {self.spec.name}")
-        self.runner = load_runner(self.spec, uri, device=device, backend=backend, threads=threads)
+        self.network = load_network(self.spec, uri, device=device, backend=backend, threads=threads)
         self._load_extra(uri, device=device, backend=backend, threads=threads)
-        if self.runner.random_init:
+        if self.network.random_init:
             warn_random_weights(self.spec.name, uri)
         return self
 
@@ -59,16 +59,16 @@ class Stage:
 
     @property
     def random_weights(self) -> bool:
-        return bool(self.runner and self.runner.random_init)
+        return bool(self.network and self.network.random_init)
 
-    def _run_network(self, *inputs: np.ndarray, runner: Runner | None = None) -> list[np.ndarray]:
+    def _run_network(self, *inputs: np.ndarray, network: Network | None = None) -> list[np.ndarray]:
         """Call the network in chunks of ``batch_size`` along the first axis and concatenate."""
-        runner = runner or self.runner
-        if runner is None:
+        network = network or self.network
+        if network is None:
             raise PosegraphError(f"{self.name}: call load() before running the stage")
         n = inputs[0].shape[0]
         step = max(1, self.settings.batch_size)
-        chunks = [runner(*(x[i : i + step] for x in inputs)) for i in range(0, n, step)]
+        chunks = [network(*(x[i : i + step] for x in inputs)) for i in range(0, n, step)]
         return [np.concatenate(parts, axis=0) for parts in zip(*chunks)]
 
     # -- the three steps ---------------------------------------------------------------------------

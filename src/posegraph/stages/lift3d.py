@@ -59,7 +59,7 @@ class Lift3dStage(Stage):
         self.flip_indices = np.asarray(p["flip_indices"])
         flip = self.settings.flip_test
         self.flip_test = p.get("flip_test", False) if flip is None else flip
-        self.window_runner = None
+        self.window_network = None
 
     def accepts(self, doc) -> bool:
         return isinstance(doc, (FrameDocument, TrackDocument))
@@ -67,7 +67,7 @@ class Lift3dStage(Stage):
     def _load_extra(self, uri: str, **kwargs) -> None:
         if self.spec.family != "videopose3d":
             return
-        from ..engine import load_runner
+        from ..engine import load_network
 
         if uri.endswith(".onnx"):
             # An archive may carry the window layout beside the sequence one; without it,
@@ -79,7 +79,7 @@ class Lift3dStage(Stage):
             if path is None or not path.is_file():
                 return
             uri = window
-        self.window_runner = load_runner(self.spec, uri, variant="window", **kwargs)
+        self.window_network = load_network(self.spec, uri, variant="window", **kwargs)
 
     # -- preprocessing ---------------------------------------------------------------------------
     def normalise(self, keypoints2d: np.ndarray, boxes: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -142,14 +142,14 @@ class Lift3dStage(Stage):
         windows, owners = [], []
         for i, seq in enumerate(sequences):
             padded = np.concatenate([np.repeat(seq[:1], half, 0), seq, np.repeat(seq[-1:], half, 0)])
-            if self.window_runner is not None and len(seq) <= self.WINDOWED_MAX_FRAMES:
+            if self.window_network is not None and len(seq) <= self.WINDOWED_MAX_FRAMES:
                 windows.extend(padded[t : t + self.seq_len] for t in range(len(seq)))
                 owners.append((i, len(seq)))
             else:
                 (out,) = self._run_network(padded[None])
                 outputs[i] = out[0]
         if windows:
-            (out,) = self._run_network(np.stack(windows), runner=self.window_runner)  # (W, 1, 17, 3)
+            (out,) = self._run_network(np.stack(windows), network=self.window_network)  # (W, 1, 17, 3)
             start = 0
             for i, n in owners:
                 outputs[i] = out[start : start + n, 0]

@@ -37,13 +37,12 @@ from ..jobs.store import ResultsStore, open_store
 from ..keypoints import COCO_LEFT, COCO_SKELETON, H36M_LEFT, H36M_SKELETON
 from ..motion import export
 from ..names import FAILED, QUEUED, RUNNING
-from ..uri import fetch_to_cache
+from ..uri import fetch_to_cache, is_remote_video_uri
 from ..video import VideoReader, sniff_container
 from .launchers import JobRequest, KubernetesLauncher, LocalLauncher
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
-VIDEO_URI = re.compile(r"^(s3://[a-z0-9.\-]{3,63}/.+|https?://[^\s]+)$")
 
 
 @dataclass
@@ -246,7 +245,7 @@ async def create_job(request: Request) -> Response:
             path = None
             video_ref = str(video)
         else:
-            if not VIDEO_URI.match(uri):
+            if not is_remote_video_uri(uri):
                 raise ClientError(400, f"{uri!r}: give an s3://bucket/key or https:// URI")
             video_ref = uri
     finally:

@@ -22,6 +22,7 @@ from typing import Any
 
 from .. import processes
 from ..names import API_GROUP, API_GROUP_VERSION, API_VERSION, POSEJOBS, posejob_store_id
+from ..uri import is_remote_video_uri
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ class KubernetesLauncher:
         return job_id.removeprefix(f"{self.namespace}-")
 
     def video_uri(self, request: JobRequest) -> str:
-        if request.video.startswith(("s3://", "https://", "http://")):
+        if is_remote_video_uri(request.video):
             return request.video
         name = Path(request.filename or request.video).name or "video"
         return f"{self.upload_prefix}{request.job_id}/{name}"
