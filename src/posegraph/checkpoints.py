@@ -18,7 +18,7 @@ from pathlib import Path
 from .errors import FetchError, PosegraphError, UsageError
 from .names import STAGES
 from .uri import cache_dir, download, fetch_to_cache
-from .zoo import MODELS, ModelSpec
+from .zoo import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -218,14 +218,6 @@ def resolve_checkpoint(model: str, explicit: str | None, directory: Path | None)
             f"internet) or `posegraph models init --random {directory}` (random weights, offline)"
         )
     return str(path)
-
-
-def models_for(names: list[str] | None) -> list[ModelSpec]:
-    if not names:
-        return list(MODELS.values())
-    from .zoo import get_model
-
-    return [get_model(n) for n in names]
 
 
 def ensure_checkpoints(profile, directory: Path) -> None:

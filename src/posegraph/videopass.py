@@ -177,7 +177,6 @@ class MemorySink:
         self.failed: list[FrameResult] = []
         self.on_frame = on_frame
         self._lifted: set[int] = set()
-        self._lift_ms = 0.0
         self.random_weights = False
 
     def add(self, results: list[FrameResult], tracker: Tracker) -> None:

@@ -287,15 +287,11 @@ class ResultsStore:
                     last_frame = ?, tracker_state = {j}, updated_at = ?
                 WHERE job_id = ?""", (job_id, job_id, job_id, job_id, last_frame, _dump(tracker_state), utc_now(), job_id))
 
-    def unlifted_tracks(self, job_id: str, ended_before: int | None = None) -> list[int]:
-        """Tracks not lifted yet; with ``ended_before``, only those whose last frame is earlier."""
+    def unlifted_tracks(self, job_id: str) -> list[int]:
+        """Tracks not lifted yet (a failed one stays here, with its error)."""
         with self.transaction() as cur:
-            if ended_before is None:
-                rows = self._exec(cur, "SELECT track_id FROM tracks WHERE job_id = ? AND NOT lifted ORDER BY track_id",
-                                  (job_id,)).fetchall()
-            else:
-                rows = self._exec(cur, "SELECT track_id FROM tracks WHERE job_id = ? AND NOT lifted AND last_frame < ? "
-                                       "ORDER BY track_id", (job_id, ended_before)).fetchall()
+            rows = self._exec(cur, "SELECT track_id FROM tracks WHERE job_id = ? AND NOT lifted ORDER BY track_id",
+                              (job_id,)).fetchall()
         return [r[0] for r in rows]
 
     def track_frames(self, job_id: str, track_id: int) -> list[dict[str, Any]]:
