@@ -51,20 +51,43 @@ class LoadedCheckpoint:
     local_path: Path
 
 
+# Unpickling a checkpoint can run any code its author put in it. Checkpoints are data here: only
+# PyTorch's weights_only loader, which builds tensors, containers and the numpy values below and
+# refuses every other global. mmengine's checkpoints keep numpy arrays and scalars in "meta".
+UNSAFE_ENV = "POSEGRAPH_UNSAFE_UNPICKLE"
+
+
+def _numpy_globals() -> list:
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    found = [core.multiarray._reconstruct, core.multiarray.scalar, np.ndarray, np.dtype]
+    found += [type(np.dtype(t)) for t in ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "?")]
+    return found
+
+
+def _unpickle(path: Path, uri: str, torch):
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as safe_exc:  # noqa: BLE001 - said below, in one line
+        if os.environ.get(UNSAFE_ENV) != "1":
+            raise PosegraphError(
+                f"{uri}: not loadable as data (weights_only=True: {str(safe_exc).splitlines()[0][:300]}). "
+                f"posegraph does not unpickle code from checkpoints; if you trust this file and its source, "
+                f"{UNSAFE_ENV}=1 loads it with full unpickling, which runs whatever code it holds") from None
+    log.warning("%s=1: fully unpickling %s, which can run any code it contains; do this only for files "
+                "you trust", UNSAFE_ENV, uri)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise PosegraphError(f"{uri}: not a PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
+
+
 def load_state_dict(uri: str) -> LoadedCheckpoint:
     torch = require_torch()
     path = fetch_to_cache(str(uri))
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as safe_exc:
-        # Official mmengine checkpoints may pickle numpy/mmengine objects in "meta";
-        # those need full unpickling. Only allow it where the user asked for it.
-        if os.environ.get("POSEGRAPH_TRUST_CHECKPOINTS", "1") != "1":
-            raise PosegraphError(f"{uri}: not loadable with weights_only=True ({safe_exc})") from None
-        try:
-            raw = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise PosegraphError(f"{uri}: not a PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
+    raw = _unpickle(path, str(uri), torch)
     if not isinstance(raw, dict):
         raise PosegraphError(f"{uri}: not an mmengine checkpoint (top level is {type(raw).__name__})")
     state = raw.get("state_dict", raw)
