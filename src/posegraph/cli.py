@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import __version__, processes
 from .errors import PosegraphError, UsageError
-from .names import STAGES
+from .names import RUNTIMES, STAGES
 
 log = logging.getLogger("posegraph")
 
@@ -81,10 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="serve one stage archive on 127.0.0.1 (KServe v1 protocol)")
     serve.add_argument("stage", choices=STAGES)
-    serve.add_argument("--runtime", choices=["torchserve", "kserve"], default="torchserve")
+    serve.add_argument("--runtime", choices=RUNTIMES, default="torchserve")
     serve.add_argument("--model-dir", type=Path, required=True, help="archive layout (from `models archive`)")
     serve.add_argument("--port", type=int, default=None, help="HTTP port (default: a free one)")
     serve.add_argument("--metrics-port", type=int, default=None, help="TorchServe metrics port")
+    serve.add_argument("--fetch-allow", default=None, metavar="SOURCES",
+                       help="sources a request's image.uri may name: s3://bucket/prefix/, https://host, file:///dir "
+                         "(comma-separated; default $POSEGRAPH_FETCH_ALLOW, else inline image data only)")
 
     graph = sub.add_parser("graph", help="the KServe objects of a pipeline spec")
     gsub = graph.add_subparsers(dest="graph_command", required=True, metavar="ACTION")
@@ -94,13 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run the graph on this machine: three stage servers and the router")
     up.add_argument("spec", type=Path, nargs="?", default=None,
                     help="a PosePipeline YAML; without it, the embedded default from the profile's checkpoints")
-    up.add_argument("--runtime", choices=["torchserve", "kserve"], default=None,
+    up.add_argument("--runtime", choices=RUNTIMES, default=None,
                     help="stage server runtime (default: the spec's; without a spec kserve, which measured "
                          "1.12× in-process latency against TorchServe's 1.33×, see docs/graph.md)")
     up.add_argument("--port", type=int, default=8090, help="router port on 127.0.0.1 (default 8090)")
     up.add_argument("--router", choices=["posegraph", "kserve"], default="posegraph",
                     help="the graph router: posegraph's (metrics, errors that name the step) or KServe's own "
                          "binary, as a cluster runs it (built by scripts/control-plane.sh build-router)")
+    up.add_argument("--fetch-allow", default=None, metavar="SOURCES",
+                    help="sources a request's image.uri may name: s3://bucket/prefix/, https://host, file:///dir "
+                         "(comma-separated; default $POSEGRAPH_FETCH_ALLOW, else inline image data only)")
     _profile_args(up)
 
     call = sub.add_parser("call", help="send an image through a graph endpoint and print the frame document")
@@ -165,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--password-file", default=None,
                     help="HTTP Basic auth password, user 'posegraph' (default: $POSEGRAPH_UI_PASSWORD; none: off)")
     ui.add_argument("--no-auth", action="store_true", help="allow a non-loopback --host without a password")
+    ui.add_argument("--fetch-allow", default=None, metavar="SOURCES",
+                    help="video URIs users may give: s3://bucket/prefix/, https://host (comma-separated; default "
+                         "$POSEGRAPH_FETCH_ALLOW, else uploads only)")
     ui.add_argument("--kubernetes-namespace", default=None,
                     help="cluster mode: videos become PoseJobs in this namespace (kubeconfig or in-cluster)")
     ui.add_argument("--pipeline", default="demo", help="cluster mode: the PosePipeline PoseJobs use")
@@ -263,12 +272,22 @@ def cmd_archive(args) -> int:
     return 0
 
 
+def _fetch_env(allow: str | None) -> dict[str, str] | None:
+    """The stage servers' environment for --fetch-allow, checked here so a typo fails at once."""
+    if allow is None:
+        return None
+    from .fetchpolicy import ENV, FetchPolicy
+
+    FetchPolicy.parse(allow, origin="--fetch-allow")
+    return {ENV: allow}
+
+
 def cmd_serve(args) -> int:
     from .embedded import start_stage_server
 
     processes.exit_on_sigterm()  # the child server stops too
     server = start_stage_server(args.stage, args.model_dir, runtime=args.runtime, port=args.port,
-                                metrics_port=args.metrics_port)
+                                metrics_port=args.metrics_port, env=_fetch_env(args.fetch_allow))
     try:
         server.wait_ready()
         print(f"{args.stage} ({args.runtime}) ready: POST {server.predict_url}")
@@ -315,7 +334,8 @@ def cmd_up(args) -> int:
     router_name = {"posegraph": "posegraph's graph router", "kserve": "KServe's InferenceGraph router"}[args.router]
     print(f"starting {', '.join(layouts)} ({args.runtime or pipeline.spec.runtime} runtime) and {router_name} …",
           flush=True)
-    graph = start_local_graph(pipeline, layouts, port=args.port, runtime=args.runtime, router=args.router)
+    graph = start_local_graph(pipeline, layouts, port=args.port, runtime=args.runtime, router=args.router,
+                              env=_fetch_env(args.fetch_allow))
     try:
         print(f"graph ready: POST {graph.endpoint}  (KServe v1: {{\"instances\": [frame documents]}})")
         for stage, server in graph.servers.items():

@@ -20,6 +20,7 @@ class BadInput(PosegraphError):
     """The input (image, video, document) cannot be processed."""
 
     exit_code = 3
+    http_status = 400  # what a server answers (a subclass may say more precisely, e.g. 403)
 
 
 class MissingInput(BadInput):

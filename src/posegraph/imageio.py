@@ -60,8 +60,9 @@ def decode_base64_image(text: str, *, what: str = "image.data") -> np.ndarray:
     return decode_image(data, what=what)
 
 
-def pixels_of(doc: FrameDocument, *, stage: str, allow_uri: bool = True) -> np.ndarray:
-    """The document's BGR pixels, decoding them once per document."""
+def pixels_of(doc: FrameDocument, *, stage: str) -> np.ndarray:
+    """The document's BGR pixels, decoding them once per document. An ``image.uri`` is read only
+    if this process's fetch policy allows it (posegraph.fetchpolicy: inline data only when served)."""
     if doc._pixels is not None:
         return doc._pixels
     image: ImageRef | None = doc.image
@@ -70,12 +71,13 @@ def pixels_of(doc: FrameDocument, *, stage: str, allow_uri: bool = True) -> np.n
     if image.data is not None:
         pixels = decode_base64_image(image.data)
     else:
-        if not allow_uri:
-            raise BadInput(f"{stage}: image.uri is not accepted here; send the image inline as base64 'data'")
+        from . import fetchpolicy
         from .uri import read_bytes
 
         try:
-            data = read_bytes(image.uri, max_bytes=MAX_IMAGE_BYTES)
+            data = read_bytes(image.uri, max_bytes=MAX_IMAGE_BYTES, policy=fetchpolicy.current())
+        except fetchpolicy.FetchRefused as exc:
+            raise fetchpolicy.FetchRefused(f"{stage}: {exc}") from None
         except FetchError as exc:
             raise BadInput(f"{stage}: {exc}") from None
         pixels = decode_image(data, what=f"image at {image.uri}")

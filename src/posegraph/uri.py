@@ -18,7 +18,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from .errors import FetchError
+from .errors import BadInput, FetchError
 
 HTTP_TIMEOUT_S = float(os.environ.get("POSEGRAPH_HTTP_TIMEOUT", "30"))
 
@@ -109,7 +109,20 @@ def download(uri: str, dest: Path, *, progress: bool = False) -> Path:
     return dest
 
 
-def _copy_to(uri: str, out, *, progress: bool) -> None:
+def _opener(policy):
+    """urllib's opener, with every redirect target checked by ``policy`` before it is followed."""
+    if policy is None:
+        return urllib.request.build_opener()
+
+    class Checked(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req, fp, code, msg, headers, newurl):
+            policy.check_redirect(newurl)
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    return urllib.request.build_opener(Checked)
+
+
+def _copy_to(uri: str, out, *, progress: bool, policy=None) -> None:
     scheme = scheme_of(uri)
     try:
         if scheme in {"", "file"}:
@@ -123,7 +136,7 @@ def _copy_to(uri: str, out, *, progress: bool) -> None:
             s3_client().download_fileobj(bucket, key, out)
         else:
             request = urllib.request.Request(uri, headers={"User-Agent": "posegraph"})
-            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
+            with _opener(policy).open(request, timeout=HTTP_TIMEOUT_S) as response:
                 total = int(response.headers.get("Content-Length") or 0) or None
                 bar = _bar(total, Path(urllib.parse.urlparse(uri).path).name) if progress else None
                 while chunk := response.read(1 << 20):
@@ -132,7 +145,7 @@ def _copy_to(uri: str, out, *, progress: bool) -> None:
                         bar.update(len(chunk))
                 if bar is not None:
                     bar.close()
-    except FetchError:
+    except (FetchError, BadInput):
         raise
     except Exception as exc:
         raise FetchError(f"cannot read {uri}: {_describe(exc)}") from exc
@@ -144,7 +157,11 @@ def _bar(total, name):
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name, leave=False)
 
 
-def read_bytes(uri: str, *, max_bytes: int | None = None) -> bytes:
+def read_bytes(uri: str, *, max_bytes: int | None = None, policy=None) -> bytes:
+    """The bytes at ``uri``. With a ``policy`` (posegraph.fetchpolicy), ``uri`` and every redirect
+    are checked before anything is read."""
+    if policy is not None:
+        policy.check(uri)
     scheme = scheme_of(uri)
     if scheme in {"", "file"}:
         path = local_path(uri)
@@ -154,7 +171,7 @@ def read_bytes(uri: str, *, max_bytes: int | None = None) -> bytes:
             raise FetchError(f"{uri}: larger than the {max_bytes} byte limit")
         return path.read_bytes()
     with tempfile.TemporaryFile() as tmp:
-        _copy_to(uri, tmp, progress=False)
+        _copy_to(uri, tmp, progress=False, policy=policy)
         if max_bytes is not None and tmp.tell() > max_bytes:
             raise FetchError(f"{uri}: larger than the {max_bytes} byte limit")
         tmp.seek(0)

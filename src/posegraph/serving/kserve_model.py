@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 class HTTPError(Exception):
-    """An answer with a status KServe has no exception for (401, 413)."""
+    """An answer with a status KServe has no exception for (401, 403, 413)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -63,8 +63,8 @@ class StageModel(kserve.Model):
         outcomes, report = answer_batch(self.stage.run, bodies)
         self.metrics.observe(report, [o.status for o in outcomes])
         outcome = outcomes[0]
-        if outcome.status == 413:
-            raise HTTPError(413, outcome.body["error"])
+        if outcome.status in (403, 413):
+            raise HTTPError(outcome.status, outcome.body["error"])
         if 400 <= outcome.status < 500:
             raise InvalidInput(outcome.body["error"])
         if outcome.status != 200:

@@ -69,7 +69,7 @@ def status_of(exc: BaseException) -> int:
     if isinstance(exc, ProtocolError):
         return exc.status
     if isinstance(exc, BadInput):
-        return 400
+        return exc.http_status  # 400, or a subclass's own (403: a URI outside the fetch policy)
     if isinstance(exc, PosegraphError):
         return 500
     return 500

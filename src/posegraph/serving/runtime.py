@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
+from .. import fetchpolicy
 from ..stages import STAGE_CLASSES, Stage
 from .archive import UnpackedArchive
 
@@ -25,6 +26,11 @@ def pick_device(gpu_id: int | None = None) -> str:
 
 
 def load_stage(archive: UnpackedArchive, device: str = "cpu") -> Stage:
+    """The archive's stage, loaded, in a process whose fetch policy is a served one: requests'
+    ``image.uri`` are refused unless the deployment allows their source ($POSEGRAPH_FETCH_ALLOW,
+    set from the PosePipeline's ``fetchAllow`` by the operator)."""
+    policy = fetchpolicy.install(fetchpolicy.FetchPolicy.served())
+    log.info("fetch policy: %s", policy.describe())
     threads = os.environ.get("POSEGRAPH_THREADS")
     stage = STAGE_CLASSES[archive.stage](archive.settings())
     stage.load(str(archive.model_path), device, backend="onnxruntime", threads=int(threads) if threads else None)

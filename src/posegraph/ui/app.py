@@ -16,7 +16,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..client import GraphClient, GraphError
 from ..errors import BadInput, PosegraphError, UsageError
+from ..fetchpolicy import FetchPolicy, FetchRefused
 from ..frame import COCO17, H36M17, FrameDocument
 from ..imageio import decode_image, image_ref
 from ..jobs.store import ResultsStore, open_store
@@ -54,6 +55,7 @@ class UISettings:
     max_upload_bytes: int = 200 * 1024 * 1024
     password: str | None = None                  # HTTP Basic auth (user "posegraph"); None: off
     graph_token: str | None = None
+    fetch_policy: FetchPolicy = field(default_factory=FetchPolicy.served)  # which video URIs a user may name
 
 
 @dataclass
@@ -67,6 +69,7 @@ class UIState:
     uploads: Path                                # uploaded videos, one folder per job (local mode)
     tmp: Path                                    # uploads spooled here while they are checked
     max_upload_bytes: int
+    fetch_policy: FetchPolicy
 
 
 def _ui(request: Request) -> UIState:
@@ -247,6 +250,10 @@ async def create_job(request: Request) -> Response:
         else:
             if not is_remote_video_uri(uri):
                 raise ClientError(400, f"{uri!r}: give an s3://bucket/key or https:// URI")
+            try:  # before the UI, a runner or a pod reads anything from it
+                ui.fetch_policy.check(uri, what="video", instead="Upload the file instead")
+            except FetchRefused as exc:
+                raise ClientError(403, str(exc)) from None
             video_ref = uri
     finally:
         if path is not None:
@@ -432,7 +439,7 @@ def create_app(settings: UISettings) -> Starlette:
     store.migrate()
     state = UIState(store=store, launcher=settings.launcher, graph=settings.graph, graph_token=settings.graph_token,
                     uploads=settings.data_dir / "uploads", tmp=settings.data_dir / "tmp",
-                    max_upload_bytes=settings.max_upload_bytes)
+                    max_upload_bytes=settings.max_upload_bytes, fetch_policy=settings.fetch_policy)
 
     app = Starlette(routes=ROUTES, exception_handlers={ClientError: client_error},
                     middleware=[Middleware(BasicAuth, password=settings.password)], lifespan=_lifespan,

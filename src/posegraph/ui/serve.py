@@ -9,6 +9,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from .. import processes
+from ..fetchpolicy import FetchPolicy
 from ..errors import UsageError
 
 
@@ -56,7 +57,8 @@ def run_ui(args) -> int:
                                      token=os.environ.get("POSEGRAPH_AUTH_TOKEN"))
         settings = UISettings(graph=graph, results=results, launcher=launcher, data_dir=data,
                               max_upload_bytes=int(args.max_upload_mb * 1e6), password=password,
-                              graph_token=os.environ.get("POSEGRAPH_AUTH_TOKEN"))
+                              graph_token=os.environ.get("POSEGRAPH_AUTH_TOKEN"),
+                              fetch_policy=FetchPolicy.served(args.fetch_allow))
         app = create_app(settings)
         print(f"posegraph UI: http://{args.host}:{args.port}/   (graph {graph}; results {_redact(results)})",
               flush=True)
