@@ -2,7 +2,7 @@
 VENV ?= .venv
 PYTEST_ARGS ?=
 
-.PHONY: demo test bootstrap-run bootstrap-test clean
+.PHONY: demo test generate bootstrap-run bootstrap-test clean
 
 # Main job on the embedded default: a bundled photo and a clip made from it, end to end.
 demo: bootstrap-run
@@ -11,6 +11,11 @@ demo: bootstrap-run
 # The test suite (what CI runs through .ci/run).
 test: bootstrap-test
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The files generated from the code (CRDs, RBAC, JSON Schemas); tests/test_generated.py fails when
+# one is stale.
+generate:
+	$(VENV)/bin/python -m posegraph.generate
 
 bootstrap-run:
 	@scripts/bootstrap.sh run

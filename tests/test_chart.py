@@ -116,11 +116,6 @@ def test_servingruntimes_can_be_namespaced():
         validate(runtime)
 
 
-def test_chart_crds_are_the_operator_crds():
-    for crd in (REPO / "operators" / "crds").glob("*.yaml"):
-        assert (CHART / "crds" / crd.name).read_text() == crd.read_text(), f"charts/posegraph/crds/{crd.name} is stale"
-
-
 def test_the_gpu_stages_get_the_cuda_runtime_and_a_gpu(tmp_path):
     pipeline = by_kind(render("eks"), "PosePipeline")[0]
     from posegraph.operator.resources import pipeline_children

@@ -78,6 +78,26 @@ def test_crd_schema_and_the_spec_model_agree():
                  str(CRDS / "posepipelines.posegraph.io.yaml"), "v1alpha1")
 
 
+@pytest.mark.parametrize("change,message", [
+    ({"video": "file:///home/me/walk.mp4"},
+     "spec.video 'file:///home/me/walk.mp4': a PoseJob reads videos from s3:// or https:// URIs"),
+    ({"output": {"prefix": "/tmp/out/"}}, "spec.output.prefix '/tmp/out/': outputs go to an s3:// prefix"),
+    ({"pipelineRef": None}, "spec.pipelineRef:"),
+    ({"options": {"stride": 0}}, "spec.options.stride:"),
+    ({"options": {"videoFormat": "avi"}}, "spec.options.videoFormat:"),
+    ({"vidio": "s3://b/walk.mp4"}, "spec.vidio:"),  # a typo is an error, not a field the API server drops
+])
+def test_posejob_specs_are_checked_by_their_model(change, message):
+    """posegraph.jobspec validates PoseJobs (and the CRD is generated from it): the first problem, named."""
+    from posegraph.operator.resources import InvalidPoseJob, validate_posejob
+
+    spec = {**load(EXAMPLES / "posejob.yaml")["spec"], **change}
+    spec = {k: v for k, v in spec.items() if v is not None}
+    with pytest.raises(InvalidPoseJob) as raised:
+        validate_posejob(spec)
+    assert str(raised.value).startswith(message), str(raised.value)
+
+
 def test_job_manifest_is_a_valid_batch_job_with_the_password_from_the_secret(tmp_path):
     from posegraph.operator.resources import posejob_job
 

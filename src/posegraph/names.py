@@ -69,3 +69,9 @@ POSEPIPELINE_PENDING, POSEPIPELINE_READY, POSEPIPELINE_DEGRADED, POSEPIPELINE_IN
 def utc_now() -> str:
     """A time stamp as the store, the operator and the runner write it (UTC, milliseconds)."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+# Largest request body a stage server or posegraph's graph router reads (POSEGRAPH_MAX_REQUEST_BYTES
+# overrides it): a 4K JPEG frame document is ~2 MB of base64; TorchServe's own default is 6.5 MB.
+# Here, not in serving.protocol, because the router (posegraph.graph) may not import serving.
+MAX_REQUEST_BYTES_DEFAULT = 32 << 20

@@ -1,4 +1,4 @@
-"""PosePipeline → KServe objects, built with the KServe SDK types.
+"""PosePipeline → KServe objects, as plain manifests (camelCase dicts).
 
 One InferenceService per stage (model format ``pytorch``, protocol v1, the archive's
 ``storageUri``, resources, GPU scheduling), and one InferenceGraph whose ``root`` is a Sequence
@@ -7,96 +7,114 @@ and ``dependency: Hard``, and the graph sets router timeouts.
 
 The operator reconciles these same objects. Nothing else writes them, so the cluster and
 ``posegraph graph render`` cannot drift apart.
+
+Plain dicts, not the ``kserve`` SDK's types: importing ``kserve`` loads KServe's model server
+(FastAPI, gRPC) into the operator's pod. The keys come in the order the SDK serialized them
+(alphabetical, as in KServe's OpenAPI types), so the rendered YAML did not change with the SDK's
+removal. tests/test_kserve_objects.py validates them against KServe's CRDs.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .spec import STAGE_NAMES, PosePipeline
+from ..names import (
+    INFERENCEGRAPH_VERSION,
+    INFERENCESERVICE_VERSION,
+    KSERVE_GROUP,
+    LABEL_PIPELINE,
+    LABEL_STAGE,
+)
+from .spec import STAGE_NAMES, PosePipeline, StageDeployment
 
 GPU_RESOURCE = "nvidia.com/gpu"
-GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+GPU_TOLERATION = {"effect": "NoSchedule", "key": GPU_RESOURCE, "operator": "Exists"}
+# The operator watches the children by this label (posegraph.operator.handlers).
+MANAGED = {"app.kubernetes.io/managed-by": "posegraph"}
 
 
 def labels(pipeline: PosePipeline, stage: str | None = None) -> dict[str, str]:
-    out = {
-        "app.kubernetes.io/part-of": "posegraph",
-        "app.kubernetes.io/managed-by": "posegraph",
-        "posegraph.io/pipeline": pipeline.name,
-    }
+    out = {"app.kubernetes.io/part-of": "posegraph", **MANAGED, LABEL_PIPELINE: pipeline.name}
     if stage:
-        out["posegraph.io/stage"] = stage
+        out[LABEL_STAGE] = stage
     return out
 
 
-def _annotations(pipeline: PosePipeline) -> dict[str, str] | None:
+def _metadata(pipeline: PosePipeline, name: str, stage: str | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
     if pipeline.spec.deploymentMode:
-        return {"serving.kserve.io/deploymentMode": pipeline.spec.deploymentMode}
-    return None
+        meta["annotations"] = {f"{KSERVE_GROUP}/deploymentMode": pipeline.spec.deploymentMode}
+    meta["labels"] = labels(pipeline, stage)
+    meta["name"] = name
+    if pipeline.metadata.namespace is not None:
+        meta["namespace"] = pipeline.metadata.namespace
+    return meta
 
 
-def _resources(stage_spec) -> dict[str, dict[str, str | int]]:
-    resources = {k: dict(v) for k, v in stage_spec.resources.items()}
+def _present(**fields: Any) -> dict[str, Any]:
+    """The fields that are set (None is absent), in the order given."""
+    return {key: value for key, value in fields.items() if value is not None}
+
+
+def _resources(stage_spec: StageDeployment) -> dict[str, dict[str, str]]:
+    resources = {k: dict(v) for k, v in stage_spec.resources.model_dump(exclude_none=True).items()}
     if stage_spec.gpus:
         # Extended resources must be equal in requests and limits.
         resources.setdefault("limits", {})[GPU_RESOURCE] = str(stage_spec.gpus)
         resources.setdefault("requests", {})[GPU_RESOURCE] = str(stage_spec.gpus)
-    return {k: {name: str(q) for name, q in v.items()} for k, v in resources.items()}
+    return {k: {name: str(q) for name, q in resources[k].items()} for k in ("limits", "requests") if k in resources}
 
 
-def inference_service(pipeline: PosePipeline, stage: str):
-    from kserve import (
-        V1beta1InferenceService,
-        V1beta1InferenceServiceSpec,
-        V1beta1ModelFormat,
-        V1beta1ModelSpec,
-        V1beta1PredictorSpec,
-    )
-    from kubernetes.client import (
-        V1EnvVar,
-        V1EnvVarSource,
-        V1ObjectMeta,
-        V1ResourceRequirements,
-        V1SecretKeySelector,
-        V1Toleration,
-    )
+def _sorted(value: Any) -> Any:
+    """Keys in alphabetical order at every level: how Kubernetes' own types serialize a valueFrom."""
+    if isinstance(value, dict):
+        return {key: _sorted(value[key]) for key in sorted(value) if value[key] is not None}
+    return value
 
-    s = pipeline.spec.stages[stage]
-    runtime = pipeline.runtime_of(stage)
-    env = [V1EnvVar(**_snake(e)) for e in s.env]
+
+def _env(pipeline: PosePipeline, stage_spec: StageDeployment) -> list[dict[str, Any]]:
+    env = [_present(name=e.name, value=e.value, valueFrom=_sorted(e.valueFrom)) for e in stage_spec.env]
     if pipeline.spec.authSecretRef:
         ref = pipeline.spec.authSecretRef
-        env.append(V1EnvVar(name="POSEGRAPH_AUTH_TOKEN", value_from=V1EnvVarSource(
-            secret_key_ref=V1SecretKeySelector(name=ref.name, key=ref.key))))
-    tolerations = [V1Toleration(**_snake(t)) for t in s.tolerations]
-    if s.gpus and not any(t.key == GPU_RESOURCE for t in tolerations):
-        tolerations.append(V1Toleration(**GPU_TOLERATION))
-    resources = _resources(s)
-    model = V1beta1ModelSpec(
+        env.append({"name": "POSEGRAPH_AUTH_TOKEN",
+                    "valueFrom": {"secretKeyRef": {"key": ref.key, "name": ref.name}}})
+    return env
+
+
+def _tolerations(stage_spec: StageDeployment) -> list[dict[str, Any]]:
+    tolerations = [_present(effect=t.effect, key=t.key, operator=t.operator, tolerationSeconds=t.tolerationSeconds,
+                            value=t.value) for t in stage_spec.tolerations]
+    if stage_spec.gpus and not any(t.key == GPU_RESOURCE for t in stage_spec.tolerations):
+        tolerations.append(dict(GPU_TOLERATION))
+    return tolerations
+
+
+def inference_service(pipeline: PosePipeline, stage: str) -> dict[str, Any]:
+    s = pipeline.spec.stages[stage]
+    runtime = pipeline.runtime_of(stage)
+    model = _present(
+        env=_env(pipeline, s) or None,
+        modelFormat={"name": "pytorch"},
         name="kserve-container",
-        model_format=V1beta1ModelFormat(name="pytorch"),
-        protocol_version="v1",
+        protocolVersion="v1",
+        resources=_resources(s),
         runtime=pipeline.spec.servingRuntimes.name_for(runtime, s.gpus),
-        storage_uri=s.storageUri,
-        resources=V1ResourceRequirements(requests=resources.get("requests"), limits=resources.get("limits")),
-        env=env or None,
+        storageUri=s.storageUri,
     )
-    predictor = V1beta1PredictorSpec(
+    predictor = _present(
+        maxReplicas=s.maxReplicas,
+        minReplicas=s.minReplicas,
         model=model,
-        min_replicas=s.minReplicas,
-        max_replicas=s.maxReplicas,
-        node_selector=s.nodeSelector or None,
-        tolerations=tolerations or None,
-        service_account_name=s.serviceAccountName,
+        nodeSelector=dict(s.nodeSelector) or None,
+        serviceAccountName=s.serviceAccountName,
+        tolerations=_tolerations(s) or None,
     )
-    return V1beta1InferenceService(
-        api_version="serving.kserve.io/v1beta1",
-        kind="InferenceService",
-        metadata=V1ObjectMeta(name=pipeline.isvc_name(stage), namespace=pipeline.metadata.namespace,
-                              labels=labels(pipeline, stage), annotations=_annotations(pipeline)),
-        spec=V1beta1InferenceServiceSpec(predictor=predictor),
-    )
+    return {
+        "apiVersion": f"{KSERVE_GROUP}/{INFERENCESERVICE_VERSION}",
+        "kind": "InferenceService",
+        "metadata": _metadata(pipeline, pipeline.isvc_name(stage), stage),
+        "spec": {"predictor": predictor},
+    }
 
 
 def step_target(pipeline: PosePipeline, stage: str) -> dict[str, str]:
@@ -105,60 +123,38 @@ def step_target(pipeline: PosePipeline, stage: str) -> dict[str, str]:
     become a 404 on the first request in the cluster."""
     isvc, model = pipeline.isvc_name(stage), pipeline.model_name(stage)
     if model == isvc:
-        return {"service_name": isvc}
+        return {"serviceName": isvc}
     host = f"{isvc}-predictor.{pipeline.namespace}.svc.cluster.local"
-    return {"service_url": f"http://{host}/v1/models/{model}:predict"}
+    return {"serviceUrl": f"http://{host}/v1/models/{model}:predict"}
 
 
-def inference_graph(pipeline: PosePipeline):
-    from kserve import (
-        V1alpha1InferenceGraph,
-        V1alpha1InferenceGraphSpec,
-        V1alpha1InferenceRouter,
-        V1alpha1InferenceStep,
-    )
-    from kserve.models import V1alpha1InfereceGraphRouterTimeouts
-    from kubernetes.client import V1ObjectMeta
-
-    steps = [
-        V1alpha1InferenceStep(name=stage, data="$response", map_predictions_to_instances=True, dependency="Hard",
-                              **step_target(pipeline, stage))
-        for stage in STAGE_NAMES
-    ]
+def inference_graph(pipeline: PosePipeline) -> dict[str, Any]:
+    steps = [{"data": "$response", "dependency": "Hard", "mapPredictionsToInstances": True, "name": stage,
+              **step_target(pipeline, stage)} for stage in STAGE_NAMES]
     g = pipeline.spec.graph
     t = g.routerTimeouts
-    return V1alpha1InferenceGraph(
-        api_version="serving.kserve.io/v1alpha1",
-        kind="InferenceGraph",
-        metadata=V1ObjectMeta(name=pipeline.name, namespace=pipeline.metadata.namespace,
-                              labels=labels(pipeline), annotations=_annotations(pipeline)),
-        spec=V1alpha1InferenceGraphSpec(
-            nodes={"root": V1alpha1InferenceRouter(router_type="Sequence", steps=steps)},
-            router_timeouts=V1alpha1InfereceGraphRouterTimeouts(
-                server_read=t.serverRead, server_write=t.serverWrite, server_idle=t.serverIdle,
-                service_client=t.serviceClient),
-            min_replicas=g.minReplicas,
-            max_replicas=g.maxReplicas,
+    return {
+        "apiVersion": f"{KSERVE_GROUP}/{INFERENCEGRAPH_VERSION}",
+        "kind": "InferenceGraph",
+        "metadata": _metadata(pipeline, pipeline.name),
+        "spec": _present(
+            maxReplicas=g.maxReplicas,
+            minReplicas=g.minReplicas,
+            nodes={"root": {"routerType": "Sequence", "steps": steps}},
+            routerTimeouts=_present(serverIdle=t.serverIdle, serverRead=t.serverRead, serverWrite=t.serverWrite,
+                                    serviceClient=t.serviceClient),
         ),
-    )
+    }
 
 
-def _snake(d: dict[str, Any]) -> dict[str, Any]:
-    """camelCase manifest keys → the kubernetes client's snake_case constructor arguments."""
-    import re
-
-    return {re.sub(r"(?<!^)(?=[A-Z])", "_", k).lower(): v for k, v in d.items()}
-
-
-def to_dict(obj) -> dict[str, Any]:
-    from kserve import ApiClient
-
-    return ApiClient().sanitize_for_serialization(obj)
+def to_dict(obj: dict[str, Any]) -> dict[str, Any]:
+    """The objects are plain manifests already (kept for callers written against the SDK types)."""
+    return obj
 
 
 def render(pipeline: PosePipeline) -> list[dict[str, Any]]:
     """The KServe objects of a pipeline as plain manifests (camelCase dicts)."""
-    return [to_dict(inference_service(pipeline, s)) for s in STAGE_NAMES] + [to_dict(inference_graph(pipeline))]
+    return [inference_service(pipeline, s) for s in STAGE_NAMES] + [inference_graph(pipeline)]
 
 
 def render_yaml(pipeline: PosePipeline) -> str:

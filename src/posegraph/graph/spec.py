@@ -27,43 +27,80 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import UsageError
+from ..names import (
+    API_GROUP_VERSION,
+    POSEPIPELINE_DEGRADED,
+    POSEPIPELINE_INVALID,
+    POSEPIPELINE_PENDING,
+    POSEPIPELINE_READY,
+    RUNTIMES,
+    STAGES,
+    inference_service_name,
+)
 
-STAGE_NAMES = ("detect", "pose2d", "lift3d")
-API_VERSION = "posegraph.io/v1alpha1"
+STAGE_NAMES = STAGES
+API_VERSION = API_GROUP_VERSION
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+Runtime = Literal[RUNTIMES]  # type: ignore[valid-type]  # Literal of the shared tuple: one list of runtimes
+# A Kubernetes quantity: "500m", "2Gi" or a plain number (the CRD says x-kubernetes-int-or-string).
+Quantity = str | int
+# The CRDs are generated from these models (posegraph.operator.crds): field descriptions, enums,
+# bounds and required fields are what `kubectl explain` shows and what the API server enforces.
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
     # A typo must be an error: the Kubernetes API server would drop an unknown field silently.
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-class SecretKeyRef(_Strict):
+class SecretKeyRef(Strict):
     name: str
     key: str = "token"
 
 
-class StageDeployment(_Strict):
-    storageUri: str = Field(..., description="where the archive layout lives: s3://…/<stage>/, a path, file://")
-    modelName: str | None = Field(None, description="model name inside the archive (default: the stage name)")
-    runtime: Literal["torchserve", "kserve"] | None = Field(None, description="overrides spec.runtime")
+class Resources(Strict):
+    """Compute resources of a container: quantities per resource name (cpu, memory, …)."""
+
+    requests: dict[str, Quantity] | None = None
+    limits: dict[str, Quantity] | None = None
+
+
+class Toleration(Strict):
+    """A Kubernetes toleration (core/v1 Toleration)."""
+
+    key: str | None = None
+    operator: str | None = None
+    value: str | None = None
+    effect: str | None = None
+    tolerationSeconds: int | None = Field(None, json_schema_extra={"format": "int64"})
+
+
+class EnvVar(Strict):
+    """A container environment variable (core/v1 EnvVar): a value, or valueFrom a Secret, ConfigMap or field."""
+
+    name: str
+    value: str | None = None
+    valueFrom: dict[str, Any] | None = None
+
+
+def _default_stage_resources() -> Resources:
+    return Resources(requests={"cpu": "1", "memory": "2Gi"}, limits={"memory": "4Gi"})
+
+
+class StageDeployment(Strict):
+    storageUri: str = Field(..., min_length=1, description="archive layout (posegraph models push), e.g. "
+                                                          "s3://bucket/prefix/detect/, a path, file://")
+    modelName: str | None = Field(None, description="model name inside the archive (default the stage name)")
+    runtime: Runtime | None = Field(None, description="overrides spec.runtime")
     minReplicas: int = Field(1, ge=0)
     maxReplicas: int = Field(1, ge=1)
-    gpus: int = Field(0, ge=0, description="nvidia.com/gpu per replica; adds the GPU toleration")
-    resources: dict[str, dict[str, str | int]] = Field(
-        default_factory=lambda: {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}})
+    gpus: int = Field(0, ge=0, description="nvidia.com/gpu per replica (adds the GPU toleration)")
+    resources: Resources = Field(default_factory=_default_stage_resources,
+                                 description="requests and limits of the model server")
     nodeSelector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[dict[str, Any]] = Field(default_factory=list)
-    env: list[dict[str, Any]] = Field(default_factory=list)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    env: list[EnvVar] = Field(default_factory=list)
     serviceAccountName: str | None = None
-
-    @field_validator("resources")
-    @classmethod
-    def _resources(cls, value):
-        unknown = set(value) - {"requests", "limits", "claims"}
-        if unknown:
-            raise ValueError(f"resources may have requests/limits, not {sorted(unknown)}")
-        return value
 
     @model_validator(mode="after")
     def _replicas(self):
@@ -72,7 +109,7 @@ class StageDeployment(_Strict):
         return self
 
 
-class RouterTimeouts(_Strict):
+class RouterTimeouts(Strict):
     """KServe's InferenceGraph routerTimeouts, in seconds. ``serviceClient`` bounds each step call."""
 
     serverRead: int | None = Field(None, ge=1)
@@ -81,8 +118,8 @@ class RouterTimeouts(_Strict):
     serviceClient: int | None = Field(60, ge=1)
 
 
-class GraphSettings(_Strict):
-    routerTimeouts: RouterTimeouts = RouterTimeouts()
+class GraphSettings(Strict):
+    routerTimeouts: RouterTimeouts = Field(RouterTimeouts(), description="seconds; serviceClient bounds each step call")
     minReplicas: int = Field(1, ge=0)
     maxReplicas: int = Field(1, ge=1)
     # Headers the *local* router forwards to every step (regular expressions). In a cluster the
@@ -90,7 +127,7 @@ class GraphSettings(_Strict):
     headersToPropagate: list[str] = Field(default_factory=lambda: ["Authorization", "X-Request-Id", "Traceparent"])
 
 
-class ServingRuntimes(_Strict):
+class ServingRuntimes(Strict):
     """(Cluster)ServingRuntime names per runtime; the chart installs these four. A stage with
     ``gpus`` gets the GPU variant (the CUDA image), the others the CPU image."""
 
@@ -103,14 +140,24 @@ class ServingRuntimes(_Strict):
         return getattr(self, f"{runtime}GPU" if gpus else runtime)
 
 
-class PipelineSpec(_Strict):
-    runtime: Literal["torchserve", "kserve"] = "torchserve"
-    servingRuntimes: ServingRuntimes = ServingRuntimes()
+def _three_stages_schema(schema: dict[str, Any]) -> None:
+    # In the CRD, stages is an object with exactly the three stages (the validator below, locally).
+    stage = schema.pop("additionalProperties")
+    schema["properties"] = {name: stage for name in STAGE_NAMES}
+    schema["required"] = list(STAGE_NAMES)
+
+
+class PipelineSpec(Strict):
+    runtime: Runtime = Field("torchserve", description="stage server runtime (KServe ServingRuntime), unless a "
+                                                       "stage overrides it")
+    servingRuntimes: ServingRuntimes = Field(ServingRuntimes(), description="(Cluster)ServingRuntime name per "
+                                             "runtime; stages with gpus use the GPU ones")
     # KServe >= 0.16 names: Standard (plain Deployments) and Knative; RawDeployment and Serverless
     # are their older names, still accepted by KServe (and by KServe releases before the rename).
     deploymentMode: Literal["RawDeployment", "Serverless", "Standard", "Knative"] | None = None
-    authSecretRef: SecretKeyRef | None = Field(None, description="bearer token for the stage servers")
-    stages: dict[str, StageDeployment]
+    authSecretRef: SecretKeyRef | None = Field(None, description="bearer token the stage servers require "
+                                                                 "(POSEGRAPH_AUTH_TOKEN)")
+    stages: dict[str, StageDeployment] = Field(..., json_schema_extra=_three_stages_schema)
     graph: GraphSettings = GraphSettings()
 
     @field_validator("stages")
@@ -143,7 +190,7 @@ class Metadata(BaseModel):
 class PosePipeline(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    apiVersion: Literal["posegraph.io/v1alpha1"] = API_VERSION
+    apiVersion: Literal[API_VERSION] = API_VERSION  # type: ignore[valid-type]
     kind: Literal["PosePipeline"] = "PosePipeline"
     metadata: Metadata
     spec: PipelineSpec
@@ -157,13 +204,47 @@ class PosePipeline(BaseModel):
         return self.metadata.namespace or "default"
 
     def isvc_name(self, stage: str) -> str:
-        return f"{self.name}-{stage}"
+        return inference_service_name(self.name, stage)
 
     def model_name(self, stage: str) -> str:
         return self.spec.stages[stage].modelName or stage
 
     def runtime_of(self, stage: str) -> str:
         return self.spec.stages[stage].runtime or self.spec.runtime
+
+
+# ---- status: written by the operator; a model only to generate the CRD's status schema ----------------
+
+class StageStatus(BaseModel):
+    inferenceService: str | None = None
+    ready: bool | None = None
+    reason: str | None = None
+    message: str | None = None
+    url: str | None = None
+
+
+class Condition(BaseModel):
+    type: str
+    status: str
+    reason: str | None = None
+    message: str | None = None
+    lastTransitionTime: str | None = None
+
+
+_PIPELINE_PHASES = (POSEPIPELINE_PENDING, POSEPIPELINE_READY, POSEPIPELINE_DEGRADED, POSEPIPELINE_INVALID)
+
+
+class PipelineStatus(BaseModel):
+    # Open: kopf and kubectl may add fields the operator does not know.
+    model_config = ConfigDict(extra="allow")
+
+    phase: str | None = Field(None, description=", ".join(_PIPELINE_PHASES[:-1]) + f" or {_PIPELINE_PHASES[-1]}")
+    message: str | None = None
+    observedGeneration: int | None = Field(None, json_schema_extra={"format": "int64"})
+    readyStages: str | None = None
+    graphURL: str | None = None
+    stages: dict[str, StageStatus] | None = None
+    conditions: list[Condition] | None = None
 
 
 def _first_error(exc: ValidationError, where: str) -> UsageError:

@@ -8,18 +8,36 @@ without duplicates: names are derived, and creation is "get, else create".
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
 from typing import Any
 
 import kopf
 
 from ..errors import UsageError
-from ..graph.spec import STAGE_NAMES
+from ..graph.kserve_objects import MANAGED
+from ..names import (
+    API_GROUP,
+    API_VERSION,
+    INFERENCEGRAPH_VERSION,
+    INFERENCEGRAPHS,
+    INFERENCESERVICE_VERSION,
+    INFERENCESERVICES,
+    KSERVE_GROUP,
+    LABEL_PIPELINE,
+    LABEL_POSEJOB,
+    POSEJOB_FAILED,
+    POSEJOB_PENDING,
+    POSEJOB_TERMINAL,
+    POSEJOBS,
+    POSEPIPELINE_INVALID,
+    POSEPIPELINE_READY,
+    POSEPIPELINES,
+    STAGES,
+    inference_service_name,
+    utc_now,
+)
 from . import metrics
 from .kube import Kube
 from .resources import (
-    GROUP,
-    VERSION,
     InvalidPoseJob,
     frames_column,
     job_name,
@@ -31,14 +49,9 @@ from .resources import (
 )
 
 log = logging.getLogger(__name__)
-KSERVE = "serving.kserve.io"
-MANAGED = {"app.kubernetes.io/managed-by": "posegraph"}
+GROUP, VERSION = API_GROUP, API_VERSION
 
 kube = Kube()
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @kopf.on.login()
@@ -51,18 +64,19 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Kubernetes Events: only the explicit kopf.warn() calls below (what a user must act on), not
     # every log line (kopf's default since 1.45: settings.posting.loggers is False).
-    settings.persistence.finalizer = "posegraph.io/operator"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="posegraph.io")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="posegraph.io")
+    settings.persistence.finalizer = f"{API_GROUP}/operator"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=API_GROUP)
     metrics.serve()
 
 
 # ---- PosePipeline ----------------------------------------------------------------------------------
 
 def _children_state(namespace: str, name: str) -> tuple[dict[str, dict | None], dict | None]:
-    isvcs = {stage: kube.get_custom(KSERVE, "v1beta1", namespace, "inferenceservices", f"{name}-{stage}")
-             for stage in STAGE_NAMES}
-    graph = kube.get_custom(KSERVE, "v1alpha1", namespace, "inferencegraphs", name)
+    isvcs = {stage: kube.get_custom(KSERVE_GROUP, INFERENCESERVICE_VERSION, namespace, INFERENCESERVICES,
+                                    inference_service_name(name, stage))
+             for stage in STAGES}
+    graph = kube.get_custom(KSERVE_GROUP, INFERENCEGRAPH_VERSION, namespace, INFERENCEGRAPHS, name)
     return isvcs, graph
 
 
@@ -72,9 +86,9 @@ def _children_state(namespace: str, name: str) -> tuple[dict[str, dict | None], 
 RETRY_S = 10
 
 
-@kopf.on.resume(GROUP, VERSION, "posepipelines", backoff=RETRY_S)
-@kopf.on.create(GROUP, VERSION, "posepipelines", backoff=RETRY_S)
-@kopf.on.update(GROUP, VERSION, "posepipelines", field="spec", backoff=RETRY_S)
+@kopf.on.resume(GROUP, VERSION, POSEPIPELINES, backoff=RETRY_S)
+@kopf.on.create(GROUP, VERSION, POSEPIPELINES, backoff=RETRY_S)
+@kopf.on.update(GROUP, VERSION, POSEPIPELINES, field="spec", backoff=RETRY_S)
 def reconcile_pipeline(body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, logger: logging.Logger,
                        **_: Any) -> None:
     metrics.reconciled("PosePipeline")
@@ -82,7 +96,7 @@ def reconcile_pipeline(body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, logg
         children = pipeline_children(dict(body))
     except UsageError as exc:  # an invalid spec: say so in status; retrying cannot help
         metrics.failed("PosePipeline")
-        patch.status.update(phase="Invalid", message=str(exc), observedGeneration=meta.get("generation"))
+        patch.status.update(phase=POSEPIPELINE_INVALID, message=str(exc), observedGeneration=meta.get("generation"))
         logger.warning("invalid PosePipeline: %s", exc)
         kopf.warn(body, reason="InvalidSpec", message=str(exc))
         return
@@ -92,24 +106,24 @@ def reconcile_pipeline(body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, logg
     patch.status.update(pipeline_status(dict(body), isvcs, graph))
 
 
-@kopf.on.event(KSERVE, "v1beta1", "inferenceservices", labels=MANAGED)
-@kopf.on.event(KSERVE, "v1alpha1", "inferencegraphs", labels=MANAGED)
+@kopf.on.event(KSERVE_GROUP, INFERENCESERVICE_VERSION, INFERENCESERVICES, labels=MANAGED)
+@kopf.on.event(KSERVE_GROUP, INFERENCEGRAPH_VERSION, INFERENCEGRAPHS, labels=MANAGED)
 def child_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
     """A child's status moved: recompute its pipeline's status."""
     if type is None:  # the initial listing: resume handlers cover it
         return
     labels = body.get("metadata", {}).get("labels", {})
-    namespace, name = body["metadata"].get("namespace"), labels.get("posegraph.io/pipeline")
+    namespace, name = body["metadata"].get("namespace"), labels.get(LABEL_PIPELINE)
     if not name or not namespace:
         return
-    pipeline = kube.get_custom(GROUP, VERSION, namespace, "posepipelines", name)
+    pipeline = kube.get_custom(GROUP, VERSION, namespace, POSEPIPELINES, name)
     if pipeline is None or pipeline["metadata"].get("deletionTimestamp"):
         return
     isvcs, graph = _children_state(namespace, name)
     status = pipeline_status(pipeline, isvcs, graph)
     current = pipeline.get("status") or {}
     if any(current.get(k) != v for k, v in status.items()):
-        kube.patch_status(GROUP, VERSION, namespace, "posepipelines", name, status)
+        kube.patch_status(GROUP, VERSION, namespace, POSEPIPELINES, name, status)
 
 
 # No delete handler: the children carry the pipeline's ownerReference, so deleting a PosePipeline
@@ -121,79 +135,80 @@ def child_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
 # ---- PoseJob ---------------------------------------------------------------------------------------
 
 def _set_posejob_status(namespace: str, name: str, status: dict[str, Any]) -> None:
-    kube.patch_status(GROUP, VERSION, namespace, "posejobs", name, status)
+    kube.patch_status(GROUP, VERSION, namespace, POSEJOBS, name, status)
     if "phase" in status:
         metrics.posejob_phase(namespace, name, status["phase"])
 
 
-@kopf.on.resume(GROUP, VERSION, "posejobs", backoff=RETRY_S)
-@kopf.on.create(GROUP, VERSION, "posejobs", backoff=RETRY_S)
+@kopf.on.resume(GROUP, VERSION, POSEJOBS, backoff=RETRY_S)
+@kopf.on.create(GROUP, VERSION, POSEJOBS, backoff=RETRY_S)
 def start_posejob(body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status,
                   logger: logging.Logger, **_: Any) -> None:
     metrics.reconciled("PoseJob")
     namespace, name = meta["namespace"], meta["name"]
-    if status.get("phase") in {"Succeeded", "Failed", "Partial"}:
+    if status.get("phase") in POSEJOB_TERMINAL:
         return  # finished: nothing to start (an operator restart must not re-run it)
     try:
-        validate_posejob(dict(spec))
+        job_spec = validate_posejob(dict(spec))
     except InvalidPoseJob as exc:
         metrics.failed("PoseJob")
-        _set_posejob_status(namespace, name, {"phase": "Failed", "message": str(exc)})
+        _set_posejob_status(namespace, name, {"phase": POSEJOB_FAILED, "message": str(exc)})
         kopf.warn(body, reason="InvalidSpec", message=str(exc))
         return
-    pipeline_name = spec["pipelineRef"]["name"]
-    pipeline = kube.get_custom(GROUP, VERSION, namespace, "posepipelines", pipeline_name)
+    pipeline_name = job_spec.pipelineRef.name
+    pipeline = kube.get_custom(GROUP, VERSION, namespace, POSEPIPELINES, pipeline_name)
     if pipeline is None:
-        _set_posejob_status(namespace, name, {"phase": "Pending", "message":
+        _set_posejob_status(namespace, name, {"phase": POSEJOB_PENDING, "message":
                                               f"PosePipeline {pipeline_name} not found in {namespace}; waiting for it"})
         raise kopf.TemporaryError(f"PosePipeline {pipeline_name} not found", delay=30)
     pipeline_phase = (pipeline.get("status") or {}).get("phase")
     graph_url = (pipeline.get("status") or {}).get("graphURL")
-    if pipeline_phase != "Ready" or not graph_url:
-        _set_posejob_status(namespace, name, {"phase": "Pending", "message":
+    if pipeline_phase != POSEPIPELINE_READY or not graph_url:
+        _set_posejob_status(namespace, name, {"phase": POSEJOB_PENDING, "message":
                                               f"waiting for PosePipeline {pipeline_name} to be Ready "
                                               f"(now {pipeline_phase or 'unknown'})"})
         raise kopf.TemporaryError(f"PosePipeline {pipeline_name} not ready", delay=15)
     # Once the Job exists, job_changed alone writes the phase (from the Job's own events), so this
     # handler never overwrites a newer Running/Failed with its Pending: it writes before creating.
     common = {"jobName": job_name(name), "graphURL": graph_url, "observedGeneration": meta.get("generation"),
-              "startTime": status.get("startTime") or _now()}
+              "startTime": status.get("startTime") or utc_now()}
     if kube.get_job(namespace, job_name(name)) is not None:
         _set_posejob_status(namespace, name, common)
         logger.info("found job %s for %s", job_name(name), name)
         return
-    _set_posejob_status(namespace, name, {**common, "phase": "Pending", "message": "job created, waiting for its pod"})
+    _set_posejob_status(namespace, name, {**common, "phase": POSEJOB_PENDING,
+                                          "message": "job created, waiting for its pod"})
     created = kube.create_job(posejob_job(dict(body), graph_url))
     logger.info("%s job %s for %s", "created" if created else "found", job_name(name), name)
 
 
-@kopf.on.event("batch", "v1", "jobs", labels={"posegraph.io/posejob": kopf.PRESENT})
+@kopf.on.event("batch", "v1", "jobs", labels={LABEL_POSEJOB: kopf.PRESENT})
 def job_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
     """The Job moved (started, succeeded, failed): mirror it into the PoseJob."""
     if type == "DELETED":
         return
     namespace = body["metadata"].get("namespace")
-    name = body["metadata"].get("labels", {}).get("posegraph.io/posejob")
-    posejob = kube.get_custom(GROUP, VERSION, namespace, "posejobs", name)
+    name = body["metadata"].get("labels", {}).get(LABEL_POSEJOB)
+    posejob = kube.get_custom(GROUP, VERSION, namespace, POSEJOBS, name)
     if posejob is None:
         return
     current = posejob.get("status") or {}
-    if current.get("phase") in {"Succeeded", "Failed", "Partial"}:
+    if current.get("phase") in POSEJOB_TERMINAL:
         return
     progress = current.get("progress") or {}
     status = posejob_status_from_job(dict(body), progress)
-    if status["phase"] in {"Succeeded", "Failed", "Partial"}:
-        status.setdefault("completionTime", _now())
+    if status["phase"] in POSEJOB_TERMINAL:
+        status.setdefault("completionTime", utc_now())
         if progress.get("outputs"):
             status["outputs"] = progress["outputs"]
-        if status["phase"] == "Failed":
+        if status["phase"] == POSEJOB_FAILED:
             metrics.failed("PoseJob")
             kopf.warn(posejob, reason="JobFailed", message=status["message"])
     if any(current.get(k) != v for k, v in status.items()):
         _set_posejob_status(namespace, name, status)
 
 
-@kopf.on.event(GROUP, VERSION, "posejobs")
+@kopf.on.event(GROUP, VERSION, POSEJOBS)
 def progress_reported(body: kopf.Body, type: str | None, **_: Any) -> None:
     """The runner wrote status.progress: derive the printer columns from it. (A deleted PoseJob's
     Job goes with it: Kubernetes collects it through its ownerReference.)"""
@@ -212,4 +227,4 @@ def progress_reported(body: kopf.Body, type: str | None, **_: Any) -> None:
         update["outputs"] = progress["outputs"]
     if update:
         meta = body["metadata"]
-        kube.patch_status(GROUP, VERSION, meta["namespace"], "posejobs", meta["name"], update)
+        kube.patch_status(GROUP, VERSION, meta["namespace"], POSEJOBS, meta["name"], update)

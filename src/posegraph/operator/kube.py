@@ -6,7 +6,10 @@ import logging
 import threading
 from typing import Any
 
+from ..names import INFERENCEGRAPHS, INFERENCESERVICES
+
 log = logging.getLogger(__name__)
+PLURALS = {"InferenceService": INFERENCESERVICES, "InferenceGraph": INFERENCEGRAPHS}
 
 
 class Kube:
@@ -48,7 +51,7 @@ class Kube:
         """Create, or bring spec, labels and owners up to date. Returns created|updated|unchanged."""
         custom, _ = self._apis()
         group, version = self._split(manifest["apiVersion"])
-        plural = {"InferenceService": "inferenceservices", "InferenceGraph": "inferencegraphs"}[manifest["kind"]]
+        plural = PLURALS[manifest["kind"]]
         meta = manifest["metadata"]
         existing = self.get_custom(group, version, meta["namespace"], plural, meta["name"])
         if existing is None:

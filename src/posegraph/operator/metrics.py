@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import threading
 
+from ..names import POSEJOB_FAILED, POSEJOB_PARTIAL, POSEJOB_PENDING, POSEJOB_RUNNING, POSEJOB_SUCCEEDED
+
 _lock = threading.RLock()  # handlers run in a thread pool
 _phases: dict[tuple[str, str], str] = {}
 _families = None
@@ -50,7 +52,7 @@ def _publish() -> None:
     for phase in _phases.values():
         counts[phase] = counts.get(phase, 0) + 1
     gauge = _f()["jobs"]
-    for phase in {"Pending", "Running", "Succeeded", "Partial", "Failed", *counts}:
+    for phase in {POSEJOB_PENDING, POSEJOB_RUNNING, POSEJOB_SUCCEEDED, POSEJOB_PARTIAL, POSEJOB_FAILED, *counts}:
         gauge.labels(phase).set(counts.get(phase, 0))
 
 

@@ -14,28 +14,54 @@ from typing import Any
 
 from ..graph.kserve_objects import render
 from ..graph.spec import STAGE_NAMES, PosePipeline, parse_pipeline
+from ..jobspec import (  # noqa: F401 - InvalidPoseJob and VIDEO_SCHEMES are re-exported (handlers, tests)
+    DEFAULT_RUNNER_SERVICE_ACCOUNT,
+    VIDEO_SCHEMES,
+    InvalidPoseJob,
+    PoseJobSpec,
+    parse_posejob,
+)
+from ..names import (
+    API_GROUP,
+    API_GROUP_VERSION,
+    API_VERSION,
+    LABEL_POSEJOB,
+    PARTIAL,
+    POSEJOB_FAILED,
+    POSEJOB_PARTIAL,
+    POSEJOB_PENDING,
+    POSEJOB_RUNNING,
+    POSEJOB_SUCCEEDED,
+    POSEPIPELINE_DEGRADED,
+    POSEPIPELINE_PENDING,
+    POSEPIPELINE_READY,
+    inference_service_name,
+    posejob_kubernetes_job_name,
+    posejob_store_id,  # noqa: F401 - re-exported: the UI's launcher imports it from here
+)
 
-GROUP, VERSION = "posegraph.io", "v1alpha1"
+GROUP, VERSION = API_GROUP, API_VERSION
 # Set by the chart on the operator's Deployment (docs/operator.md, "Configuration").
 JOB_IMAGE = os.environ.get("POSEGRAPH_JOB_IMAGE", "ghcr.io/posegraph/posegraph:0.1.0")
-RUNNER_SERVICE_ACCOUNT = os.environ.get("POSEGRAPH_JOB_SERVICE_ACCOUNT", "posegraph-job-runner")
+RUNNER_SERVICE_ACCOUNT = os.environ.get("POSEGRAPH_JOB_SERVICE_ACCOUNT", DEFAULT_RUNNER_SERVICE_ACCOUNT)
 # A Secret whose keys become the runner's environment (e.g. AWS_ENDPOINT_URL and keys for an
 # in-cluster object store on kind). Optional: on EKS, IRSA needs none.
 RUNNER_ENV_SECRET = os.environ.get("POSEGRAPH_JOB_ENV_FROM", "")
 # The runner's exit codes that retrying cannot fix: 2 usage, 3 bad input, 5 finished with failures.
 NON_RETRIABLE_EXIT_CODES = [2, 3, 5]
-VIDEO_SCHEMES = ("s3://", "https://", "http://")
+# The Job's defaults when a PoseJob names no resources.
+RUNNER_RESOURCES = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "2Gi"}}
 
 
 def owner_reference(body: dict[str, Any]) -> dict[str, Any]:
     meta = body["metadata"]
-    return {"apiVersion": body.get("apiVersion", f"{GROUP}/{VERSION}"), "kind": body["kind"], "name": meta["name"],
+    return {"apiVersion": body.get("apiVersion", API_GROUP_VERSION), "kind": body["kind"], "name": meta["name"],
             "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}
 
 
 def pipeline_from_body(body: dict[str, Any]) -> PosePipeline:
     meta = body["metadata"]
-    return parse_pipeline({"apiVersion": f"{GROUP}/{VERSION}", "kind": "PosePipeline",
+    return parse_pipeline({"apiVersion": API_GROUP_VERSION, "kind": "PosePipeline",
                            "metadata": {"name": meta["name"], "namespace": meta.get("namespace")},
                            "spec": body.get("spec") or {}}, where=f"PosePipeline {meta['name']}")
 
@@ -63,7 +89,7 @@ def pipeline_status(body: dict[str, Any], isvcs: dict[str, dict | None], graph: 
     stages = {}
     for stage in STAGE_NAMES:
         child = isvcs.get(stage)
-        isvc_name = f"{name}-{stage}"
+        isvc_name = inference_service_name(name, stage)
         if child is None:
             stages[stage] = {"inferenceService": isvc_name, "ready": False, "reason": "NotCreated", "message": ""}
             continue
@@ -76,11 +102,11 @@ def pipeline_status(body: dict[str, Any], isvcs: dict[str, dict | None], graph: 
     ready_count = sum(1 for s in stages.values() if s["ready"])
     url = ((graph or {}).get("status") or {}).get("url")
     if ready_count == len(STAGE_NAMES) and graph_ready:
-        phase, message = "Ready", f"graph ready at {url}" if url else "graph ready"
+        phase, message = POSEPIPELINE_READY, f"graph ready at {url}" if url else "graph ready"
     else:
         waiting = [s for s, v in stages.items() if not v["ready"]] + ([] if graph_ready else ["graph"])
-        phase = "Degraded" if any(v["reason"] not in ("Pending", "NotCreated", "") for v in stages.values()
-                                  if not v["ready"]) else "Pending"
+        phase = POSEPIPELINE_DEGRADED if any(v["reason"] not in ("Pending", "NotCreated", "")
+                                             for v in stages.values() if not v["ready"]) else POSEPIPELINE_PENDING
         message = f"waiting for {', '.join(waiting)}" + (f": {graph_message}" if graph_message and not graph_ready
                                                           and graph_reason != "Pending" else "")
     status = {"phase": phase, "message": message, "stages": stages,
@@ -93,58 +119,41 @@ def pipeline_status(body: dict[str, Any], isvcs: dict[str, dict | None], graph: 
 
 # ---- PoseJob -------------------------------------------------------------------------------------
 
-class InvalidPoseJob(ValueError):
-    pass
-
-
 def job_name(posejob_name: str) -> str:
-    return f"posejob-{posejob_name}"[:63].rstrip("-")
+    return posejob_kubernetes_job_name(posejob_name)
 
 
-def validate_posejob(spec: dict[str, Any]) -> None:
-    video = spec.get("video") or ""
-    if not video.startswith(VIDEO_SCHEMES):
-        raise InvalidPoseJob(f"spec.video {video!r}: a PoseJob reads videos from s3:// or https:// URIs")
-    prefix = (spec.get("output") or {}).get("prefix") or ""
-    if not prefix.startswith("s3://"):
-        raise InvalidPoseJob(f"spec.output.prefix {prefix!r}: outputs go to an s3:// prefix")
-
-
-def posejob_store_id(namespace: str, name: str) -> str:
-    """The results store's job id for a PoseJob (the runner's --job-id): unique across namespaces."""
-    return f"{namespace}-{name}"
+def validate_posejob(spec: dict[str, Any]) -> PoseJobSpec:
+    """The spec as the model (posegraph.jobspec), or InvalidPoseJob saying what is wrong."""
+    return parse_posejob(dict(spec))
 
 
 def posejob_job(body: dict[str, Any], graph_url: str, *, image: str = JOB_IMAGE) -> dict[str, Any]:
     """The batch/v1 Job that runs one PoseJob. The database password comes from the Secret."""
-    meta, spec = body["metadata"], body["spec"]
+    meta = body["metadata"]
     name, namespace = meta["name"], meta.get("namespace")
-    validate_posejob(spec)
-    options = spec.get("options") or {}
-    secret = spec["results"]["secretRef"]
-    args = ["job", "run", "--quiet", "--video", spec["video"], "--graph", graph_url,
-            "--results", "$(POSEGRAPH_RESULTS)", "--output", spec["output"]["prefix"],
-            "--stride", str(options.get("stride", 1)), "--batch", str(options.get("batch", 8)),
+    spec = validate_posejob(body["spec"])
+    options, secret = spec.options, spec.results.secretRef
+    args = ["job", "run", "--quiet", "--video", spec.video, "--graph", graph_url,
+            "--results", "$(POSEGRAPH_RESULTS)", "--output", spec.output.prefix,
+            "--stride", str(options.stride), "--batch", str(options.batch),
             "--job-id", posejob_store_id(namespace, name), "--report-posejob", f"{namespace}/{name}",
-            "--video-format", options.get("videoFormat", "webm"), "--metrics-port", "9100"]
-    if options.get("maxFrames"):
-        args += ["--max-frames", str(options["maxFrames"])]
-    if options.get("render") is False:
+            "--video-format", options.videoFormat, "--metrics-port", "9100"]
+    if options.maxFrames:
+        args += ["--max-frames", str(options.maxFrames)]
+    if not options.render:
         args.append("--no-render")
-    resources = spec.get("resources") or {"requests": {"cpu": "500m", "memory": "1Gi"},
-                                          "limits": {"cpu": "2", "memory": "2Gi"}}
+    resources = (spec.resources.model_dump(exclude_none=True) if spec.resources else None) or RUNNER_RESOURCES
     labels = {"app.kubernetes.io/part-of": "posegraph", "app.kubernetes.io/component": "job-runner",
-              "posegraph.io/posejob": name}
+              LABEL_POSEJOB: name}
     container = {
         "name": "runner",
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "args": args,
         "env": [
-            {"name": "POSEGRAPH_RESULTS", "valueFrom": {"secretKeyRef": {"name": secret["name"],
-                                                                          "key": secret.get("dsnKey", "dsn")}}},
-            {"name": "PGPASSWORD", "valueFrom": {"secretKeyRef": {"name": secret["name"],
-                                                                   "key": secret.get("passwordKey", "password"),
+            {"name": "POSEGRAPH_RESULTS", "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.dsnKey}}},
+            {"name": "PGPASSWORD", "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.passwordKey,
                                                                    "optional": True}}},
             {"name": "POSEGRAPH_METRICS_HOST", "value": "0.0.0.0"},
             {"name": "POSEGRAPH_CACHE", "value": "/tmp/posegraph"},
@@ -157,15 +166,15 @@ def posejob_job(body: dict[str, Any], graph_url: str, *, image: str = JOB_IMAGE)
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
     job_spec = {
-        "backoffLimit": spec.get("backoffLimit", 2),
-        "ttlSecondsAfterFinished": spec.get("ttlSecondsAfterFinished", 86400),
+        "backoffLimit": spec.backoffLimit,
+        "ttlSecondsAfterFinished": spec.ttlSecondsAfterFinished,
         "podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {
             "containerName": "runner", "operator": "In", "values": NON_RETRIABLE_EXIT_CODES}}]},
         "template": {
             "metadata": {"labels": labels},
             "spec": {
                 "restartPolicy": "Never",
-                "serviceAccountName": spec.get("serviceAccountName") or RUNNER_SERVICE_ACCOUNT,
+                "serviceAccountName": spec.serviceAccountName or RUNNER_SERVICE_ACCOUNT,
                 "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000,
                                     "seccompProfile": {"type": "RuntimeDefault"}},
                 "containers": [container],
@@ -173,8 +182,8 @@ def posejob_job(body: dict[str, Any], graph_url: str, *, image: str = JOB_IMAGE)
             },
         },
     }
-    if spec.get("activeDeadlineSeconds"):
-        job_spec["activeDeadlineSeconds"] = spec["activeDeadlineSeconds"]
+    if spec.activeDeadlineSeconds:
+        job_spec["activeDeadlineSeconds"] = spec.activeDeadlineSeconds
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -194,21 +203,21 @@ def posejob_status_from_job(job: dict[str, Any], progress: dict[str, Any] | None
         summary = ", ".join(f"{p[k]} {label if p[k] != 1 else label[:-1]}"
                             for k, label in (("frames_done", "frames"), ("persons", "persons"), ("tracks", "tracks"))
                             if p.get(k) is not None)
-        done = {"phase": "Succeeded", "message": f"done: {summary}" if summary else "done"}
+        done = {"phase": POSEJOB_SUCCEEDED, "message": f"done: {summary}" if summary else "done"}
         if status.get("completionTime"):
             done["completionTime"] = status["completionTime"]
         return done
     if "Failed" in conditions:
         condition = conditions["Failed"]
-        if runner_phase == "partial":
-            return {"phase": "Partial", "message": "finished with failures recorded in the results store: "
+        if runner_phase == PARTIAL:
+            return {"phase": POSEJOB_PARTIAL, "message": "finished with failures recorded in the results store: "
                                                    + ((progress or {}).get("error") or "see the job's note")}
         reason = condition.get("reason") or "Failed"
         detail = (progress or {}).get("error") or condition.get("message") or ""
-        return {"phase": "Failed", "message": f"{reason}: {detail}".strip(": ")}
+        return {"phase": POSEJOB_FAILED, "message": f"{reason}: {detail}".strip(": ")}
     if status.get("active"):
-        return {"phase": "Running", "message": f"runner {runner_phase or 'starting'}"}
-    return {"phase": "Pending", "message": "job created, waiting for its pod"}
+        return {"phase": POSEJOB_RUNNING, "message": f"runner {runner_phase or 'starting'}"}
+    return {"phase": POSEJOB_PENDING, "message": "job created, waiting for its pod"}
 
 
 def frames_column(progress: dict[str, Any] | None) -> str | None:

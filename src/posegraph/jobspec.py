@@ -1,0 +1,123 @@
+"""The PoseJob spec: one video → 3D poses in the results store, run by the operator as a batch/v1 Job.
+
+The operator validates PoseJobs with these models, and the PoseJob CRD's schema is generated from
+them (``posegraph.operator.crds``), so what the API server accepts and what the operator runs are
+one list of fields. Light on purpose: pydantic and posegraph's names only (the operator's pod has
+no torch, no KServe).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
+
+from .graph.spec import Resources, Strict
+from .names import (
+    POSEJOB_FAILED,
+    POSEJOB_PARTIAL,
+    POSEJOB_PENDING,
+    POSEJOB_RUNNING,
+    POSEJOB_SUCCEEDED,
+)
+
+# What a runner pod can read: object storage or the web (not a path on someone's machine).
+VIDEO_SCHEMES = ("s3://", "https://", "http://")
+DEFAULT_RUNNER_SERVICE_ACCOUNT = "posegraph-job-runner"
+
+
+class InvalidPoseJob(ValueError):
+    pass
+
+
+class PipelineRef(Strict):
+    name: str = Field(..., description="a PosePipeline in this namespace")
+
+
+class Output(Strict):
+    prefix: str = Field(..., description="where overlay.webm, pose3d.png and frames.jsonl go (s3://bucket/prefix/)")
+
+    @field_validator("prefix")
+    @classmethod
+    def _s3(cls, value: str) -> str:
+        if not value.startswith("s3://"):
+            raise PydanticCustomError("posejob_output", "outputs go to an s3:// prefix")
+        return value
+
+
+class ResultsSecretRef(Strict):
+    name: str
+    dsnKey: str = "dsn"
+    passwordKey: str = "password"
+
+
+class Results(Strict):
+    secretRef: ResultsSecretRef = Field(
+        ..., description="a Secret with the results DSN and the database password (never in the spec)")
+
+
+class Options(Strict):
+    stride: int = Field(1, ge=1)
+    batch: int = Field(8, ge=1)
+    maxFrames: int | None = Field(None, ge=1)
+    render: bool = True
+    videoFormat: Literal["webm", "mp4"] = "webm"
+
+
+class PoseJobSpec(Strict):
+    video: str = Field(..., min_length=1, description="the video, s3://bucket/key or https://…")
+    pipelineRef: PipelineRef
+    output: Output
+    results: Results
+    options: Options = Options()
+    resources: Resources | None = None
+    backoffLimit: int = Field(2, ge=0)
+    ttlSecondsAfterFinished: int = Field(86400, ge=0)
+    activeDeadlineSeconds: int | None = Field(None, ge=1)
+    serviceAccountName: str | None = Field(None, description="identity for S3 (IRSA) and for reporting progress; "
+                                                             f"default {DEFAULT_RUNNER_SERVICE_ACCOUNT}")
+
+    @field_validator("video")
+    @classmethod
+    def _readable(cls, value: str) -> str:
+        if not value.startswith(VIDEO_SCHEMES):
+            raise PydanticCustomError("posejob_video", "a PoseJob reads videos from s3:// or https:// URIs")
+        return value
+
+
+# The checks whose message names the value (the others name the field only).
+_QUOTE_INPUT = {"posejob_video", "posejob_output"}
+
+
+def parse_posejob(spec: dict[str, Any]) -> PoseJobSpec:
+    """The spec as a model, or InvalidPoseJob naming the first problem (``spec.<field>: why``)."""
+    try:
+        return PoseJobSpec.model_validate(spec)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(["spec", *map(str, first["loc"])])
+        if first["type"] in _QUOTE_INPUT:
+            where += f" {first['input']!r}"
+        raise InvalidPoseJob(f"{where}: {first['msg']}") from None
+
+
+# ---- status: written by the operator and the runner; a model only to generate the CRD's schema ---------
+
+_PHASES = (POSEJOB_PENDING, POSEJOB_RUNNING, POSEJOB_SUCCEEDED, POSEJOB_PARTIAL, POSEJOB_FAILED)
+
+
+class PoseJobStatus(BaseModel):
+    # Open: kopf and kubectl may add fields the operator does not know.
+    model_config = ConfigDict(extra="allow")
+
+    phase: str | None = Field(None, description=", ".join(_PHASES[:-1]) + f" or {_PHASES[-1]}")
+    message: str | None = None
+    observedGeneration: int | None = Field(None, json_schema_extra={"format": "int64"})
+    jobName: str | None = None
+    graphURL: str | None = None
+    frames: str | None = None
+    startTime: str | None = None
+    completionTime: str | None = None
+    outputs: dict[str, str] | None = None
+    progress: dict[str, Any] | None = Field(None, description="written by the runner while it works")
