@@ -218,3 +218,33 @@ def test_the_ui_takes_video_uris_only_from_allowed_sources(tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+# -- the operator's decision: PosePipeline.spec.fetchAllow and the chart -----------------------------------
+def _pipeline(**spec):
+    return {"metadata": {"name": "p1"},
+            "spec": {"stages": {s: {"storageUri": f"s3://models/p1/{s}/"} for s in ("detect", "pose2d", "lift3d")},
+                     **spec}}
+
+
+def test_a_pipelines_fetch_allow_reaches_every_stage_and_nothing_else_does():
+    from posegraph.graph.kserve_objects import inference_service
+    from posegraph.graph.spec import parse_pipeline
+
+    def env_of(isvc):
+        return {e["name"]: e.get("value") for e in isvc["spec"]["predictor"]["model"].get("env") or []}
+
+    closed = parse_pipeline(_pipeline())
+    assert all("POSEGRAPH_FETCH_ALLOW" not in env_of(inference_service(closed, s)) for s in ("detect", "pose2d"))
+    opened = parse_pipeline(_pipeline(fetchAllow=["s3://photos/in/", "https://img.example.com"]))
+    for stage in ("detect", "pose2d", "lift3d"):
+        assert env_of(inference_service(opened, stage))["POSEGRAPH_FETCH_ALLOW"] == \
+            "s3://photos/in/,https://img.example.com"
+
+
+def test_a_bad_fetch_allow_entry_fails_the_spec_not_a_pod():
+    from posegraph.errors import PosegraphError
+    from posegraph.graph.spec import parse_pipeline
+
+    with pytest.raises((PosegraphError, ValueError), match="s3://bucket"):
+        parse_pipeline(_pipeline(fetchAllow=["photos"]))

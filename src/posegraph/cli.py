@@ -430,12 +430,10 @@ def cmd_db(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    from .frame import json_schemas
+    from .generate import write_schemas
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name, schema in json_schemas().items():
-        (args.out / name).write_text(json.dumps(schema, indent=2) + "\n")
-        print(args.out / name)
+    for path in write_schemas(args.out):
+        print(path)
     return 0
 
 

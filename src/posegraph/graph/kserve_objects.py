@@ -78,6 +78,10 @@ def _env(pipeline: PosePipeline, stage_spec: StageDeployment) -> list[dict[str, 
         ref = pipeline.spec.authSecretRef
         env.append({"name": "POSEGRAPH_AUTH_TOKEN",
                     "valueFrom": {"secretKeyRef": {"key": ref.key, "name": ref.name}}})
+    if pipeline.spec.fetchAllow:
+        from ..fetchpolicy import ENV
+
+        env.append({"name": ENV, "value": ",".join(pipeline.spec.fetchAllow)})
     return env
 
 

@@ -157,8 +157,19 @@ class PipelineSpec(Strict):
     deploymentMode: Literal["RawDeployment", "Serverless", "Standard", "Knative"] | None = None
     authSecretRef: SecretKeyRef | None = Field(None, description="bearer token the stage servers require "
                                                                  "(POSEGRAPH_AUTH_TOKEN)")
+    fetchAllow: list[str] = Field(default_factory=list, description=(
+        "sources a request's image.uri may name (s3://bucket/prefix/, https://host[/path]); empty: the stage "
+        "servers read inline image data only. Set as POSEGRAPH_FETCH_ALLOW on every stage (docs/serving.md)"))
     stages: dict[str, StageDeployment] = Field(..., json_schema_extra=_three_stages_schema)
     graph: GraphSettings = GraphSettings()
+
+    @field_validator("fetchAllow")
+    @classmethod
+    def _fetch_sources(cls, value):
+        from ..fetchpolicy import FetchPolicy
+
+        FetchPolicy.parse(" ".join(value), origin="spec.fetchAllow")  # a bad entry fails the spec, not a pod
+        return value
 
     @field_validator("stages")
     @classmethod
