@@ -479,10 +479,15 @@ def test_deleting_collects_children_through_owner_references(control_plane, oper
     for stage in ("detect", "pose2d", "lift3d"):
         wait(lambda s=stage: absent(lambda: get(custom, "inferenceservices", f"p-gone-{s}", KSERVE, "v1beta1")),
              what=f"p-gone-{stage} collected")
+        # The audit event of a delete is written after its response (stage ResponseComplete): wait for it.
+        wait(lambda s=stage: deleted_by(control_plane, "inferenceservices", f"p-gone-{s}") == [GC],
+             what=f"p-gone-{stage}'s deletion by the garbage collector in the audit log")
         assert deleted_by(control_plane, "inferenceservices", f"p-gone-{stage}") == [GC]
     wait(lambda: absent(lambda: get(custom, "inferencegraphs", "p-gone", KSERVE, "v1alpha1")), what="graph collected")
+    wait(lambda: deleted_by(control_plane, "inferencegraphs", "p-gone"), what="the graph's deletion in the audit log")
     assert deleted_by(control_plane, "inferencegraphs", "p-gone") == [GC]
     wait(lambda: absent(lambda: batch.read_namespaced_job("posejob-gone", RELEASE_NS)), what="the Job collected")
+    wait(lambda: deleted_by(control_plane, "jobs", "posejob-gone"), what="the Job's deletion in the audit log")
     assert deleted_by(control_plane, "jobs", "posejob-gone") == [GC]
     wait(lambda: not job_pod(core, "posejob-gone"), what="the Job's Pod collected")
 
