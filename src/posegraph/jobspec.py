@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from .graph.spec import Resources, Strict
+from .uri import is_remote_video_uri
 from .names import (
     POSEJOB_FAILED,
     POSEJOB_PARTIAL,
@@ -22,8 +23,6 @@ from .names import (
     POSEJOB_SUCCEEDED,
 )
 
-# What a runner pod can read: object storage or the web (not a path on someone's machine).
-VIDEO_SCHEMES = ("s3://", "https://", "http://")
 DEFAULT_RUNNER_SERVICE_ACCOUNT = "posegraph-job-runner"
 
 
@@ -81,7 +80,7 @@ class PoseJobSpec(Strict):
     @field_validator("video")
     @classmethod
     def _readable(cls, value: str) -> str:
-        if not value.startswith(VIDEO_SCHEMES):
+        if not is_remote_video_uri(value):  # the one check the UI makes too
             raise PydanticCustomError("posejob_video", "a PoseJob reads videos from s3:// or https:// URIs")
         return value
 

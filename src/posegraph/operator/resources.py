@@ -14,9 +14,8 @@ from typing import Any
 
 from ..graph.kserve_objects import render
 from ..graph.spec import STAGE_NAMES, PosePipeline, parse_pipeline
-from ..jobspec import (  # noqa: F401 - InvalidPoseJob and VIDEO_SCHEMES are re-exported (handlers, tests)
+from ..jobspec import (  # noqa: F401 - InvalidPoseJob is re-exported (handlers, tests)
     DEFAULT_RUNNER_SERVICE_ACCOUNT,
-    VIDEO_SCHEMES,
     InvalidPoseJob,
     PoseJobSpec,
     parse_posejob,
