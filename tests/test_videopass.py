@@ -96,3 +96,21 @@ def test_tracks_are_lifted_once_each_as_the_tracker_lets_them_go(pipeline, clip)
     assert any(frames_seen < len(frames) for frames_seen, _ in calls), f"no track lifted before the end: {calls}"
     assert all(len(ids) <= 2 for _, ids in calls)
     assert all(p.keypoints3d is not None for d in sink.docs for p in d.persons or [])
+
+
+def test_requests_in_flight_change_nothing_in_the_results(checkpoints, clip, tmp_path):
+    """Several graph requests at once (job run --in-flight) give exactly the documents of one
+    request at a time: results are taken in frame order."""
+    from posegraph.jobs.runner import JobOptions, JobRunner
+
+    outputs = {}
+    for in_flight in (1, 3):
+        out = tmp_path / f"in-flight-{in_flight}"
+        summary = JobRunner(JobOptions(
+            video=str(clip), results=f"sqlite:///{tmp_path / f'{in_flight}.db'}", output=str(out) + "/",
+            graph="local", checkpoints=str(checkpoints), batch=4, in_flight=in_flight, quiet=True)).run()
+        assert summary["status"] == "succeeded", summary
+        outputs[in_flight] = read_jsonl(out / "frames.jsonl")
+    assert sorted(outputs[1]) == sorted(outputs[3]) == list(range(24))
+    for index in outputs[1]:
+        assert_same_persons(outputs[1][index], outputs[3][index], f"frame {index}")

@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="where the rendered video, plot and frames.jsonl go: s3://bucket/prefix/ or a directory")
     jrun.add_argument("--stride", type=int, default=1, help="process every N-th frame")
     jrun.add_argument("--batch", type=int, default=8, help="frame documents per graph request")
+    jrun.add_argument("--in-flight", type=int, default=2,
+                      help="graph requests at once (default 2: the next batch travels while one is computed)")
     jrun.add_argument("--max-frames", type=int, default=None)
     jrun.add_argument("--job-id", default=None, help="default: derived from the video and stride (reruns resume)")
     jrun.add_argument("--no-render", action="store_true", help="skip the overlay video and plot")
@@ -401,7 +403,7 @@ def cmd_job(args) -> int:
         video=args.video, results=args.results, output=args.output, graph=args.graph, lift3d=args.lift3d,
         stride=args.stride, batch=args.batch, max_frames=args.max_frames, job_id=args.job_id,
         render=not args.no_render, retries=args.retries, video_format=args.video_format,
-        frame_format=args.frame_format,
+        frame_format=args.frame_format, in_flight=args.in_flight,
         progress_file=args.progress_file, metrics_port=args.metrics_port, report_posejob=args.report_posejob,
         profile=args.profile, checkpoints=str(args.checkpoints) if args.checkpoints else None, token=args.token,
         quiet=args.quiet)

@@ -210,11 +210,18 @@ class MemorySink:
 
 # -- the pass -------------------------------------------------------------------------------------------
 def run_video(frames: Iterable[Frame], detect_and_pose: DetectAndPose, lift: Lift, sink: Sink, tracker: Tracker,
-              *, batch_frames: int = 8, lift_batch: int = 8,
+              *, batch_frames: int = 8, lift_batch: int = 8, in_flight: int = 1,
               progress: Callable[[int], None] | None = None) -> float:
     """Every frame through ``detect_and_pose`` (``batch_frames`` at a time) and the tracker into
     ``sink``; each track lifted once the tracker has let it go (``lift_batch`` tracks a request),
-    the rest when the video ends. Returns the seconds spent lifting."""
+    the rest when the video ends. Returns the seconds spent lifting.
+
+    ``in_flight`` > 1 keeps that many batches in ``detect_and_pose`` at once (threads: a graph
+    request waits on the network, onnxruntime releases the GIL), so decoding, encoding and lifting
+    overlap with inference. Results are still taken in frame order, so tracking, the sink and
+    lifting see exactly what one batch at a time gives."""
+    if in_flight < 1:
+        raise PosegraphError("in_flight must be ≥ 1")
     lift_s = 0.0
 
     def lift_tracks(tracks: Sequence[TrackDocument]) -> None:
@@ -231,10 +238,7 @@ def run_video(frames: Iterable[Frame], detect_and_pose: DetectAndPose, lift: Lif
                 lift_s += time.perf_counter() - started
             sink.lifted(done)
 
-    pending: list[Frame] = []
-
-    def flush() -> None:
-        results = detect_and_pose(pending)
+    def take(results: list[FrameResult]) -> None:
         for result in results:
             if result.doc is not None:
                 result.doc.width = result.doc.width or int(result.frame.pixels.shape[1])
@@ -242,16 +246,38 @@ def run_video(frames: Iterable[Frame], detect_and_pose: DetectAndPose, lift: Lif
                 tracker.update(result.doc)
         sink.add(results, tracker)
         if progress:
-            progress(len(pending))
-        pending.clear()
+            progress(len(results))
         lift_tracks(sink.finished_tracks(tracker.live_ids()))
 
-    for frame in frames:
-        pending.append(frame)
-        if len(pending) >= batch_frames:
-            flush()
-    if pending:
-        flush()
+    pending: list[Frame] = []
+    if in_flight == 1:
+        for frame in frames:
+            pending.append(frame)
+            if len(pending) >= batch_frames:
+                take(detect_and_pose(pending))
+                pending = []
+        if pending:
+            take(detect_and_pose(pending))
+    else:
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="videopass") as pool:
+            queue: deque = deque()
+            try:
+                for frame in frames:
+                    pending.append(frame)
+                    if len(pending) >= batch_frames:
+                        queue.append(pool.submit(detect_and_pose, pending))
+                        pending = []
+                        if len(queue) >= in_flight:
+                            take(queue.popleft().result())  # the oldest first: frame order is kept
+                if pending:
+                    queue.append(pool.submit(detect_and_pose, pending))
+                while queue:
+                    take(queue.popleft().result())
+            finally:
+                for future in queue:  # interrupted: what is not taken is not committed, and resumes
+                    future.cancel()
     lift_tracks(sink.finished_tracks(set()))  # the video has ended: every track is finished
     return lift_s
-

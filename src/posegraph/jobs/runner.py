@@ -56,6 +56,7 @@ class JobOptions:
     render: bool = True
     retries: int = 3
     video_format: str = "webm"  # webm (VP8, plays in browsers) or mp4 (mp4v)
+    in_flight: int = 2  # graph requests at once: the next batch is encoded and sent while one is computed
     frame_format: str = "jpeg"  # how frames travel to the graph: jpeg, or png (lossless, ~10x the bytes)
     progress_file: str | None = None
     metrics_port: int | None = None
@@ -79,8 +80,8 @@ def _join(prefix: str, name: str) -> str:
 
 class JobRunner:
     def __init__(self, options: JobOptions) -> None:
-        if options.stride < 1 or options.batch < 1:
-            raise BadInput("--stride and --batch must be ≥ 1")
+        if options.stride < 1 or options.batch < 1 or options.in_flight < 1:
+            raise BadInput("--stride, --batch and --in-flight must be ≥ 1")
         if options.video_format not in {"webm", "mp4"}:
             raise BadInput("--video-format must be webm or mp4")
         if options.frame_format not in {"jpeg", "png"}:
@@ -169,7 +170,7 @@ class JobRunner:
         run_video(video_frames(reader, stride=o.stride, max_frames=o.max_frames, start=resume_from),
                   GraphFrames(client.infer, retries=o.retries, image_format=o.frame_format),
                   GraphLift(lift_client.infer, retries=o.retries), sink, tracker,
-                  batch_frames=o.batch, lift_batch=o.batch)
+                  batch_frames=o.batch, lift_batch=o.batch, in_flight=o.in_flight)
 
     def _finish(self, local: Path, reader: VideoReader) -> dict[str, Any]:
         """Outputs rebuilt from the store (whatever was interrupted before), then the job's status."""
