@@ -224,3 +224,39 @@ def test_the_validation_would_see_a_field_kserve_does_not_have():
     isvc["spec"]["predictor"]["model"]["storageUrl"] = isvc["spec"]["predictor"]["model"].pop("storageUri")
     with pytest.raises(jsonschema.ValidationError, match="storageUrl"):
         validate(isvc)
+
+
+def _scaled(mode: str | None, **detect) -> dict:
+    spec = {"stages": {s: {"storageUri": f"s3://m/p/{s}/"} for s in ("detect", "pose2d", "lift3d")}}
+    spec["stages"]["detect"].update(detect)
+    if mode:
+        spec["deploymentMode"] = mode
+    return {"metadata": {"name": "p"}, "spec": spec}
+
+
+@pytest.mark.parametrize("mode,scaling", [
+    ("RawDeployment", {"minReplicas": 1, "maxReplicas": 4, "scaleMetric": "cpu", "scaleTarget": 70}),
+    ("Serverless", {"minReplicas": 0, "maxReplicas": 8, "scaleMetric": "concurrency", "scaleTarget": 4}),
+])
+def test_per_stage_autoscaling_is_rendered_as_kserve_reads_it(mode, scaling):
+    from posegraph.graph.kserve_objects import inference_service
+
+    isvc = inference_service(parse_pipeline(_scaled(mode, **scaling)), "detect")
+    validate(isvc)
+    predictor = isvc["spec"]["predictor"]
+    assert {k: predictor[k] for k in scaling} == scaling
+    pose2d = inference_service(parse_pipeline(_scaled(mode, **scaling)), "pose2d")["spec"]["predictor"]
+    assert "scaleMetric" not in pose2d  # per stage: the others keep their defaults
+
+
+@pytest.mark.parametrize("mode,scaling,message", [
+    ("RawDeployment", {"minReplicas": 0}, "scale to zero"),
+    (None, {"minReplicas": 0}, "scale to zero"),
+    ("Standard", {"scaleMetric": "rps", "scaleTarget": 10}, "needs deploymentMode Serverless"),
+    ("Serverless", {"scaleMetric": "cpu"}, "go together"),
+])
+def test_autoscaling_a_mode_cannot_do_is_a_spec_error(mode, scaling, message):
+    from posegraph.errors import PosegraphError
+
+    with pytest.raises((PosegraphError, ValueError), match=message):
+        parse_pipeline(_scaled(mode, **scaling))

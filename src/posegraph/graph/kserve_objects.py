@@ -109,6 +109,8 @@ def inference_service(pipeline: PosePipeline, stage: str) -> dict[str, Any]:
         maxReplicas=s.maxReplicas,
         minReplicas=s.minReplicas,
         model=model,
+        scaleMetric=s.scaleMetric,
+        scaleTarget=s.scaleTarget,
         nodeSelector=dict(s.nodeSelector) or None,
         serviceAccountName=s.serviceAccountName,
         tolerations=_tolerations(s) or None,

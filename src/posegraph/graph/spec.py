@@ -92,8 +92,13 @@ class StageDeployment(Strict):
                                                           "s3://bucket/prefix/detect/, a path, file://")
     modelName: str | None = Field(None, description="model name inside the archive (default the stage name)")
     runtime: Runtime | None = Field(None, description="overrides spec.runtime")
-    minReplicas: int = Field(1, ge=0)
+    minReplicas: int = Field(1, ge=0, description="0: scale to zero when idle (Serverless/Knative mode only)")
     maxReplicas: int = Field(1, ge=1)
+    scaleMetric: Literal["cpu", "memory", "concurrency", "rps"] | None = Field(
+        None, description="what KServe's autoscaler follows between min and max replicas (concurrency/rps: "
+                          "Serverless only; cpu/memory: an HPA in Standard/RawDeployment mode)")
+    scaleTarget: int | None = Field(None, ge=1, description="the scaleMetric's target per replica (cpu/memory: "
+                                                            "percent utilisation; concurrency: requests in flight)")
     gpus: int = Field(0, ge=0, description="nvidia.com/gpu per replica (adds the GPU toleration)")
     resources: Resources = Field(default_factory=_default_stage_resources,
                                  description="requests and limits of the model server")
@@ -106,6 +111,8 @@ class StageDeployment(Strict):
     def _replicas(self):
         if self.maxReplicas < self.minReplicas:
             raise ValueError("maxReplicas must be ≥ minReplicas")
+        if (self.scaleMetric is None) != (self.scaleTarget is None):
+            raise ValueError("scaleMetric and scaleTarget go together")
         return self
 
 
@@ -170,6 +177,20 @@ class PipelineSpec(Strict):
 
         FetchPolicy.parse(" ".join(value), origin="spec.fetchAllow")  # a bad entry fails the spec, not a pod
         return value
+
+    @model_validator(mode="after")
+    def _autoscaling_fits_the_mode(self):
+        # Knative scales on requests and to zero; Standard/RawDeployment mode has an HPA on cpu or
+        # memory and keeps at least one replica (KServe's docs, v0.20).
+        knative = self.deploymentMode in ("Serverless", "Knative")
+        for name, stage in (self.stages or {}).items():
+            if stage.minReplicas == 0 and not knative:
+                raise ValueError(f"stages.{name}.minReplicas 0 (scale to zero) needs deploymentMode Serverless "
+                                 "(Knative)")
+            if stage.scaleMetric in ("concurrency", "rps") and not knative:
+                raise ValueError(f"stages.{name}.scaleMetric {stage.scaleMetric} needs deploymentMode Serverless "
+                                 "(Knative); Standard/RawDeployment scales on cpu or memory")
+        return self
 
     @field_validator("stages")
     @classmethod
