@@ -129,8 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="where the rendered video, plot and frames.jsonl go: s3://bucket/prefix/ or a directory")
     jrun.add_argument("--stride", type=int, default=1, help="process every N-th frame")
     jrun.add_argument("--batch", type=int, default=8, help="frame documents per graph request")
-    jrun.add_argument("--in-flight", type=int, default=2,
-                      help="graph requests at once (default 2: the next batch travels while one is computed)")
+    jrun.add_argument("--in-flight", type=int, default=1,
+                      help="graph requests at once (default 1; more overlap encoding and lifting with inference "
+                           "where the graph has cores to spare)")
     jrun.add_argument("--max-frames", type=int, default=None)
     jrun.add_argument("--job-id", default=None, help="default: derived from the video and stride (reruns resume)")
     jrun.add_argument("--no-render", action="store_true", help="skip the overlay video and plot")

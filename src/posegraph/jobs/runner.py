@@ -56,7 +56,9 @@ class JobOptions:
     render: bool = True
     retries: int = 3
     video_format: str = "webm"  # webm (VP8, plays in browsers) or mp4 (mp4v)
-    in_flight: int = 2  # graph requests at once: the next batch is encoded and sent while one is computed
+    # Graph requests at once. 1 by default: on 2 shared cores 2 in flight measured 0.57x to 1.18x of one
+    # (bench/video.py, 48 frames, 2026-12-01, other work running): not a win to turn on by default.
+    in_flight: int = 1
     frame_format: str = "jpeg"  # how frames travel to the graph: jpeg, or png (lossless, ~10x the bytes)
     progress_file: str | None = None
     metrics_port: int | None = None
