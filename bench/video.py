@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -20,6 +21,45 @@ import warnings
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int | str = "self") -> float:
+    """User + system CPU seconds of a process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def peak_mb(pid: int | str = "self") -> float:
+    """Peak resident memory (VmHWM) since the process started or since reset_peak()."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak(pid: int | str = "self") -> None:
+    try:  # "5" resets the peak RSS counter (proc(5), clear_refs)
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+class Meter:
+    """CPU seconds and peak memory of a set of processes over one measured run."""
+
+    def __init__(self, pids: dict[str, int | str]) -> None:
+        self.pids = pids
+        for pid in pids.values():
+            reset_peak(pid)
+        self.cpu0 = {name: cpu_s(pid) for name, pid in pids.items()}
+        self.t0 = time.perf_counter()
+
+    def done(self, frames: int) -> dict:
+        seconds = time.perf_counter() - self.t0
+        cpu = {name: cpu_s(pid) - self.cpu0[name] for name, pid in self.pids.items()}
+        return {"fps": frames / seconds, "cpu_s_per_frame": sum(cpu.values()) / frames,
+                "peak_mb": {name: round(peak_mb(pid)) for name, pid in self.pids.items()}}
 
 
 def main() -> None:
@@ -36,7 +76,11 @@ def main() -> None:
     from posegraph.samples import synthetic_clip_frames, write_clip
     from posegraph.zoo import get_model
 
+    import onnxruntime as ort
+
     overrides = [f"detect.score_threshold={args.bbox_thr}", "detect.max_persons=null"]
+    if "CUDAExecutionProvider" in ort.get_available_providers():  # onnxruntime-gpu and a GPU: run there
+        overrides.append("device=cuda:0")
     profile = load_profile("cpu", overrides)
     work = Path(tempfile.mkdtemp(prefix="posegraph-bench-video-"))
     checkpoints = args.checkpoints or work
@@ -59,9 +103,9 @@ def main() -> None:
             det_model=mm_reference.config_for(models["detect"]), det_weights=str(checkpoints / f"{models['detect']}.pth"),
             det_cat_ids=[0], pose3d=mm_reference.config_for(models["lift3d"]),
             pose3d_weights=str(checkpoints / f"{models['lift3d']}.pth"), device="cpu")
-        started = time.perf_counter()
+        meter = Meter({"bench": "self"})
         frames = sum(1 for _ in inferencer(str(clip), bbox_thr=args.bbox_thr, show=False))
-        rows["(a) mmpose MMPoseInferencer(pose3d), in process"] = frames / (time.perf_counter() - started)
+        rows["(a) mmpose MMPoseInferencer(pose3d), in process"] = meter.done(frames)
 
     # (b) posegraph's in-process pipeline and (c) a job through the local graph (KServe runtime, SQLite,
     # rendering off): once with the cpu profile (no flip test), once doing mmpose's work (RTMPose
@@ -77,9 +121,16 @@ def main() -> None:
         label = "flip test on, as mmpose" if flip else "cpu profile"
         pipeline = Pipeline(variant, checkpoint_dir=checkpoints).load()
         with VideoReader(clip) as reader:
-            started = time.perf_counter()
+            meter = Meter({"bench": "self"})
             docs = pipeline.video(reader)
-            rows[f"(b) posegraph in-process pipeline, {label}"] = len(docs) / (time.perf_counter() - started)
+            row = rows[f"(b) posegraph in-process pipeline, {label}"] = meter.done(len(docs))
+        # Per stage, from each document's stage records (lift3d's is the whole video's, once).
+        # A stage's record holds its batch's time (pipeline.video: 8 frames a batch): one per batch.
+        row["ms_per_frame"] = {name: round(sum((docs[i].stages[name].ms or 0) for i in range(0, len(docs), 8))
+                                           / len(docs), 1) for name in ("detect", "pose2d")}
+        row["ms_per_frame"]["lift3d"] = round((docs[0].stages["lift3d"].ms or 0) / len(docs), 1)
+        row["providers"] = sorted({st.network.session.get_providers()[0] if hasattr(st.network, "session")
+                                   else st.network.backend for st in pipeline.stages.values()})
         persons = sum(len(d.persons or []) for d in docs) / len(docs)
         layouts = archives_for_profile(variant, checkpoints)
         with start_local_graph(default_pipeline(layouts, "kserve"), layouts) as graph:
@@ -87,15 +138,20 @@ def main() -> None:
                 options = JobOptions(video=str(clip), results=f"sqlite:///{work / 'r.db'}", output=str(work / "out"),
                                      graph=graph.endpoint, lift3d=graph.servers["lift3d"].predict_url, render=False,
                                      job_id=f"bench-{flip}-{in_flight}", quiet=True, in_flight=in_flight)
-                started = time.perf_counter()
+                pids = {"runner": "self", "router": graph.router.pid,
+                        **{stage: server.process.pid for stage, server in graph.servers.items()}}
+                meter = Meter(pids)
                 summary = JobRunner(options).run()
                 rows[f"(c) posegraph job through the local graph, {label}, {in_flight} in flight"] = (
-                    summary["frames_done"] / (time.perf_counter() - started))
+                    meter.done(summary["frames_done"]))
 
-    base = rows["(a) mmpose MMPoseInferencer(pose3d), in process"]
-    print(f"\n{args.frames}-frame 640×480 clip, person threshold {args.bbox_thr} ({persons:.1f} persons/frame):")
-    for name, fps in rows.items():
-        print(f"  {name:78s} {fps:6.2f} frames/s   {fps / base:4.2f}× (a)")
+    base = rows["(a) mmpose MMPoseInferencer(pose3d), in process"]["fps"]
+    print(f"\n{args.frames}-frame 640×480 clip, person threshold {args.bbox_thr} ({persons:.1f} persons/frame); "
+          f"onnxruntime providers here: {', '.join(ort.get_available_providers())}")
+    for name, row in rows.items():
+        extra = f"   stages ms/frame {row['ms_per_frame']}  ran on {row['providers']}" if "ms_per_frame" in row else ""
+        print(f"  {name:78s} {row['fps']:6.2f} frames/s   {row['fps'] / base:4.2f}× (a)   "
+              f"{row['cpu_s_per_frame']:.2f} CPU s/frame   peak MB {row['peak_mb']}{extra}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 
