@@ -143,6 +143,39 @@ class TrackDocument(_Open):
 Document = FrameDocument | TrackDocument
 
 
+# How deep a client's own fields may nest. They are kept and sent back, and pydantic refuses to
+# serialise past 255 levels: a field nested 300 deep passed validation, ran the stage, then failed
+# the whole batch with a 500 (tests/test_hostile.py). A document's own fields nest 3 levels.
+MAX_EXTRA_DEPTH = 32
+
+
+def _nested_deeper(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def _too_deep_extra(doc: Document) -> str | None:
+    """The first client field nested deeper than MAX_EXTRA_DEPTH. Only the extras are walked: the
+    known fields have fixed shapes, and walking a 243-frame track whole took as long as validating it."""
+    parts: list[tuple[str, BaseModel]] = [("", doc), *((f"stages.{k}.", v) for k, v in doc.stages.items())]
+    if isinstance(doc, FrameDocument):
+        parts += [("image.", doc.image)] if doc.image is not None else []
+        parts += [(f"persons.{i}.", p) for i, p in enumerate(doc.persons or ())]
+    else:
+        parts += [(f"frames.{i}.", f) for i, f in enumerate(doc.frames)]
+    for prefix, model in parts:
+        for key, value in (model.model_extra or {}).items():
+            if isinstance(value, (dict, list)) and _nested_deeper(value, MAX_EXTRA_DEPTH):
+                return prefix + key
+    return None
+
+
 def parse_document(payload: Any, *, where: str = "document") -> Document:
     """Validate one JSON object as a frame or track document (by its ``schema`` field)."""
     from pydantic import ValidationError
@@ -152,16 +185,21 @@ def parse_document(payload: Any, *, where: str = "document") -> Document:
     if not isinstance(payload, dict):
         raise BadInput(f"{where} must be a JSON object, got {type(payload).__name__}")
     kind = payload.get("schema", FRAME_SCHEMA)
-    model = {FRAME_SCHEMA: FrameDocument, TRACK_SCHEMA: TrackDocument}.get(kind)
+    # Not a string (a list or an object) was a TypeError from the lookup below, a 500.
+    model = {FRAME_SCHEMA: FrameDocument, TRACK_SCHEMA: TrackDocument}.get(kind) if isinstance(kind, str) else None
     if model is None:
         raise BadInput(f"{where}: unknown schema {kind!r}; expected {FRAME_SCHEMA!r} or {TRACK_SCHEMA!r}")
     try:
-        return model.model_validate(payload)
+        doc = model.model_validate(payload)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or "(root)"
         more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise BadInput(f"{where}: {loc}: {first['msg']}{more}") from None
+    deep = _too_deep_extra(doc)
+    if deep is not None:
+        raise BadInput(f"{where}: {deep} is nested more than {MAX_EXTRA_DEPTH} levels deep")
+    return doc
 
 
 def json_schemas() -> dict[str, dict]:

@@ -28,10 +28,14 @@ from kserve.errors import InvalidInput
 from .archive import find_mar, unpack
 from .auth import BearerAuth
 from .metrics import PrometheusStageMetrics
-from .protocol import MAX_REQUEST_BYTES, answer_batch
+from .protocol import MAX_REQUEST_BYTES, ProtocolError, answer_batch, loads_json
 from .runtime import load_stage, pick_device
 
 log = logging.getLogger(__name__)
+
+# How long a request's body may take to arrive (KServe's router gives serverRead 60 s by default).
+# Without it a client that sent part of a body and kept the connection open held it forever.
+READ_TIMEOUT_S = float(os.environ.get("POSEGRAPH_READ_TIMEOUT_S", 60))
 
 
 class HTTPError(Exception):
@@ -81,11 +85,14 @@ class StageModel(kserve.Model):
         inputs = {i.name: i for i in request.inputs}
         if "instances" not in inputs or inputs["instances"].datatype != "BYTES":
             raise InvalidInput('v2: send one BYTES input named "instances" whose elements are JSON documents')
+        elements = inputs["instances"].data
+        if not isinstance(elements, list) or not all(isinstance(x, (str, bytes, bytearray)) for x in elements):
+            # An int or an object here was a TypeError from json.loads: a 500.
+            raise InvalidInput("v2: the elements of instances must be strings, each one JSON document")
         try:
-            docs = [json.loads(x.decode() if isinstance(x, (bytes, bytearray)) else x)
-                    for x in inputs["instances"].data]
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidInput(f"v2: an element of instances is not JSON: {exc}") from None
+            docs = [loads_json(x, what="v2: an element of instances") for x in elements]
+        except ProtocolError as exc:  # too deep was a RecursionError: a 500
+            raise InvalidInput(str(exc)) from None
         body = self._answer([{"instances": docs}], headers)
         out = [json.dumps(doc) for doc in body["predictions"]]
         return InferResponse(model_name=self.name, infer_outputs=[InferOutput("predictions", [len(out)], "BYTES", out)],
@@ -99,35 +106,98 @@ def _empty_report():
 
 
 class BodyLimit:
-    """Refuse a body whose Content-Length is over the limit before reading it. Plain ASGI, not
-    Starlette's BaseHTTPMiddleware: that one re-streams every request and response through
-    anyio memory streams, which measurably added to the per-hop overhead (bench/serving.py)."""
+    """Read the body here, before KServe does: refuse it with 413 once it passes the limit (by its
+    Content-Length, unread, or while a chunked body streams in: those have no Content-Length and a
+    40 MB one was read whole), or with 408 if it takes longer than READ_TIMEOUT_S; then hand the app
+    the body as one message. Plain ASGI, not Starlette's BaseHTTPMiddleware: that one re-streams
+    every request and response through anyio memory streams, which measurably added to the per-hop
+    overhead (bench/middleware.py)."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, max_bytes: int | None = None, read_timeout_s: float | None = None) -> None:
         self.app = app
+        self.max_bytes = MAX_REQUEST_BYTES if max_bytes is None else max_bytes
+        self.read_timeout_s = READ_TIMEOUT_S if read_timeout_s is None else read_timeout_s
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http":
-            length = dict(scope["headers"]).get(b"content-length", b"")
-            if length.isdigit() and int(length) > MAX_REQUEST_BYTES:
-                from fastapi.responses import JSONResponse
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            await _json_error(scope, receive, send, 413, f"request body is {int(length)} bytes, above the "
+                                                         f"{self.max_bytes} byte limit")
+            return
+        try:
+            # The deadline costs +0.04 ms a request (bench/middleware.py: the old Content-Length-only
+            # BodyLimit measured +0.00 ms beside it); asyncio.wait_for, which adds a task, cost more.
+            if hasattr(asyncio, "timeout"):  # Python 3.11+
+                async with asyncio.timeout(self.read_timeout_s):
+                    body = await self._read(receive)
+            else:
+                body = await asyncio.wait_for(self._read(receive), self.read_timeout_s)
+        except asyncio.TimeoutError:
+            await _json_error(scope, receive, send, 408, f"the request body did not arrive within "
+                                                         f"{self.read_timeout_s:g} s (POSEGRAPH_READ_TIMEOUT_S)")
+            return
+        if body is None:  # the client went away mid-body: nobody to answer
+            return
+        if len(body) > self.max_bytes:
+            await _json_error(scope, receive, send, 413, f"request body is above the {self.max_bytes} byte limit "
+                                                         "(it came without a Content-Length)")
+            return
+        delivered = False
 
-                response = JSONResponse({"error": f"request body is {int(length)} bytes, above the "
-                                                  f"{MAX_REQUEST_BYTES} byte limit"}, status_code=413)
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        async def replay():
+            nonlocal delivered
+            if delivered:
+                return await receive()  # http.disconnect, when the client goes
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _read(self, receive) -> bytes | None:
+        """The whole body; None if the client disconnected; stops reading one chunk past the limit."""
+        chunks, total = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > self.max_bytes or not message.get("more_body"):
+                return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+
+
+async def _json_error(scope, receive, send, status: int, message: str) -> None:
+    """An answer before the body was read whole. A 408 closes the connection (uvicorn would wait
+    on for the rest of the body). A 413 does not: uvicorn drops the rest of the body as it comes,
+    and a client still sending it gets the 413. Closed, KServe's router, writing the body on,
+    got a broken pipe and made the 413 a 500 (tests/test_hostile.py)."""
+    from fastapi.responses import JSONResponse
+
+    headers = {"connection": "close"} if status == 408 else None
+    await JSONResponse({"error": message}, status_code=status, headers=headers)(scope, receive, send)
 
 
 def _limit_and_errors(app) -> None:
-    """Refuse oversized bodies before they are read, and answer HTTPError with its status."""
+    """Refuse oversized or slow bodies before KServe reads them, answer HTTPError with its status,
+    and what KServe answers 501 (``:explain`` with no explainer, ``/versions/…``) with 404: this
+    server has no such thing. Called after KServe's own handlers are in, so these win."""
     from fastapi.responses import JSONResponse
 
     async def http_error(request, exc: HTTPError):
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
+    async def not_served(request, exc: NotImplementedError):
+        return JSONResponse({"error": f"{request.method} {request.url.path}: not served here ({exc}); "
+                                      "a stage answers /v1/models/<name>:predict and /v2/models/<name>/infer"},
+                            status_code=404)
+
     app.add_middleware(BodyLimit)
     app.add_exception_handler(HTTPError, http_error)
+    app.add_exception_handler(NotImplementedError, not_served)
 
 
 def serve(model_dir: Path, *, stage: str | None = None, name: str | None = None, host: str = "0.0.0.0",
@@ -138,7 +208,6 @@ def serve(model_dir: Path, *, stage: str | None = None, name: str | None = None,
 
     model = StageModel(Path(model_dir), stage, name)
     model.load()
-    _limit_and_errors(app)
 
     class HostModelServer(ModelServer):
         """KServe's ModelServer binds 0.0.0.0 unconditionally; locally we bind loopback only."""
@@ -148,6 +217,13 @@ def serve(model_dir: Path, *, stage: str | None = None, name: str | None = None,
             rest = RESTServer(FASTAPI_APP_IMPORT_STRING, self.dataplane, self.model_repository_extension,
                               self.http_port, grace_period=5)
             rest.config.host = host
+            create_application = rest.create_application
+
+            def create_with_limits():
+                create_application()
+                _limit_and_errors(app)  # after KServe's handlers: its NotImplementedError → 501 is replaced
+
+            rest.create_application = create_with_limits
             self._rest_server = rest
             self.servers.append(rest.start())
             self.setup_event_loop()

@@ -16,11 +16,12 @@ from typing import Any, Callable
 
 from ..errors import BadInput, PosegraphError
 from ..frame import Document, parse_document
+from ..names import MAX_REQUEST_BYTES_DEFAULT
 
 log = logging.getLogger(__name__)
 
-# Largest request body we accept: a 4K JPEG is ~2 MB base64; TorchServe's own default is 6.5 MB.
-MAX_REQUEST_BYTES = int(os.environ.get("POSEGRAPH_MAX_REQUEST_BYTES", 32 << 20))
+# Largest request body we accept (names.MAX_REQUEST_BYTES_DEFAULT says why 32 MiB).
+MAX_REQUEST_BYTES = int(os.environ.get("POSEGRAPH_MAX_REQUEST_BYTES", MAX_REQUEST_BYTES_DEFAULT))
 MAX_INSTANCES = int(os.environ.get("POSEGRAPH_MAX_INSTANCES", 256))
 
 
@@ -32,21 +33,31 @@ class ProtocolError(BadInput):
         self.status = status
 
 
+def _not_json(constant: str):
+    raise ValueError(f"{constant} is not JSON")
+
+
+def loads_json(data: bytes | bytearray | memoryview | str, *, what: str = "request body") -> Any:
+    """Strict JSON: UTF-8 only, no NaN/Infinity (Python's json takes them, KServe's orjson and every
+    other JSON parser do not, and answers with them would not be JSON either), and every way the
+    parser fails is a 400: nesting deeper than the recursion limit raises RecursionError and a
+    5000-digit integer a ValueError, both of which were 5xx (tests/test_hostile.py)."""
+    try:
+        text = data if isinstance(data, str) else bytes(data).decode("utf-8")
+        return json.loads(text, parse_constant=_not_json)
+    except RecursionError:
+        raise ProtocolError(f"{what} is not JSON we accept: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, the int digit limit, NaN
+        raise ProtocolError(f"{what} is not JSON: {exc}") from None
+
+
 def parse_request(body: Any) -> list[Document]:
     """One request body (bytes, str, or already-parsed JSON) → its documents."""
-    if isinstance(body, (bytes, bytearray, memoryview)):
-        if len(body) > MAX_REQUEST_BYTES:
+    if isinstance(body, (bytes, bytearray, memoryview, str)):
+        if len(body) > MAX_REQUEST_BYTES:  # a str counts characters: at most what its bytes count
             raise ProtocolError(f"request body is {len(body)} bytes, above the {MAX_REQUEST_BYTES} byte limit",
                                 status=413)
-        try:
-            body = json.loads(bytes(body).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ProtocolError(f"request body is not JSON: {exc}") from None
-    elif isinstance(body, str):
-        try:
-            body = json.loads(body)
-        except json.JSONDecodeError as exc:
-            raise ProtocolError(f"request body is not JSON: {exc}") from None
+        body = loads_json(body)
     if not isinstance(body, dict) or "instances" not in body:
         raise ProtocolError('request must be a JSON object with "instances": [frame documents]')
     instances = body["instances"]
@@ -107,6 +118,9 @@ def answer_batch(run: Callable[[list[Document]], list[Document]], bodies: list[A
             parsed.append((i, parse_request(body)))
         except BadInput as exc:
             outcomes[i] = Outcome(status_of(exc), error_body(exc))
+        except Exception as exc:  # noqa: BLE001 - a parser fault fails its own request, not the batch
+            log.exception("could not parse request %d of %d", i, len(bodies))
+            outcomes[i] = Outcome(500, {"error": f"internal error: {type(exc).__name__}: {exc}"})
 
     def answer(items: list[tuple[int, list[Document]]]) -> None:
         docs = [d for _, ds in items for d in ds]

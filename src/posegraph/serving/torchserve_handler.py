@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from http import HTTPStatus
 from typing import Any
 
 from .archive import read_manifest
@@ -18,6 +20,13 @@ from .protocol import Outcome, answer_batch
 from .runtime import load_stage, pick_device
 
 log = logging.getLogger(__name__)
+
+# TorchServe's worker json-decodes an application/json body itself (per request, reading this
+# variable) and hands the handler a dict. Then POSEGRAPH_MAX_REQUEST_BYTES never applied (a 2 MB
+# body under a 1 MiB limit got a 400, not a 413), NaN/Infinity were accepted (KServe's runtime
+# refuses them), and a body it could not decode came as bytes anyway. Raw bytes always: both
+# runtimes then parse every body with protocol.parse_request (one decode, as before).
+os.environ["TS_DECODE_INPUT_REQUEST"] = "false"
 
 
 class StageService:
@@ -51,7 +60,11 @@ class StageService:
         for i, outcome in enumerate(outcomes):
             context.set_response_content_type(i, "application/json")
             if outcome.status != 200:
-                context.set_response_status(outcome.status, outcome.body["error"][:200], idx=i)
+                # The standard phrase, not the message (that is in the body): TorchServe frames the
+                # phrase with its length in characters, so a message with "×" or "…" in it
+                # desynchronised the frame and killed the worker, a 500 for every request in
+                # flight (found by a 10000×6000 PNG, tests/test_hostile.py).
+                context.set_response_status(outcome.status, HTTPStatus(outcome.status).phrase, idx=i)
         self.metrics.observe(report, [o.status for o in outcomes])
         return [json.dumps(o.body) for o in outcomes]
 

@@ -106,7 +106,10 @@ class BasicAuth:
         if header.lower().startswith("basic "):
             try:
                 user, _, given = base64.b64decode(header[6:]).decode("utf-8").partition(":")
-                ok = secrets.compare_digest(user, "posegraph") and secrets.compare_digest(given, self.password)
+                # As bytes: compare_digest raises TypeError on non-ASCII str, so "Basic " + base64("é:x")
+                # was a 500 (tests/test_hostile.py).
+                ok = (secrets.compare_digest(user.encode(), b"posegraph")
+                      and secrets.compare_digest(given.encode(), self.password.encode()))
             except (ValueError, UnicodeDecodeError):
                 ok = False
         if ok:
