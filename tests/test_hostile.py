@@ -605,9 +605,29 @@ def test_fuzzed_v1_requests_get_200_or_a_4xx_with_a_message(stack, valid, endpoi
 
 
 # ---- image.uri fetch targets ---------------------------------------------------------------------
-# Left out on purpose: the fetch policy for image.uri (s3://, http://169.254.169.254/…, file:///etc/passwd,
-# redirects, huge or slow responses …) is being built separately. Its hostile cases go here, against
-# STAGE_ENDPOINTS and ROUTER_ENDPOINTS, once it lands.
+# The served fetch policy (posegraph.fetchpolicy): no URI at all unless the deployment allows its
+# source. Allowed sources, redirects and DNS are tested in tests/test_fetch_policy.py; here every kind
+# of target an attacker would try, against each endpoint that reads images (lift3d reads none).
+FETCH_TARGETS = [
+    "file:///etc/passwd", "/etc/shadow", "file://localhost/etc/passwd", "../../../../etc/passwd",
+    "s3://posegraph-models/demo/detect/model.onnx", "http://169.254.169.254/latest/meta-data/iam/",
+    "http://[fd00:ec2::254]/latest/meta-data/", "http://127.0.0.1:1/", "http://[::1]/", "http://10.0.0.1/a.jpg",
+    "https://example.com/a.jpg", "gopher://127.0.0.1:6379/_FLUSHALL", "ftp://example.com/a.jpg",
+]
+
+
+@pytest.mark.parametrize("endpoint", ["kserve:detect", "kserve:pose2d", "torchserve:detect", *ROUTER_ENDPOINTS])
+def test_image_uris_a_caller_names_are_refused(stack, valid, endpoint):
+    url = stack.url(endpoint)
+    # pose2d reads the image once it has persons to crop.
+    persons = {"persons": [{"bbox": [0, 0, 10, 10], "score": 0.9}]} if endpoint.endswith("pose2d") else {}
+    for uri in FETCH_TARGETS:
+        instance = {"schema": FRAME, "image": {"uri": uri}, **persons}
+        response = httpx.post(url, json={"instances": [instance]}, timeout=TIMEOUT)
+        assert_refused(response, what=f"{endpoint}, image.uri {uri}")
+        assert response.status_code == 403 or endpoint == "router:kserve", (endpoint, uri, response.text[:300])
+        assert "not allowed here" in response.text, (endpoint, uri, response.text[:300])
+    assert_serves(stack, endpoint, valid)
 
 
 # ---- the web UI ----------------------------------------------------------------------------------
