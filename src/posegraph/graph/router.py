@@ -47,6 +47,7 @@ from typing import Any
 
 import httpx
 
+from ..asgi import read_body
 from ..names import MAX_REQUEST_BYTES_DEFAULT
 
 log = logging.getLogger(__name__)
@@ -218,22 +219,14 @@ class GraphRouter:
 
     # -- the request ------------------------------------------------------------------------------
     async def read_body(self, receive) -> bytes | Answer | None:
-        """The request body, a 413 as soon as it is above the limit, or None when the client went
-        away before it was all sent. That last case used to end the loop as if the body were
-        complete: a truncated body was routed to the first step."""
-        chunks, total = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            total += len(chunk)
-            if total > self.max_request_bytes:
-                return _error(413, f"request body is above the {self.max_request_bytes} byte limit "
-                                   "(POSEGRAPH_MAX_REQUEST_BYTES, --max-request-bytes)")
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                return b"".join(chunks)
+        """The request body, a 413 once it is above the limit, or None when the client went away
+        before it was all sent. That last case used to end the loop as if the body were complete:
+        a truncated body was routed to the first step."""
+        body = await read_body(receive, self.max_request_bytes)
+        if body is not None and len(body) > self.max_request_bytes:
+            return _error(413, f"request body is above the {self.max_request_bytes} byte limit "
+                               "(POSEGRAPH_MAX_REQUEST_BYTES, --max-request-bytes)")
+        return body
 
     async def predict(self, receive, headers: dict[str, str], request_id: str) -> Answer | None:
         """POST /: the checks, then the graph. None: the client is gone, nobody to answer."""

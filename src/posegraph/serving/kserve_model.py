@@ -25,6 +25,7 @@ import kserve
 from kserve import InferOutput, InferRequest, InferResponse
 from kserve.errors import InvalidInput
 
+from ..asgi import read_body
 from .archive import find_mar, unpack
 from .auth import BearerAuth
 from .metrics import PrometheusStageMetrics
@@ -157,17 +158,7 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _read(self, receive) -> bytes | None:
-        """The whole body; None if the client disconnected; stops reading one chunk past the limit."""
-        chunks, total = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > self.max_bytes or not message.get("more_body"):
-                return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+        return await read_body(receive, self.max_bytes)
 
 
 async def _json_error(scope, receive, send, status: int, message: str) -> None:
