@@ -20,11 +20,13 @@ generate:
 bootstrap-run:
 	@scripts/bootstrap.sh run
 
-# The control plane (etcd, kube-apiserver, kube-controller-manager) is built from Go modules once
-# and cached by version outside the venv: a second run only checks that it is there.
+# The control plane (etcd, kube-apiserver, kube-controller-manager), KServe's router and KServe's
+# manager (tests/test_kserve_controller.py) are built from Go modules once and cached by version
+# outside the venv: a second run only checks that they are there.
 bootstrap-test:
 	@scripts/bootstrap.sh test
 	@scripts/control-plane.sh build
+	@scripts/control-plane.sh build-kserve
 
 clean:
 	rm -rf posegraph-demo posegraph-out tests/artifacts .pytest_cache

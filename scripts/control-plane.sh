@@ -7,8 +7,15 @@
 #   scripts/control-plane.sh down DIR   stop what `up DIR` started
 #   scripts/control-plane.sh bin        print the directory that holds the binaries
 #   scripts/control-plane.sh router     print the path of KServe's router (`build` builds it too)
+#   scripts/control-plane.sh build-kserve       compile KServe's manager (cmd/manager), same release
+#   scripts/control-plane.sh up DIR --with-kserve  `up DIR`, then `kserve-up DIR`
+#   scripts/control-plane.sh kserve-up DIR      KServe's CRDs, ConfigMap, RBAC, webhooks and its
+#                                               manager on 127.0.0.1 (log DIR/logs/kserve-manager.log)
+#   scripts/control-plane.sh kserve-down DIR    stop the manager, remove what kserve-up made
+#   scripts/control-plane.sh manager    print the path of KServe's manager
 # No node runs: Pods are created (and admitted) but stay Pending. That is enough to test a chart,
-# its RBAC and PodSecurity, an operator and the controllers (Deployment, Job, garbage collector).
+# its RBAC and PodSecurity, an operator and the controllers (Deployment, Job, garbage collector,
+# and with --with-kserve KServe's InferenceService and InferenceGraph controllers and webhooks).
 set -euo pipefail
 
 # Kubernetes 1.34: the k8s.io/* minor that KServe v0.20 (its newest release when pinned) is built
@@ -21,6 +28,9 @@ cache="${POSEGRAPH_CACHE:-$HOME/.cache/posegraph}/control-plane"
 bindir="$cache/k8s-$K8S_VERSION-etcd-$ETCD_VERSION"
 kservedir="$cache/kserve-$KSERVE_VERSION"
 staging_minor="v0.${K8S_VERSION#v1.}"   # k8s.io/api etc. are published as v0.<minor>.<patch>
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+KSERVE_NAMESPACE=kserve                        # KServe reads its ConfigMap from $POD_NAMESPACE
+KSERVE_MANAGER_USER=kserve-controller-manager  # the manager's client certificate CN
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'control-plane: %s\n' "$*" >&2; exit 1; }
@@ -128,6 +138,73 @@ GO
   rm -rf "$kservedir"
   mv "$kservedir.tmp" "$kservedir"
   say "built KServe's router ($KSERVE_VERSION) in $(( $(date +%s) - started ))s: $kservedir/router"
+}
+
+# KServe's controller manager (cmd/manager: the InferenceService, InferenceGraph and TrainedModel
+# controllers and KServe's admission webhooks), the same release as the router, built the same
+# way (a writable copy of the module, because of its replace directives). One change, to where its
+# webhook server listens: upstream binds every interface (controller-runtime's default Host "");
+# with POSEGRAPH_WEBHOOK_HOST set (`up --with-kserve` gives it 127.0.0.1) it binds there. Unset,
+# the binary behaves as upstream's; the metrics and probe addresses are flags already.
+# Measured on the 2-core test machine (Go 1.26, shared with other test runs), 83 MB binary: 7m36s
+# with an empty Go build cache (modules downloaded), 61 s when the router was built first (most
+# packages are the same). A second call only checks the binary and manifests are there.
+build_kserve_manager() {
+  if [ -x "$kservedir/manager" ] && [ -f "$kservedir/config/webhook/manifests.yaml" ]; then
+    say "KServe manager already built: $kservedir/manager (kserve $KSERVE_VERSION)"
+    return
+  fi
+  command -v go >/dev/null || die "go not found: KServe's manager is built from its Go module"
+  local started src mod main
+  started=$(date +%s)
+  mkdir -p "$cache"
+  mod=$(cd "$cache" && go mod download -json "github.com/kserve/kserve@$KSERVE_VERSION" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  kserve_manifests "$mod"
+  if [ -x "$kservedir/manager" ]; then say "KServe manager already built; its manifests copied to $kservedir/config"; return; fi
+  src="$cache/src-kserve-manager-$KSERVE_VERSION"   # not the router's: both may build at once
+  rm -rf "$src"
+  cp -r "$mod" "$src"
+  chmod -R u+w "$src"
+  main="$src/cmd/manager/main.go"
+  grep -q '^			Port: options.webhookPort,$' "$main" \
+    || die "cmd/manager/main.go of kserve $KSERVE_VERSION has no webhook port line to patch"
+  sed -i 's|^			Port: options.webhookPort,$|			Host: posegraphWebhookHost(),\n			Port: options.webhookPort,|' "$main"
+  cat >> "$main" <<'GO'
+
+// posegraphWebhookHost is the one change posegraph makes to KServe's manager
+// (scripts/control-plane.sh): where the webhook server listens. Unset, upstream's "" (all interfaces).
+func posegraphWebhookHost() string {
+	return os.Getenv("POSEGRAPH_WEBHOOK_HOST")
+}
+GO
+  mkdir -p "$kservedir"
+  (cd "$src" && CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o "$kservedir/manager.tmp" ./cmd/manager) \
+    || die "go build ./cmd/manager (kserve $KSERVE_VERSION) failed"
+  diff -u "$mod/cmd/manager/main.go" "$main" > "$kservedir/manager.patch" || true
+  rm -rf "$src"
+  mv "$kservedir/manager.tmp" "$kservedir/manager"   # last: an interrupted build leaves no "manager"
+  say "built KServe's manager ($KSERVE_VERSION) in $(( $(date +%s) - started ))s: $kservedir/manager"
+}
+
+# What `kserve-up` applies, copied from the same module as the binary, so that `up` needs neither
+# the Go module cache nor the network: the CRDs of the kinds the manager watches (InferenceService,
+# InferenceGraph, TrainedModel, ServingRuntime, ClusterServingRuntime, ClusterStorageContainer; not
+# LocalModel*, which it reads only with localModel.enabled, off in its ConfigMap, and not LLMISVC,
+# another controller), the ConfigMap, the webhook configurations, the manager's ClusterRole and the
+# default ClusterStorageContainer.
+kserve_manifests() {
+  local mod="$1" out="$kservedir/config"
+  rm -rf "$out.tmp"
+  mkdir -p "$out.tmp/crd" "$out.tmp/configmap" "$out.tmp/webhook" "$out.tmp/rbac" "$out.tmp/storagecontainers"
+  cp "$mod"/config/crd/full/serving.kserve.io_*.yaml "$mod"/config/crd/full/clusterstoragecontainer/serving.kserve.io_*.yaml "$out.tmp/crd/"
+  cp "$mod/config/configmap/inferenceservice.yaml" "$out.tmp/configmap/"
+  cp "$mod/config/webhook/manifests.yaml" "$out.tmp/webhook/"
+  cp "$mod/config/rbac/role.yaml" "$out.tmp/rbac/"
+  cp "$mod/config/storagecontainers/default.yaml" "$out.tmp/storagecontainers/"
+  chmod -R u+w "$out.tmp"
+  rm -rf "$out"
+  mv "$out.tmp" "$out"
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -257,15 +334,227 @@ EOF
   say "control plane up in $(( $(date +%s) - started ))s: API server https://127.0.0.1:$api, kubeconfig $dir/kubeconfig"
 }
 
+# ---- KServe's controller on the control plane (`up DIR --with-kserve`, or `kserve-up DIR`) -------
+
+kubectl_bin() {
+  local k
+  for k in "${POSEGRAPH_KUBECTL:-}" "$repo/.tools/helm4/kubectl" "$(command -v kubectl || true)"; do
+    [ -n "$k" ] && [ -x "$k" ] && { echo "$k"; return; }
+  done
+  die "kubectl not found (scripts/install-helm.sh puts one in .tools/helm4; or set POSEGRAPH_KUBECTL)"
+}
+
+# KServe's admission webhooks are called by the API server at https://127.0.0.1:<port>: a CA of
+# their own (as cert-manager would make in a cluster) signs the serving certificate, and its
+# certificate is the caBundle of every webhook configuration.
+kserve_certs() {
+  local pki="$1" certs="$2"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=posegraph-test-kserve-webhook-ca" \
+    -keyout "$pki/kserve-webhook-ca.key" -out "$pki/kserve-webhook-ca.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=kserve-webhook-server" \
+    -keyout "$pki/kserve-webhook.key" -out "$pki/kserve-webhook.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' > "$pki/kserve-webhook.ext"
+  openssl x509 -req -in "$pki/kserve-webhook.csr" -CA "$pki/kserve-webhook-ca.crt" -CAkey "$pki/kserve-webhook-ca.key" \
+    -CAcreateserial -days 30 -extfile "$pki/kserve-webhook.ext" -out "$pki/kserve-webhook.crt" 2>/dev/null
+  # controller-runtime's default CertDir is $TMPDIR/k8s-webhook-server/serving-certs (the manager
+  # has no flag for it): the manager runs with TMPDIR=DIR/kserve/tmp.
+  mkdir -p "$certs"
+  cp "$pki/kserve-webhook.crt" "$certs/tls.crt"
+  cp "$pki/kserve-webhook.key" "$certs/tls.key"
+  # The manager's own identity, signed by the cluster CA: a user, as a ServiceAccount token
+  # would expire while a long test session runs.
+  client_cert "$pki" kserve-manager "/CN=$KSERVE_MANAGER_USER"
+}
+
+# KServe's ConfigMap as its release ships it (config/configmap/inferenceservice.yaml), changed only
+# where a cluster without Knative, Istio, Gateway API or an ingress controller needs it: Standard
+# (plain Deployment) mode by default, no Ingress, HTTPRoute or VirtualService, and URLs that are the
+# cluster-local names of the Services KServe makes (<name>.<namespace>.svc.cluster.local: the
+# InferenceGraph's is its router's Service, the graphURL PoseJobs call; KServe's default,
+# <name>-<namespace>.example.com, names an ingress that does not exist here); images pinned to the
+# release (`:latest` in the file, the release's tag in KServe's Helm chart); and the router
+# propagates the headers posegraph's stages read (spec.graph.headersToPropagate's defaults: the
+# bearer token reaches token-protected stages).
+kserve_configmap() {
+  python3 -c '
+import json, sys
+version = sys.argv[1]
+doc = json.load(sys.stdin)
+cm = doc["items"][0] if doc.get("kind") == "List" else doc
+data = cm["data"]
+def edit(key, **changes):
+    value = json.loads(data[key])
+    value.update(changes)
+    data[key] = json.dumps(value, indent=2)
+edit("deploy", defaultDeploymentMode="Standard")
+edit("ingress", disableIngressCreation=True, enableGatewayApi=False, disableIstioVirtualHost=True,
+     ingressDomain="svc.cluster.local", domainTemplate="{{ .Name }}.{{ .Namespace }}.{{ .IngressDomain }}")
+for key in ("storageInitializer", "agent", "batcher", "logger", "router"):
+    image = json.loads(data[key])["image"]
+    edit(key, image=image.rsplit(":", 1)[0] + ":" + version)
+edit("router", headers={"propagate": ["Authorization", "X-Request-Id", "Traceparent"]})
+json.dump(cm, sys.stdout)
+' "$KSERVE_VERSION"
+}
+
+# The webhook configurations of config/webhook/manifests.yaml with each clientConfig.service (a
+# Service in front of the manager's pod, in a cluster) replaced by the URL the manager listens on.
+kserve_webhooks() {
+  python3 -c '
+import base64, json, sys
+port, ca = sys.argv[1], base64.b64encode(open(sys.argv[2], "rb").read()).decode()
+text, at, configs = sys.stdin.read(), 0, []
+while text[at:].strip():   # kubectl prints one JSON object per document
+    config, end = json.JSONDecoder().raw_decode(text, at + len(text[at:]) - len(text[at:].lstrip()))
+    configs.append(config)
+    at = end
+doc = {"apiVersion": "v1", "kind": "List", "items": configs}
+for config in doc["items"]:
+    config["metadata"].pop("creationTimestamp", None)
+    for hook in config["webhooks"]:
+        path = hook["clientConfig"]["service"]["path"]
+        hook["clientConfig"] = {"url": f"https://127.0.0.1:{port}{path}", "caBundle": ca}
+json.dump(doc, sys.stdout)
+' "$1" "$2"
+}
+
+# The ClusterStorageContainer that KServe's release installs (the storage initializer for s3://,
+# gs://, https://…), with the release's image and the securityContext of KServe's Helm chart.
+kserve_storage_container() {
+  python3 -c '
+import json, sys
+doc = json.load(sys.stdin)
+doc = doc["items"][0] if doc.get("kind") == "List" else doc
+container = doc["spec"]["container"]
+container["image"] = "kserve/storage-initializer:" + sys.argv[1]
+container["securityContext"] = {"allowPrivilegeEscalation": False, "privileged": False, "runAsNonRoot": True,
+                                "capabilities": {"drop": ["ALL"]}}
+json.dump(doc, sys.stdout)
+' "$KSERVE_VERSION"
+}
+
+# Starts KServe's manager against the control plane in DIR (which `up DIR` started): CRDs,
+# ConfigMap, RBAC, the manager on 127.0.0.1, then its webhook configurations; returns once the
+# webhooks answer through the API server. The manager runs under KServe's own ClusterRole
+# (config/rbac/role.yaml, bound to its user), not cluster-admin, so that a permission KServe's
+# release lacks shows here as a 403 in the audit log, as it would in a cluster.
+# Measured on the 2-core test machine (bash -x timestamps): 13.5 s in all, 18-19 s while other tests
+# run; certificates 1.2 s, CRDs applied 3.1 s and Established 5.2 s, ConfigMap/RBAC/storage
+# container 2.1 s, manager ready 0.6 s, webhooks applied and effective 1.3 s. `kserve-down`: 18 s.
+kserve_up() {
+  local dir="$1" kubectl cfg="$kservedir/config" started
+  [ -x "$kservedir/manager" ] && [ -d "$cfg" ] || die "KServe's manager is not built: run 'scripts/control-plane.sh build-kserve' first ($kservedir)"
+  [ -f "$dir/server" ] || die "no control plane in $dir: run 'up $dir' first"
+  [ -e "$dir/pids/kserve-manager" ] && die "$dir already runs KServe's manager: run 'kserve-down $dir' first"
+  kubectl=$(kubectl_bin)
+  started=$(date +%s)
+  local k=("$kubectl" --kubeconfig "$dir/kubeconfig")
+  mkdir -p "$dir/kserve/tmp"
+  kserve_certs "$dir/pki" "$dir/kserve/tmp/k8s-webhook-server/serving-certs"
+  kubeconfig "$dir" kserve-manager.kubeconfig "$(cat "$dir/server")" kserve-manager
+
+  # The CRDs are too big for client-side apply's last-applied annotation (262 kB): server-side.
+  "${k[@]}" apply --server-side --force-conflicts -f "$cfg/crd/" >/dev/null
+  local crd crds=()
+  for crd in "$cfg"/crd/serving.kserve.io_*.yaml; do   # serving.kserve.io_<plural>.yaml
+    crd=${crd##*/serving.kserve.io_}; crds+=("crd/${crd%.yaml}.serving.kserve.io")
+  done
+  # Polled, not `kubectl wait`: kubectl 1.35's wait fails ("status.conditions accessor error") on
+  # a CRD read before the API server has written any condition.
+  local waited=0
+  for crd in "${crds[@]}"; do
+    until [ "$("${k[@]}" get "$crd" -o jsonpath='{.status.conditions[?(@.type=="Established")].status}' 2>/dev/null)" = True ]; do
+      sleep 0.5; waited=$((waited + 1))
+      [ "$waited" -lt 120 ] || die "KServe's CRDs not Established after 60 s ($crd)"
+    done
+  done
+  "${k[@]}" create namespace "$KSERVE_NAMESPACE" --dry-run=client -o json | "${k[@]}" apply -f - >/dev/null
+  "${k[@]}" create --dry-run=client -o json -f "$cfg/configmap/inferenceservice.yaml" | kserve_configmap \
+    | "${k[@]}" apply --server-side -n "$KSERVE_NAMESPACE" -f - >/dev/null
+  "${k[@]}" apply --server-side -f "$cfg/rbac/role.yaml" >/dev/null
+  "${k[@]}" create clusterrolebinding kserve-manager-rolebinding --clusterrole kserve-manager-role \
+    --user "$KSERVE_MANAGER_USER" --dry-run=client -o json | "${k[@]}" apply --server-side -f - >/dev/null
+  "${k[@]}" create --dry-run=client -o json -f "$cfg/storagecontainers/default.yaml" | kserve_storage_container \
+    | "${k[@]}" apply --server-side -f - >/dev/null
+
+  local webhook metrics probe
+  webhook=$(free_port); metrics=$(free_port); probe=$(free_port)
+  start "$dir" kserve-manager env KUBECONFIG="$dir/kserve-manager.kubeconfig" POD_NAMESPACE="$KSERVE_NAMESPACE" \
+    TMPDIR="$dir/kserve/tmp" POSEGRAPH_WEBHOOK_HOST=127.0.0.1 \
+    "$kservedir/manager" --metrics-addr "127.0.0.1:$metrics" --health-probe-addr "127.0.0.1:$probe" \
+    --webhook-port "$webhook" --leader-elect=false
+  waited=0
+  until curl -sf "http://127.0.0.1:$probe/readyz" >/dev/null 2>&1; do
+    sleep 0.5; waited=$((waited + 1))
+    kill -0 "$(cat "$dir/pids/kserve-manager")" 2>/dev/null \
+      || { tail -20 "$dir/logs/kserve-manager.log" >&2; rm -f "$dir/pids/kserve-manager"; die "KServe's manager exited (log: $dir/logs/kserve-manager.log)"; }
+    [ "$waited" -lt 240 ] || { tail -20 "$dir/logs/kserve-manager.log" >&2; kserve_down "$dir"; die "KServe's manager not ready after 120 s"; }
+  done
+
+  "${k[@]}" create --dry-run=client -o json -f "$cfg/webhook/manifests.yaml" \
+    | kserve_webhooks "$webhook" "$dir/pki/kserve-webhook-ca.crt" > "$dir/kserve/webhooks.json"
+  "${k[@]}" apply --server-side -f "$dir/kserve/webhooks.json" >/dev/null
+  # The API server picks webhook configurations up asynchronously: probe with a dry run that only
+  # KServe's validating webhook refuses (an autoscaler class it does not know) until it does.
+  local probe_isvc='{"apiVersion":"serving.kserve.io/v1beta1","kind":"InferenceService","metadata":{"name":"webhook-probe","annotations":{"serving.kserve.io/autoscalerClass":"posegraph-probe"}},"spec":{"predictor":{"model":{"modelFormat":{"name":"pytorch"},"storageUri":"s3://probe/model"}}}}'
+  waited=0
+  local refused
+  until refused=$("${k[@]}" create --dry-run=server -n "$KSERVE_NAMESPACE" -f - <<<"$probe_isvc" 2>&1 || true)
+        [[ "$refused" == *"not a supported autoscaler class"* ]]; do
+    sleep 0.5; waited=$((waited + 1))
+    [ "$waited" -lt 60 ] || { kserve_down "$dir"; die "KServe's webhooks not effective after 30 s"; }
+  done
+  printf 'namespace=%s\nuser=%s\nwebhook=https://127.0.0.1:%s\nmetrics=http://127.0.0.1:%s/metrics\nprobe=http://127.0.0.1:%s\n' \
+    "$KSERVE_NAMESPACE" "$KSERVE_MANAGER_USER" "$webhook" "$metrics" "$probe" > "$dir/kserve/endpoints"
+  say "KServe $KSERVE_VERSION manager up in $(( $(date +%s) - started ))s: webhooks on https://127.0.0.1:$webhook, log $dir/logs/kserve-manager.log"
+}
+
+# Undoes kserve_up and leaves the control plane as `up` made it (tests that need no KServe run
+# after it in the same session): KServe's objects are deleted while the manager still runs (it
+# holds a finalizer on each InferenceService), then the manager stops, then the webhook
+# configurations go (with failurePolicy Fail, a webhook that no longer answers would refuse every
+# InferenceService and every predictor Pod) and the CRDs.
+kserve_down() {
+  local dir="$1" kubectl pid
+  kubectl=$(kubectl_bin)
+  local k=("$kubectl" --kubeconfig "$dir/kubeconfig")
+  if [ -f "$dir/pids/kserve-manager" ] && kill -0 "$(cat "$dir/pids/kserve-manager")" 2>/dev/null; then
+    "${k[@]}" delete inferenceservices,inferencegraphs,trainedmodels --all -A --wait --timeout=120s >/dev/null 2>&1 || true
+  fi
+  stop_one "$dir" kserve-manager
+  [ -f "$dir/kserve/webhooks.json" ] && "${k[@]}" delete --ignore-not-found -f "$dir/kserve/webhooks.json" >/dev/null
+  # Anything left (the manager was not running): its finalizer can no longer be removed by KServe.
+  local kind
+  for kind in inferenceservices inferencegraphs; do
+    "${k[@]}" get "$kind" -A -o jsonpath='{range .items[*]}{.metadata.namespace} {.metadata.name}{"\n"}{end}' 2>/dev/null \
+      | while read -r ns name; do
+          [ -n "$name" ] && "${k[@]}" -n "$ns" patch "$kind" "$name" --type merge -p '{"metadata":{"finalizers":null}}' >/dev/null 2>&1 || true
+        done
+  done
+  "${k[@]}" delete --ignore-not-found --wait --timeout=120s -f "$kservedir/config/crd/" >/dev/null
+  "${k[@]}" delete --ignore-not-found clusterrolebinding kserve-manager-rolebinding >/dev/null
+  "${k[@]}" delete --ignore-not-found clusterrole kserve-manager-role >/dev/null
+  # Waited for: a `kserve-up` right after must not find it Terminating.
+  "${k[@]}" delete --ignore-not-found --wait --timeout=120s namespace "$KSERVE_NAMESPACE" >/dev/null
+  rm -f "$dir/kserve/endpoints"
+  say "KServe's manager in $dir stopped, its objects removed"
+}
+
+stop_one() {  # stop_one DIR NAME: TERM the process group `start` made, KILL it after 5 s
+  local dir="$1" name="$2" pid
+  [ -f "$dir/pids/$name" ] || return 0
+  pid=$(cat "$dir/pids/$name")
+  kill -TERM -- "-$pid" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL -- "-$pid" 2>/dev/null || true
+  rm -f "$dir/pids/$name"
+}
+
 down() {
-  local dir="$1" pid
+  local dir="$1"
   [ -d "$dir/pids" ] || { say "nothing running in $dir"; return 0; }
-  for name in kube-controller-manager kube-apiserver etcd; do
-    [ -f "$dir/pids/$name" ] || continue
-    pid=$(cat "$dir/pids/$name")
-    kill -TERM -- "-$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL -- "-$pid" 2>/dev/null || true
+  for name in kserve-manager kube-controller-manager kube-apiserver etcd; do
+    stop_one "$dir" "$name"
   done
   rm -rf "$dir/pids"
   say "control plane in $dir stopped"
@@ -274,9 +563,20 @@ down() {
 case "${1:-}" in
   build) build; build_kserve_router ;;
   build-router) build_kserve_router ;;
+  build-kserve) build_kserve_manager ;;
   router) echo "$kservedir/router" ;;
-  up) [ -n "${2:-}" ] || die "usage: $0 up DIR"; up "$2" ;;
+  manager) echo "$kservedir/manager" ;;
+  up) [ -n "${2:-}" ] || die "usage: $0 up DIR [--with-kserve]"
+      case "${3:-}" in
+        "") up "$2" ;;
+        # Not `kserve_up || down`: errexit does not apply inside a function called left of ||.
+        --with-kserve) up "$2"; trap 'down "$2" >/dev/null 2>&1 || true' EXIT
+                       kserve_up "$(cd "$2" && pwd)"; trap - EXIT ;;
+        *) die "usage: $0 up DIR [--with-kserve]" ;;
+      esac ;;
+  kserve-up) [ -n "${2:-}" ] || die "usage: $0 kserve-up DIR"; kserve_up "$(cd "$2" && pwd)" ;;
+  kserve-down) [ -n "${2:-}" ] || die "usage: $0 kserve-down DIR"; kserve_down "$(cd "$2" && pwd)" ;;
   down) [ -n "${2:-}" ] || die "usage: $0 down DIR"; down "$2" ;;
   bin) echo "$bindir" ;;
-  *) echo "usage: $0 build | build-router | up DIR | down DIR | bin | router" >&2; exit 2 ;;
+  *) echo "usage: $0 build | build-router | build-kserve | up DIR [--with-kserve] | kserve-up DIR | kserve-down DIR | down DIR | bin | router | manager" >&2; exit 2 ;;
 esac

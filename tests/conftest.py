@@ -130,3 +130,22 @@ def kserve_router() -> Path:
         pytest.fail(f"KServe's router is not built ({path}): run `scripts/control-plane.sh build` "
                     "(part of `make test`; needs Go)")
     return path
+
+
+@pytest.fixture(scope="module")
+def kserve_controller(control_plane):
+    """KServe's own manager (InferenceService and InferenceGraph controllers, admission webhooks) on
+    the session's control plane for one module, started by `scripts/control-plane.sh kserve-up`.
+    Afterwards `kserve-down` removes it with its CRDs, webhooks and RBAC, so that the modules after
+    see the plane as `up` left it. `make test` builds the manager; without it the tests fail, saying
+    how to build it."""
+    from control_plane import kserve_manager
+
+    manager = kserve_manager()
+    if not os.access(manager, os.X_OK):
+        pytest.fail(f"KServe's manager is not built ({manager}): run `scripts/control-plane.sh build-kserve` "
+                    "(part of `make test`; needs Go)")
+    kserve = control_plane.start_kserve()
+    yield kserve
+    down = control_plane.stop_kserve()
+    assert down.returncode == 0, f"scripts/control-plane.sh kserve-down failed:\n{down.stderr[-3000:]}"

@@ -35,6 +35,11 @@ def kserve_router() -> Path:
     return Path(script("router").stdout.strip())
 
 
+def kserve_manager() -> Path:
+    """Where scripts/control-plane.sh builds KServe's manager (`build-kserve`; it may not be there)."""
+    return Path(script("manager").stdout.strip())
+
+
 def built() -> Path | None:
     bindir = Path(script("bin").stdout.strip())
     return bindir if (bindir / "kube-apiserver").exists() else None
@@ -59,6 +64,24 @@ class ControlPlane:
 
     def stop(self) -> None:
         script("down", str(self.dir), timeout=120)
+
+    # -- KServe's controller (scripts/control-plane.sh kserve-up / kserve-down) ----------------------
+    def start_kserve(self) -> "KServeController":
+        """KServe's manager on this control plane: its CRDs, ConfigMap, RBAC and webhooks."""
+        result = script("kserve-up", str(self.dir), timeout=600)
+        if result.returncode != 0:
+            down = self.stop_kserve()  # what it applied before failing would outlive the module
+            raise RuntimeError(f"scripts/control-plane.sh kserve-up failed:\n{result.stderr[-3000:]}"
+                               f"\n(kserve-down: {down.returncode} {down.stderr[-500:]})")
+        endpoints = dict(line.split("=", 1) for line in (self.dir / "kserve" / "endpoints").read_text().split())
+        return KServeController(namespace=endpoints["namespace"], user=endpoints["user"],
+                                webhook=endpoints["webhook"], metrics=endpoints["metrics"], probe=endpoints["probe"],
+                                log=self.dir / "logs" / "kserve-manager.log")
+
+    def stop_kserve(self) -> subprocess.CompletedProcess:
+        """Stops the manager and removes what kserve-up made (CRDs included): the plane is as `up`
+        left it, for the modules that run after (some check that no KServe CRD exists)."""
+        return script("kserve-down", str(self.dir), timeout=600)
 
     @property
     def kubeconfig(self) -> Path:
@@ -132,6 +155,20 @@ class ControlPlane:
         return refused
 
 
+@dataclass
+class KServeController:
+    """KServe's manager as `kserve-up` started it: where its endpoints are and who it is."""
+    namespace: str   # where its ConfigMap is ($POD_NAMESPACE)
+    user: str        # its client certificate's user, bound to KServe's own ClusterRole
+    webhook: str
+    metrics: str
+    probe: str
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
 def finish_pod(core, namespace: str, pod: str, exit_code: int, container: str | None = None) -> None:
     """What a kubelet reports when a Pod's containers have run: phase and each container's exit."""
     spec = core.read_namespaced_pod(pod, namespace).spec
@@ -176,6 +213,113 @@ class play_kubelet:
                 if job in self.jobs and pod.metadata.name not in self.finished and pod.status.phase == "Pending":
                     finish_pod(self.core, self.namespace, pod.metadata.name, 0)
                     self.finished.add(pod.metadata.name)
+
+
+def run_pod(core, namespace: str, pod: str, ip: str = "10.244.0.10") -> None:
+    """What a kubelet reports once a Pod's init containers have exited 0 and its containers run
+    and pass their readiness probes: phase Running, Ready. The ReplicaSet and Deployment
+    controllers then count it available, as they would on a node."""
+    spec = core.read_namespaced_pod(pod, namespace).spec
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    init = [{"name": c.name, "image": c.image, "imageID": "", "ready": True, "restartCount": 0,
+             "state": {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now}}}
+            for c in spec.init_containers or []]
+    running = [{"name": c.name, "image": c.image, "imageID": "", "ready": True, "started": True, "restartCount": 0,
+                "state": {"running": {"startedAt": now}}} for c in spec.containers]
+    core.patch_namespaced_pod_status(pod, namespace, {"status": {
+        "phase": "Running", "startTime": now, "podIP": ip, "podIPs": [{"ip": ip}],
+        "conditions": [{"type": t, "status": "True", "lastTransitionTime": now}
+                       for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")],
+        "initContainerStatuses": init, "containerStatuses": running}})
+
+
+class play_serving_kubelet:
+    """While active, run (Running, Ready: ``run_pod``) every Pending Pod that carries one of the
+    label keys in the namespaces given, as a kubelet would once their images had started; Pods
+    made later (a rollout, a deleted Pod replaced) too. Nothing runs in them: the data plane
+    runs on this machine instead (tests/test_kserve_controller.py)."""
+
+    def __init__(self, core, namespaces: set[str], label_keys: tuple[str, ...]) -> None:
+        self.core, self.namespaces, self.label_keys = core, namespaces, label_keys
+        self.running: set[tuple[str, str]] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.3):
+            for namespace in sorted(self.namespaces):
+                try:
+                    pods = self.core.list_namespaced_pod(namespace).items
+                except Exception:  # noqa: BLE001 - the namespace may not exist yet
+                    continue
+                for pod in pods:
+                    labels = pod.metadata.labels or {}
+                    key = (namespace, pod.metadata.name)
+                    if (any(k in labels for k in self.label_keys) and key not in self.running
+                            and pod.status.phase == "Pending" and not pod.metadata.deletion_timestamp):
+                        try:
+                            run_pod(self.core, namespace, pod.metadata.name)
+                            self.running.add(key)
+                        except Exception:  # noqa: BLE001 - deleted meanwhile: the next round sees it
+                            pass
+
+
+class OperatorProcess:
+    """`python -m posegraph.operator` as a local process with the args and env of the chart's
+    operator Deployment in `namespace` and a token of its ServiceAccount (so the chart's
+    ClusterRole decides what it may do, not cluster-admin); as tests/test_kube_apiserver.py runs it,
+    for a release in any namespace. `python` replaces the image's interpreter: a test may give a
+    `-c` program that runs the same main (tests/test_kserve_controller.py does, see there why)."""
+
+    def __init__(self, control_plane: ControlPlane, dynamic, namespace: str, workdir: Path,
+                 python: list[str] | None = None) -> None:
+        import sys
+
+        from services import free_port
+
+        self.control_plane, self.workdir = control_plane, workdir
+        deployment = dynamic.resources.get(api_version="apps/v1", kind="Deployment").get(
+            name="posegraph-operator", namespace=namespace).to_dict()
+        pod = deployment["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        self.user = f"system:serviceaccount:{namespace}:{pod['serviceAccountName']}"
+        self.kubeconfig = control_plane.token_kubeconfig(namespace, pod["serviceAccountName"],
+                                                          workdir / "kubeconfig-operator")
+        assert container["command"][:3] == ["python", "-m", "posegraph.operator"], container["command"]
+        self.command = [sys.executable, *(python or container["command"][1:])]
+        self.command += [a for a in container["args"] if not a.startswith(("--liveness", "--metrics-port"))]
+        self.command += [f"--liveness=http://127.0.0.1:{free_port()}/healthz", "--metrics-port=0"]
+        self.env = {**os.environ, "KUBECONFIG": str(self.kubeconfig),
+                    **{e["name"]: e["value"] for e in container["env"] if "value" in e}}
+        self.env.pop("KUBERNETES_SERVICE_HOST", None)
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        with (self.workdir / f"operator-{self.starts}.log").open("w") as log:
+            self.proc = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                         cwd=self.workdir)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def log(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in sorted(self.workdir.glob("operator-*.log")))
 
 
 def secret_data(manifest: dict) -> dict:
