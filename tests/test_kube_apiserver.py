@@ -216,7 +216,8 @@ def check_release(control_plane, core, dynamic, helm_name: str, values: str, nam
     secrets = {o["metadata"]["name"] for o in manifest if o["kind"] == "Secret"}
     for name in secrets:  # generated passwords survive the upgrade
         kept = live(dynamic, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}}, namespace)
-        assert kept["data"] == secret_data(next(o for o in manifest if o["metadata"]["name"] == name)), name
+        assert kept["data"] == secret_data(next(o for o in manifest if o["kind"] == "Secret"
+                                                and o["metadata"]["name"] == name)), name
 
     # Uninstall leaves nothing of the release behind (CRDs aside, by Helm's rule), Pods included.
     helm(control_plane, helm_name, "uninstall", "posegraph", "-n", namespace, "--wait", "--timeout", "120s")

@@ -99,7 +99,8 @@ def inference_service(pipeline: PosePipeline, stage: str) -> dict[str, Any]:
     model = _present(
         env=_env(pipeline, s) or None,
         modelFormat={"name": "pytorch"},
-        name="kserve-container",
+        # No "name": KServe's webhook refuses it in a standard predictor ("the 'name' field is not
+        # allowed", v0.20, tests/test_kserve_controller.py); the container is kserve-container anyway.
         protocolVersion="v1",
         resources=_resources(s),
         runtime=pipeline.spec.servingRuntimes.name_for(runtime, s.gpus),

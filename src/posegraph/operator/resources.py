@@ -74,6 +74,12 @@ def pipeline_children(body: dict[str, Any]) -> list[dict[str, Any]]:
     return children
 
 
+# Reasons of a stage that is on its way, not broken: KServe v0.20 says MinimumReplicasUnavailable
+# while a predictor's Pods start
+# (tests/test_kserve_controller.py); "" and Pending before any condition.
+STARTING_REASONS = ("Pending", "NotCreated", "", "MinimumReplicasUnavailable")
+
+
 def _ready(conditions: list[dict[str, Any]] | None) -> tuple[bool, str, str]:
     for condition in conditions or []:
         if condition.get("type") == "Ready":
@@ -104,7 +110,7 @@ def pipeline_status(body: dict[str, Any], isvcs: dict[str, dict | None], graph: 
         phase, message = POSEPIPELINE_READY, f"graph ready at {url}" if url else "graph ready"
     else:
         waiting = [s for s, v in stages.items() if not v["ready"]] + ([] if graph_ready else ["graph"])
-        phase = POSEPIPELINE_DEGRADED if any(v["reason"] not in ("Pending", "NotCreated", "")
+        phase = POSEPIPELINE_DEGRADED if any(v["reason"] not in STARTING_REASONS
                                              for v in stages.values() if not v["ready"]) else POSEPIPELINE_PENDING
         message = f"waiting for {', '.join(waiting)}" + (f": {graph_message}" if graph_message and not graph_ready
                                                           and graph_reason != "Pending" else "")
