@@ -116,6 +116,7 @@ def test_a_photo_a_batch_and_a_track_come_back_lifted_and_equal(graphs, astronau
 
     batch = {"instances": [{"image": {"data": jpeg_b64(f)}, "frame_index": i} for i, f in enumerate(clip_frames[:8])]}
     answers = through_both(graphs, batch)
+    assert answers["kserve"].status_code == 200 and "predictions" in answers["kserve"].json(), answers["kserve"].text[:500]
     predictions = answers["kserve"].json()["predictions"]
     assert [p["frame_index"] for p in predictions] == list(range(8))
     assert all(p["persons"] and len(p["persons"][0]["keypoints3d"]) == 17 for p in predictions)
