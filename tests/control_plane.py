@@ -184,13 +184,12 @@ def finish_pod(core, namespace: str, pod: str, exit_code: int, container: str | 
         "containerStatuses": statuses}})
 
 
-class play_kubelet:
-    """While active, finish every Pod of the named Jobs with exit code 0, as a kubelet running them
-    would (helm waits for its hook Jobs; without a node their Pods would stay Pending forever)."""
+class _PodPoller:
+    """A background thread that looks at Pods every 0.3 s while the context is active, as a
+    kubelet would; subclasses say what to do with them in ``tick``."""
 
-    def __init__(self, core, namespace: str, jobs: set[str]) -> None:
-        self.core, self.namespace, self.jobs = core, namespace, jobs
-        self.finished: set[str] = set()
+    def __init__(self, core) -> None:
+        self.core = core
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -204,15 +203,33 @@ class play_kubelet:
 
     def _run(self) -> None:
         while not self._stop.wait(0.3):
-            try:
-                pods = self.core.list_namespaced_pod(self.namespace).items
-            except Exception:  # noqa: BLE001 - the namespace may not exist yet
-                continue
-            for pod in pods:
-                job = (pod.metadata.labels or {}).get("job-name")
-                if job in self.jobs and pod.metadata.name not in self.finished and pod.status.phase == "Pending":
-                    finish_pod(self.core, self.namespace, pod.metadata.name, 0)
-                    self.finished.add(pod.metadata.name)
+            self.tick()
+
+    def pods(self, namespace: str) -> list:
+        try:
+            return self.core.list_namespaced_pod(namespace).items
+        except Exception:  # noqa: BLE001 - the namespace may not exist yet
+            return []
+
+    def tick(self) -> None:  # pragma: no cover - per subclass
+        raise NotImplementedError
+
+
+class play_kubelet(_PodPoller):
+    """While active, finish every Pod of the named Jobs with exit code 0, as a kubelet running them
+    would (helm waits for its hook Jobs; without a node their Pods would stay Pending forever)."""
+
+    def __init__(self, core, namespace: str, jobs: set[str]) -> None:
+        super().__init__(core)
+        self.namespace, self.jobs = namespace, jobs
+        self.finished: set[str] = set()
+
+    def tick(self) -> None:
+        for pod in self.pods(self.namespace):
+            job = (pod.metadata.labels or {}).get("job-name")
+            if job in self.jobs and pod.metadata.name not in self.finished and pod.status.phase == "Pending":
+                finish_pod(self.core, self.namespace, pod.metadata.name, 0)
+                self.finished.add(pod.metadata.name)
 
 
 def run_pod(core, namespace: str, pod: str, ip: str = "10.244.0.10") -> None:
@@ -233,43 +250,29 @@ def run_pod(core, namespace: str, pod: str, ip: str = "10.244.0.10") -> None:
         "initContainerStatuses": init, "containerStatuses": running}})
 
 
-class play_serving_kubelet:
+class play_serving_kubelet(_PodPoller):
     """While active, run (Running, Ready: ``run_pod``) every Pending Pod that carries one of the
     label keys in the namespaces given, as a kubelet would once their images had started; Pods
     made later (a rollout, a deleted Pod replaced) too. Nothing runs in them: the data plane
     runs on this machine instead (tests/test_kserve_controller.py)."""
 
     def __init__(self, core, namespaces: set[str], label_keys: tuple[str, ...]) -> None:
-        self.core, self.namespaces, self.label_keys = core, namespaces, label_keys
+        super().__init__(core)
+        self.namespaces, self.label_keys = namespaces, label_keys
         self.running: set[tuple[str, str]] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.3):
-            for namespace in sorted(self.namespaces):
-                try:
-                    pods = self.core.list_namespaced_pod(namespace).items
-                except Exception:  # noqa: BLE001 - the namespace may not exist yet
-                    continue
-                for pod in pods:
-                    labels = pod.metadata.labels or {}
-                    key = (namespace, pod.metadata.name)
-                    if (any(k in labels for k in self.label_keys) and key not in self.running
-                            and pod.status.phase == "Pending" and not pod.metadata.deletion_timestamp):
-                        try:
-                            run_pod(self.core, namespace, pod.metadata.name)
-                            self.running.add(key)
-                        except Exception:  # noqa: BLE001 - deleted meanwhile: the next round sees it
-                            pass
+    def tick(self) -> None:
+        for namespace in sorted(self.namespaces):
+            for pod in self.pods(namespace):
+                labels = pod.metadata.labels or {}
+                key = (namespace, pod.metadata.name)
+                if (any(k in labels for k in self.label_keys) and key not in self.running
+                        and pod.status.phase == "Pending" and not pod.metadata.deletion_timestamp):
+                    try:
+                        run_pod(self.core, namespace, pod.metadata.name)
+                        self.running.add(key)
+                    except Exception:  # noqa: BLE001 - deleted meanwhile: the next round sees it
+                        pass
 
 
 class OperatorProcess:
