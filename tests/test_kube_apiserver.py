@@ -9,12 +9,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
-from control_plane import REPO, finish_pod, play_kubelet, secret_data
+from control_plane import REPO, OperatorProcess, finish_pod, play_kubelet, secret_data
 from services import wait
 from k8s_schema import KSERVE_CRDS as KSERVE_CRD_DIR  # KServe's CRDs, vendored for a clean clone
 
@@ -252,53 +250,9 @@ def release(control_plane, core, kserve_crds):
     return RELEASE_NS
 
 
-class Operator:
-    """`python -m posegraph.operator` as a local process, with the chart's args and env and a token
-    of the chart's operator ServiceAccount (so the chart's ClusterRole decides, not cluster-admin)."""
-
-    def __init__(self, control_plane, dynamic, workdir: Path) -> None:
-        self.control_plane, self.workdir = control_plane, workdir
-        deployment = live(dynamic, {"apiVersion": "apps/v1", "kind": "Deployment",
-                                    "metadata": {"name": "posegraph-operator"}}, RELEASE_NS)
-        pod = deployment["spec"]["template"]["spec"]
-        container = pod["containers"][0]
-        self.user = f"system:serviceaccount:{RELEASE_NS}:{pod['serviceAccountName']}"
-        self.kubeconfig = control_plane.token_kubeconfig(RELEASE_NS, pod["serviceAccountName"],
-                                                          workdir / "kubeconfig-operator")
-        # The chart's own command line, less its ports (metrics off, liveness on a free port).
-        from services import free_port
-
-        self.command = [sys.executable, *container["command"][1:]]
-        self.command += [a for a in container["args"] if not a.startswith(("--liveness", "--metrics-port"))]
-        self.command += [f"--liveness=http://127.0.0.1:{free_port()}/healthz", "--metrics-port=0"]
-        self.env = {**os.environ, "KUBECONFIG": str(self.kubeconfig),
-                    **{e["name"]: e["value"] for e in container["env"] if "value" in e}}
-        self.env.pop("KUBERNETES_SERVICE_HOST", None)
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        log = (self.workdir / f"operator-{self.starts}.log").open("w")
-        self.proc = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                     cwd=self.workdir)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-    def log(self) -> str:
-        return "".join(p.read_text() for p in sorted(self.workdir.glob("operator-*.log")))
-
-
 @pytest.fixture(scope="module")
 def operator(control_plane, dynamic, release, tmp_path_factory):
-    op = Operator(control_plane, dynamic, tmp_path_factory.mktemp("operator"))
+    op = OperatorProcess(control_plane, dynamic, RELEASE_NS, tmp_path_factory.mktemp("operator"))
     op.start()
     yield op
     op.stop()
