@@ -21,3 +21,18 @@ async def read_body(receive, max_bytes: int) -> bytes | None:
         total += len(chunk)
         if total > max_bytes or not message.get("more_body"):
             return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+
+
+def run_server(app, *, host: str, port: int, on_listening=None, **uvicorn_options) -> None:
+    """uvicorn.run, calling ``on_listening()`` once the socket accepts connections. A URL
+    printed before that is a lie for a moment: a client (or a test) that reads it and connects
+    at once was refused (CI saw it for `posegraph ui`)."""
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        async def startup(self, sockets=None):
+            await super().startup(sockets)
+            if self.started and not self.should_exit and on_listening is not None:
+                on_listening()
+
+    _Server(uvicorn.Config(app, host=host, port=port, **uvicorn_options)).run()

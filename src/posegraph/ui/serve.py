@@ -27,8 +27,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def run_ui(args) -> int:
-    import uvicorn
-
+    from ..asgi import run_server
     from .app import UISettings, create_app
     from .launchers import KubernetesLauncher, LocalLauncher
 
@@ -60,11 +59,14 @@ def run_ui(args) -> int:
                               graph_token=os.environ.get("POSEGRAPH_AUTH_TOKEN"),
                               fetch_policy=FetchPolicy.served(args.fetch_allow))
         app = create_app(settings)
-        print(f"posegraph UI: http://{args.host}:{args.port}/   (graph {graph}; results {_redact(results)})",
-              flush=True)
-        if password:
-            print("  sign in as user 'posegraph' with the UI password", flush=True)
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+        def announce() -> None:
+            print(f"posegraph UI: http://{args.host}:{args.port}/   (graph {graph}; results {_redact(results)})",
+                  flush=True)
+            if password:
+                print("  sign in as user 'posegraph' with the UI password", flush=True)
+
+        run_server(app, host=args.host, port=args.port, on_listening=announce, log_level="warning")
     return 0
 
 
