@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import __version__, processes
 from .errors import PosegraphError, UsageError
+from .jobs.ranges import DEFAULT_OVERLAP
 from .names import RUNTIMES, STAGES
 
 log = logging.getLogger("posegraph")
@@ -132,6 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
     jrun.add_argument("--in-flight", type=int, default=1,
                       help="graph requests at once (default 1; more overlap encoding and lifting with inference "
                            "where the graph has cores to spare)")
+    jrun.add_argument("--workers", type=int, default=1,
+                      help="split the video into this many contiguous ranges, run as as many processes on one "
+                           "graph; tracks are stitched across the ranges, then lifted whole")
+    jrun.add_argument("--ranges", type=int, default=1,
+                      help="the job is split into this many ranges and this process runs one (--range-index); "
+                           "what each pod of a PoseJob with spec.parallelism runs")
+    jrun.add_argument("--range-index", type=int, default=None,
+                      help="which range, 0-based (default: $JOB_COMPLETION_INDEX, set in an Indexed Job)")
+    jrun.add_argument("--range-only", action="store_true", help=argparse.SUPPRESS)  # --workers' processes
+    jrun.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP,
+                      help=f"frames each range reads before its own, for tracking (default {DEFAULT_OVERLAP})")
     jrun.add_argument("--max-frames", type=int, default=None)
     jrun.add_argument("--job-id", default=None, help="default: derived from the video and stride (reruns resume)")
     jrun.add_argument("--no-render", action="store_true", help="skip the overlay video and plot")
@@ -404,11 +416,16 @@ def cmd_job(args) -> int:
         video=args.video, results=args.results, output=args.output, graph=args.graph, lift3d=args.lift3d,
         stride=args.stride, batch=args.batch, max_frames=args.max_frames, job_id=args.job_id,
         render=not args.no_render, retries=args.retries, video_format=args.video_format,
-        frame_format=args.frame_format, in_flight=args.in_flight,
+        frame_format=args.frame_format, in_flight=args.in_flight, workers=args.workers, ranges=args.ranges,
+        range_index=args.range_index, range_only=args.range_only, overlap=args.overlap,
         progress_file=args.progress_file, metrics_port=args.metrics_port, report_posejob=args.report_posejob,
         profile=args.profile, checkpoints=str(args.checkpoints) if args.checkpoints else None, token=args.token,
         quiet=args.quiet)
     summary = JobRunner(options).run()
+    if summary.get("range_done"):
+        print(f"job {summary['job_id']}: {summary['range_done']} done; the last range to finish merges, lifts and "
+              "renders")
+        return 0
     if summary["already_done"]:
         print(f"job {summary['job_id']} already succeeded; nothing to do")
     print(f"job {summary['job_id']}: {summary['status']}, {summary['frames_done']} frames "

@@ -209,6 +209,24 @@ class MemorySink:
 
 
 # -- the pass -------------------------------------------------------------------------------------------
+def lift_tracks(tracks: Sequence[TrackDocument], lift: Lift, sink: Sink, *, lift_batch: int = 8) -> float:
+    """``tracks`` through ``lift``, ``lift_batch`` a request, each result (or failure) to ``sink``.
+    Returns the seconds spent lifting."""
+    spent = 0.0
+    for start in range(0, len(tracks), lift_batch):
+        chunk = list(tracks[start : start + lift_batch])
+        started = time.perf_counter()
+        try:
+            done = lift(chunk)
+        except StepFailed as exc:
+            sink.lift_failed(chunk, str(exc))
+            continue
+        finally:
+            spent += time.perf_counter() - started
+        sink.lifted(done)
+    return spent
+
+
 def run_video(frames: Iterable[Frame], detect_and_pose: DetectAndPose, lift: Lift, sink: Sink, tracker: Tracker,
               *, batch_frames: int = 8, lift_batch: int = 8, in_flight: int = 1,
               progress: Callable[[int], None] | None = None) -> float:
@@ -224,19 +242,9 @@ def run_video(frames: Iterable[Frame], detect_and_pose: DetectAndPose, lift: Lif
         raise PosegraphError("in_flight must be ≥ 1")
     lift_s = 0.0
 
-    def lift_tracks(tracks: Sequence[TrackDocument]) -> None:
+    def lift_finished(live: set[int]) -> None:
         nonlocal lift_s
-        for start in range(0, len(tracks), lift_batch):
-            chunk = list(tracks[start : start + lift_batch])
-            started = time.perf_counter()
-            try:
-                done = lift(chunk)
-            except StepFailed as exc:
-                sink.lift_failed(chunk, str(exc))
-                continue
-            finally:
-                lift_s += time.perf_counter() - started
-            sink.lifted(done)
+        lift_s += lift_tracks(sink.finished_tracks(live), lift, sink, lift_batch=lift_batch)
 
     def take(results: list[FrameResult]) -> None:
         for result in results:
@@ -247,7 +255,7 @@ def run_video(frames: Iterable[Frame], detect_and_pose: DetectAndPose, lift: Lif
         sink.add(results, tracker)
         if progress:
             progress(len(results))
-        lift_tracks(sink.finished_tracks(tracker.live_ids()))
+        lift_finished(tracker.live_ids())
 
     pending: list[Frame] = []
     if in_flight == 1:
@@ -279,5 +287,5 @@ def run_video(frames: Iterable[Frame], detect_and_pose: DetectAndPose, lift: Lif
             finally:
                 for future in queue:  # interrupted: what is not taken is not committed, and resumes
                     future.cancel()
-    lift_tracks(sink.finished_tracks(set()))  # the video has ended: every track is finished
+    lift_finished(set())  # the video has ended: every track is finished
     return lift_s

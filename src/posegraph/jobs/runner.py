@@ -35,8 +35,9 @@ from ..names import FAILED, INTERRUPTED, PARTIAL, RUNNING, SUCCEEDED, utc_now
 from ..tracking import Tracker
 from ..uri import fetch_to_cache, write_bytes
 from ..video import VideoReader, open_video_writer
-from ..videopass import FrameResult, GraphFrames, GraphLift, run_video, video_frames
+from ..videopass import FrameResult, GraphFrames, GraphLift, lift_tracks, run_video, video_frames
 from .progress import Progress
+from .ranges import DEFAULT_OVERLAP, FrameRange, plan_ranges, range_job_id
 from .store import FrameRow, PersonRow, ResultsStore, open_store, stored_frame_document
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,15 @@ class JobOptions:
     progress_file: str | None = None
     metrics_port: int | None = None
     report_posejob: str | None = None  # namespace/name: patch its status.progress (in a cluster)
+    # A job split into ranges (posegraph.jobs.ranges): ``workers`` > 1 runs them here as that many
+    # processes; ``ranges`` > 1 with ``range_index`` (default $JOB_COMPLETION_INDEX, an Indexed
+    # Job's) runs one of them. The range that finishes last merges, lifts and renders, unless
+    # ``range_only`` (the local coordinator does that itself, with its progress bar).
+    workers: int = 1
+    ranges: int = 1
+    range_index: int | None = None
+    range_only: bool = False
+    overlap: int = DEFAULT_OVERLAP
     profile: str = "cpu"  # for --graph local
     checkpoints: str | None = None  # for --graph local
     token: str | None = None
@@ -84,6 +94,10 @@ class JobRunner:
     def __init__(self, options: JobOptions) -> None:
         if options.stride < 1 or options.batch < 1 or options.in_flight < 1:
             raise BadInput("--stride, --batch and --in-flight must be ≥ 1")
+        if options.workers < 1 or options.ranges < 1 or options.overlap < 0:
+            raise BadInput("--workers and --ranges must be ≥ 1, --overlap ≥ 0")
+        if options.workers > 1 and options.ranges > 1:
+            raise BadInput("--workers N splits the job into N ranges itself: leave out --ranges")
         if options.video_format not in {"webm", "mp4"}:
             raise BadInput("--video-format must be webm or mp4")
         if options.frame_format not in {"jpeg", "png"}:
@@ -93,6 +107,8 @@ class JobRunner:
         self.store: ResultsStore | None = None
         self.progress: Progress | None = None
         self.random_weights = False
+        self.split = max(options.workers, options.ranges)  # ranges the job is split into; 1: not split
+        self._clients_made: tuple | None = None
 
     # -- the graph ---------------------------------------------------------------------------------------
     def _graph(self, stack: ExitStack) -> tuple[str, str | None]:
@@ -107,6 +123,15 @@ class JobRunner:
         graph = stack.enter_context(start_embedded_graph(load_profile(self.o.profile), directory))
         return graph.endpoint, self.o.lift3d or graph.servers["lift3d"].predict_url
 
+    def _clients(self, stack: ExitStack) -> tuple[GraphClient, GraphClient]:
+        """(graph client, lift3d client), made once per run."""
+        if self._clients_made is None:
+            endpoint, lift3d_url = self._graph(stack)
+            client = stack.enter_context(GraphClient(endpoint, token=self.o.token))
+            lift = stack.enter_context(GraphClient(lift3d_url, token=self.o.token)) if lift3d_url else client
+            self._clients_made = (client, lift)
+        return self._clients_made
+
     # -- the run -----------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         o = self.o
@@ -114,7 +139,7 @@ class JobRunner:
         self.store.migrate()
         params = {k: v for k, v in asdict(o).items() if k in {"graph", "stride", "batch", "max_frames", "output",
                                                                "render", "video_format"}}
-        job = self.store.begin_job(self.job_id, o.video, params)
+        job = self.store.begin_job(self.job_id, o.video, params, ranges=self.split if self.split > 1 else None)
         self.progress = Progress(self.job_id, quiet=o.quiet, progress_file=o.progress_file,
                                  metrics_port=o.metrics_port, posejob=o.report_posejob)
         if job["status"] == SUCCEEDED:
@@ -124,6 +149,10 @@ class JobRunner:
         self.store.update_job(self.job_id, status=RUNNING, started_at=job["started_at"] or utc_now(), error=None)
         try:
             with ExitStack() as stack:
+                if self.split > 1 and o.workers > 1:
+                    return self._coordinate(stack, job)
+                if self.split > 1:
+                    return self._run_range(stack, job)
                 return self._run(stack, job)
         except KeyboardInterrupt:
             self.store.update_job(self.job_id, status=INTERRUPTED)
@@ -148,31 +177,168 @@ class JobRunner:
         self._ingest(stack, reader, job)
         return self._finish(local, reader)
 
+    def _total(self, info) -> int | None:
+        """Sampled frames the job covers, when the video says how many frames it has."""
+        total = -(-info.frame_count // self.o.stride) if info.frame_count else None
+        if total and self.o.max_frames:
+            total = min(total, self.o.max_frames)
+        return total
+
+    def _tracker(self, state: dict | None) -> Tracker:
+        from ..config import load_profile
+
+        t = load_profile(self.o.profile).tracking
+        return Tracker.from_state(state, threshold=t.threshold, use_oks=t.method == "oks", max_gap=t.max_gap)
+
     def _ingest(self, stack: ExitStack, reader: VideoReader, job: dict[str, Any]) -> None:
         """The video pass from the resume point: frames through the graph into the store, each
         finished track lifted as it ends (posegraph.videopass)."""
         o, info = self.o, reader.info
-        total = -(-info.frame_count // o.stride) if info.frame_count else None
-        if total and o.max_frames:
-            total = min(total, o.max_frames)
+        total = self._total(info)
         self.store.update_job(self.job_id, width=info.width, height=info.height, fps=info.fps, frames_total=total)
-        endpoint, lift3d_url = self._graph(stack)
-        client = stack.enter_context(GraphClient(endpoint, token=o.token))
-        lift_client = stack.enter_context(GraphClient(lift3d_url, token=o.token)) if lift3d_url else client
-
-        from ..config import load_profile
-
-        t = load_profile(o.profile).tracking
-        tracker = Tracker.from_state(job.get("tracker_state"), threshold=t.threshold, use_oks=t.method == "oks",
-                                     max_gap=t.max_gap)
+        client, lift_client = self._clients(stack)
         resume_from = (job["last_frame"] + 1) if job.get("last_frame") is not None else 0
         self.progress.start(total=total, done=(job.get("frames_done") or 0) + (job.get("frames_failed") or 0),
                             phase=RUNNING)
         sink = StoreSink(self, info.width, info.height)
         run_video(video_frames(reader, stride=o.stride, max_frames=o.max_frames, start=resume_from),
                   GraphFrames(client.infer, retries=o.retries, image_format=o.frame_format),
-                  GraphLift(lift_client.infer, retries=o.retries), sink, tracker,
+                  GraphLift(lift_client.infer, retries=o.retries), sink, self._tracker(job.get("tracker_state")),
                   batch_frames=o.batch, lift_batch=o.batch, in_flight=o.in_flight)
+
+    # -- a job split into ranges -------------------------------------------------------------------------
+    def _plan(self, info) -> list[FrameRange]:
+        total = self._total(info)
+        if not total:
+            raise BadInput(f"{Path(self.o.video).name}: its frame count is unknown, so it cannot be split into "
+                           "ranges; run it with one worker")
+        self.store.update_job(self.job_id, width=info.width, height=info.height, fps=info.fps, frames_total=total)
+        return plan_ranges(total, stride=self.o.stride, count=self.split, overlap=self.o.overlap)
+
+    def _range_index(self) -> int:
+        import os
+
+        index = self.o.range_index
+        if index is None:
+            value = os.environ.get("JOB_COMPLETION_INDEX")
+            if value is None or not value.isdigit():
+                raise BadInput(f"--ranges {self.split}: which range? pass --range-index K (0–{self.split - 1}) "
+                               "or run it in an Indexed Job ($JOB_COMPLETION_INDEX)")
+            index = int(value)
+        if not 0 <= index < self.split:
+            raise BadInput(f"--range-index {index}: the job has ranges 0–{self.split - 1}")
+        return index
+
+    def _run_range(self, stack: ExitStack, job: dict[str, Any]) -> dict[str, Any]:
+        """One range (an Indexed Job's pod, or a process of ``--workers``); the last range to be
+        done merges the ranges, lifts whole tracks and renders."""
+        index = self._range_index()
+        local = fetch_to_cache(self.o.video)
+        reader = stack.enter_context(VideoReader(local))
+        plan = self._plan(reader.info)[index]
+        if job.get("last_frame") is None:  # not merged yet
+            range_id = range_job_id(self.job_id, index, self.split)
+            row = self.store.begin_range(self.job_id, range_id, plan, self.o.video, {"range": plan.describe()})
+            if row["status"] != SUCCEEDED and not plan.empty:
+                self._ingest_range(stack, reader, plan, range_id, row)
+            if not self.store.complete_range(self.job_id, range_id) or self.o.range_only:
+                summary = self._summary()
+                summary["range_done"] = plan.describe()
+                return summary
+            self._merge()
+        self._lift_merged(stack, reader.info)
+        return self._finish(local, reader)
+
+    def _ingest_range(self, stack: ExitStack, reader: VideoReader, plan: FrameRange, range_id: str,
+                      row: dict[str, Any]) -> None:
+        o, info = self.o, reader.info
+        client, _ = self._clients(stack)
+        resume_from = (row["last_frame"] + 1) if row.get("last_frame") is not None else plan.warmup
+        totals = self.store.range_progress(self.job_id)
+        self.progress.start(total=self.store.job(self.job_id)["frames_total"],
+                            done=totals["frames_done"] + totals["frames_failed"], phase=RUNNING)
+        self.store.update_job(range_id, status=RUNNING, started_at=row["started_at"] or utc_now(),
+                              width=info.width, height=info.height, fps=info.fps)
+        sink = StoreSink(self, info.width, info.height, job_id=range_id, lift=False)
+        run_video(video_frames(reader, stride=o.stride, max_frames=plan.stop_position, start=resume_from),
+                  GraphFrames(client.infer, retries=o.retries, image_format=o.frame_format),
+                  GraphLift(client.infer, retries=o.retries), sink, self._tracker(row.get("tracker_state")),
+                  batch_frames=o.batch, lift_batch=o.batch, in_flight=o.in_flight)
+
+    def _merge(self) -> None:
+        self.progress.report(phase="merging", force=True)
+        merged = self.store.merge_ranges(self.job_id)
+        self.random_weights = bool(self.store.job(self.job_id)["random_weights"])
+        if merged:
+            log.info("job %s: %d ranges merged, %d tracks (%d continued across a boundary)", self.job_id,
+                     merged["ranges"], merged["tracks"], merged["continued"])
+
+    def _lift_merged(self, stack: ExitStack, info) -> None:
+        """Whole tracks of the merged job through lift3d (those not lifted yet: a resumed job lifts the rest)."""
+        _, lift_client = self._clients(stack)
+        self.progress.report(phase="lifting", force=True)
+        sink = StoreSink(self, info.width, info.height)
+        lift_tracks(sink.finished_tracks(set()), GraphLift(lift_client.infer, retries=self.o.retries), sink,
+                    lift_batch=self.o.batch)
+
+    def _coordinate(self, stack: ExitStack, job: dict[str, Any]) -> dict[str, Any]:
+        """``--workers N``: the ranges as N processes of ``posegraph job run`` on one graph (started
+        here once when it is the local one), their progress added up; then merge, lift, render."""
+        import sys
+        import time
+
+        from .. import processes
+
+        o = self.o
+        local = fetch_to_cache(o.video)
+        reader = stack.enter_context(VideoReader(local))
+        plans = self._plan(reader.info)
+        left = self.store.ranges_left(self.job_id) if job.get("last_frame") is None else []
+        if left:
+            endpoint, lift3d_url = self._graph(stack)
+            self.o.graph, self.o.lift3d = endpoint, lift3d_url
+            logs = Path(tempfile.mkdtemp(prefix=f"posegraph-{self.job_id}-ranges-"))
+            stack.callback(shutil.rmtree, logs, ignore_errors=True)
+            workers = {}
+            try:
+                for index in left:
+                    workers[index] = processes.spawn([sys.executable, "-m", "posegraph", "job", "run",
+                                                      *self._range_args(index)], log=logs / f"range-{index}.log")
+                totals = self.store.range_progress(self.job_id)
+                self.progress.start(total=self.store.job(self.job_id)["frames_total"],
+                                    done=totals["frames_done"] + totals["frames_failed"], phase=RUNNING)
+                while any(w.poll() is None for w in workers.values()):
+                    time.sleep(0.5)
+                    totals = self.store.range_progress(self.job_id)
+                    self.progress.report(done=totals["frames_done"] + totals["frames_failed"],
+                                         persons=totals["persons"], failed=totals["frames_failed"])
+            finally:
+                processes.stop(list(workers.values()))
+            failed = {i: w.returncode for i, w in workers.items() if w.returncode != 0}
+            if failed:
+                index, code = min(failed.items())
+                lines = (logs / f"range-{index}.log").read_text(errors="replace").strip().splitlines()
+                raise PosegraphError(f"{plans[index].describe()} failed (exit {code}"
+                                     f"{': ' + lines[-1] if lines else ''}); the ranges done are kept: run the same "
+                                     "command again to resume")
+            self._merge()
+        self._lift_merged(stack, reader.info)
+        return self._finish(local, reader)
+
+    def _range_args(self, index: int) -> list[str]:
+        o = self.o
+        args = ["--video", o.video, "--graph", o.graph, "--results", o.results, "--output", o.output,
+                "--stride", str(o.stride), "--batch", str(o.batch), "--job-id", self.job_id,
+                "--ranges", str(self.split), "--range-index", str(index), "--range-only", "--quiet",
+                "--overlap", str(o.overlap), "--frame-format", o.frame_format, "--in-flight", str(o.in_flight),
+                "--retries", str(o.retries), "--profile", o.profile]
+        if o.lift3d:
+            args += ["--lift3d", o.lift3d]
+        if o.max_frames:
+            args += ["--max-frames", str(o.max_frames)]
+        if o.token:
+            args += ["--token", o.token]
+        return args
 
     def _finish(self, local: Path, reader: VideoReader) -> dict[str, Any]:
         """Outputs rebuilt from the store (whatever was interrupted before), then the job's status."""
@@ -280,9 +446,12 @@ class StoreSink:
     tracker's state committed in one transaction (the resume point); finished tracks read back
     from the store for lifting, their 3D poses and joint angles written to it."""
 
-    def __init__(self, runner: JobRunner, width: int, height: int) -> None:
-        self.runner, self.store, self.job_id = runner, runner.store, runner.job_id
-        self.width, self.height = width, height
+    def __init__(self, runner: JobRunner, width: int, height: int, *, job_id: str | None = None,
+                 lift: bool = True) -> None:
+        """``job_id``: a range's row (default: the runner's job); ``lift=False``: a range's tracks
+        wait for the merge, to be lifted whole."""
+        self.runner, self.store, self.job_id = runner, runner.store, job_id or runner.job_id
+        self.width, self.height, self.lift = width, height, lift
         self._rows: dict[int, list[dict[str, Any]]] = {}
 
     def add(self, results: list[FrameResult], tracker: Tracker) -> None:
@@ -305,11 +474,18 @@ class StoreSink:
             self.store.update_job(self.job_id, random_weights=True)
         self.store.commit_batch(self.job_id, frames, persons, [(k, a, b) for k, (a, b) in extents.items()],
                                 last_frame=results[-1].frame.index, tracker_state=tracker.state())
+        if self.job_id != self.runner.job_id:  # a range: the job's progress is every range's
+            totals = self.store.range_progress(self.runner.job_id)
+            self.runner.progress.report(done=totals["frames_done"] + totals["frames_failed"],
+                                        persons=totals["persons"], failed=totals["frames_failed"])
+            return
         row = self.store.job(self.job_id)
         self.runner.progress.report(done=row["frames_done"] + row["frames_failed"], persons=row["persons"],
                                     tracks=row["tracks"], failed=row["frames_failed"])
 
     def finished_tracks(self, live: set[int]) -> list[TrackDocument]:
+        if not self.lift:
+            return []
         tracks = []
         for track_id in self.store.unlifted_tracks(self.job_id):
             if track_id in live:

@@ -108,6 +108,18 @@ SCHEMA = [
         FOREIGN KEY (job_id, track_id) REFERENCES tracks (job_id, track_id) ON DELETE CASCADE
     );
     """,
+    # version 3: a job split into ranges (posegraph.jobs.ranges). Each range is a job row of its
+    # own (parent_job_id set, hidden from job lists) with its own resume point and tracker; the
+    # parent records how many ranges it was split into. Merging moves the ranges' rows into the
+    # parent and deletes them, in one transaction.
+    """
+    ALTER TABLE jobs ADD COLUMN parent_job_id TEXT;
+    ALTER TABLE jobs ADD COLUMN ranges INTEGER;
+    ALTER TABLE jobs ADD COLUMN range_index INTEGER;
+    ALTER TABLE jobs ADD COLUMN range_start INTEGER;
+    ALTER TABLE jobs ADD COLUMN range_stop INTEGER;
+    CREATE INDEX IF NOT EXISTS jobs_by_parent ON jobs (parent_job_id, range_index);
+    """,
 ]
 
 
@@ -119,10 +131,11 @@ class Dialect:
     json_param: str
     real: str
     ts: str
+    for_update: str  # locks the rows read until the transaction ends (SQLite: BEGIN IMMEDIATE already does)
 
 
-SQLITE = Dialect("sqlite", "?", "TEXT", "?", "REAL", "TEXT")
-POSTGRES = Dialect("postgresql", "%s", "JSONB", "%s::jsonb", "DOUBLE PRECISION", "TIMESTAMPTZ")
+SQLITE = Dialect("sqlite", "?", "TEXT", "?", "REAL", "TEXT", "")
+POSTGRES = Dialect("postgresql", "%s", "JSONB", "%s::jsonb", "DOUBLE PRECISION", "TIMESTAMPTZ", " FOR UPDATE")
 
 
 def _dump(value: Any) -> str | None:
@@ -222,21 +235,35 @@ class ResultsStore:
         return applied
 
     # -- jobs ----------------------------------------------------------------------------------------
-    def begin_job(self, job_id: str, video_uri: str, params: dict[str, Any]) -> dict[str, Any]:
-        """Create the job, or return the existing one to resume. A job id names one video."""
+    def begin_job(self, job_id: str, video_uri: str, params: dict[str, Any], *, ranges: int | None = None
+                  ) -> dict[str, Any]:
+        """Create the job, or return the existing one to resume. A job id names one video, and a
+        job split into ``ranges`` resumes only split the same way (its ranges' rows depend on it)."""
         with self.transaction() as cur:
-            row = self._job(cur, job_id)
+            row = self._job(cur, job_id, lock=True)
             if row is None:
                 now = utc_now()
-                self._exec(cur, "INSERT INTO jobs (job_id, video_uri, status, params, created_at, updated_at) "
-                                "VALUES (?, ?, 'queued', {j}, ?, ?)", (job_id, video_uri, _dump(params), now, now))
+                self._exec(cur, "INSERT INTO jobs (job_id, video_uri, status, params, ranges, created_at, updated_at) "
+                                "VALUES (?, ?, 'queued', {j}, ?, ?, ?)",
+                           (job_id, video_uri, _dump(params), ranges, now, now))
                 row = self._job(cur, job_id)
             elif row["video_uri"] != video_uri:
                 raise UsageError(f"job {job_id} exists for another video ({row['video_uri']}); use a new --job-id")
+            elif row["status"] != "succeeded" and (row.get("ranges") or None) != ranges:
+                if row["last_frame"] is not None or self._has_ranges(cur, job_id):
+                    was = f"split into {row['ranges']} ranges" if row.get("ranges") else "not split"
+                    raise UsageError(f"job {job_id} was started {was}; resume it the same way "
+                                     f"(--workers {row.get('ranges') or 1}) or use a new --job-id")
+                self._exec(cur, "UPDATE jobs SET ranges = ? WHERE job_id = ?", (ranges, job_id))
+                row["ranges"] = ranges
             return row
 
-    def _job(self, cur, job_id: str) -> dict[str, Any] | None:
-        cur = self._exec(cur, "SELECT * FROM jobs WHERE job_id = ?", (job_id,))
+    def _has_ranges(self, cur, job_id: str) -> bool:
+        return self._exec(cur, "SELECT COUNT(*) FROM jobs WHERE parent_job_id = ?", (job_id,)).fetchone()[0] > 0
+
+    def _job(self, cur, job_id: str, *, lock: bool = False) -> dict[str, Any] | None:
+        cur = self._exec(cur, "SELECT * FROM jobs WHERE job_id = ?" + (self.dialect.for_update if lock else ""),
+                         (job_id,))
         row = cur.fetchone()
         return None if row is None else _job_row(cur.description, row)
 
@@ -335,6 +362,125 @@ class ResultsStore:
         with self.transaction() as cur:
             self._exec(cur, "UPDATE tracks SET error = ? WHERE job_id = ? AND track_id = ?", (error, job_id, track_id))
 
+    # -- a job split into ranges (posegraph.jobs.ranges) ------------------------------------------------
+    def begin_range(self, parent_id: str, range_id: str, plan, video_uri: str, params: dict[str, Any]
+                    ) -> dict[str, Any]:
+        """The range's own job row (created, or returned to resume): its resume point and tracker."""
+        with self.transaction() as cur:
+            row = self._job(cur, range_id)
+            if row is None:
+                now = utc_now()
+                self._exec(cur, "INSERT INTO jobs (job_id, video_uri, status, params, parent_job_id, range_index, "
+                                "range_start, range_stop, created_at, updated_at) "
+                                "VALUES (?, ?, 'queued', {j}, ?, ?, ?, ?, ?, ?)",
+                           (range_id, video_uri, _dump(params), parent_id, plan.index, plan.start, plan.stop, now, now))
+                row = self._job(cur, range_id)
+            elif (row["parent_job_id"], row["range_start"], row["range_stop"]) != (parent_id, plan.start, plan.stop):
+                raise UsageError(f"{range_id} exists with frames {row['range_start']}–{row['range_stop']}, "
+                                 f"not {plan.start}–{plan.stop}: resume with the options it was started with")
+            return row
+
+    def complete_range(self, parent_id: str, range_id: str) -> bool:
+        """Mark the range ingested; True when it was the last of the parent's ranges to be. The
+        parent's row is locked first, so of ranges finishing at once exactly one sees all done."""
+        with self.transaction() as cur:
+            parent = self._job(cur, parent_id, lock=True)
+            self._exec(cur, "UPDATE jobs SET status = 'succeeded', finished_at = ?, updated_at = ? WHERE job_id = ?",
+                       (utc_now(), utc_now(), range_id))
+            done = self._exec(cur, "SELECT COUNT(*) FROM jobs WHERE parent_job_id = ? AND status = 'succeeded'",
+                              (parent_id,)).fetchone()[0]
+            return done >= (parent["ranges"] or 1)
+
+    def ranges_left(self, parent_id: str) -> list[int]:
+        """Range indices (0-based) not ingested yet: never started, or interrupted."""
+        with self.transaction() as cur:
+            parent = self._job(cur, parent_id)
+            done = {r[0] for r in self._exec(cur, "SELECT range_index FROM jobs WHERE parent_job_id = ? AND "
+                                                  "status = 'succeeded'", (parent_id,)).fetchall()}
+        return [] if parent is None or not parent["ranges"] else [i for i in range(parent["ranges"]) if i not in done]
+
+    def range_progress(self, parent_id: str) -> dict[str, int]:
+        """The parent's counts while its ranges run: owned frames only (warmup frames are counted
+        by the range that owns them)."""
+        with self.transaction() as cur:
+            def one(where: str) -> int:
+                return self._exec(cur, "SELECT COUNT(*) FROM jobs j JOIN " + where + " x ON x.job_id = j.job_id "
+                                       "WHERE j.parent_job_id = ? AND x.frame_index >= j.range_start",
+                                  (parent_id,)).fetchone()[0]
+
+            return {"frames_done": one("(SELECT * FROM frames WHERE status = 'ok')"),
+                    "frames_failed": one("(SELECT * FROM frames WHERE status = 'failed')"),
+                    "persons": one("persons")}
+
+    def merge_ranges(self, parent_id: str) -> dict[str, int]:
+        """Every range's owned frames and persons moved into the parent, tracks stitched across the
+        boundaries (ranges.Stitcher), the ranges' rows deleted: one transaction, so a merge killed
+        half-way leaves the ranges as they were. Returns counts (already merged: {}).
+
+        Rows are read a chunk of frames at a time: memory follows the chunk, not the video."""
+        from .ranges import Stitcher
+
+        chunk = 512
+        with self.transaction() as cur:
+            parent = self._job(cur, parent_id, lock=True)
+            if parent is None or parent["last_frame"] is not None:
+                return {}
+            ranges = self._exec(cur, "SELECT job_id, range_index, range_start, range_stop, status, random_weights "
+                                     "FROM jobs WHERE parent_job_id = ? ORDER BY range_index", (parent_id,)).fetchall()
+            random_weights = any(bool(r[5]) for r in ranges)
+            ranges = [r[:5] for r in ranges]
+            if len(ranges) != parent["ranges"] or any(r[4] != "succeeded" for r in ranges):
+                raise PosegraphError(f"job {parent_id}: not every range is done; cannot merge")
+            warmup_frames = {r[0] for job_id, _, start, _, _ in ranges for r in self._exec(
+                cur, "SELECT frame_index FROM frames WHERE job_id = ? AND frame_index < ?", (job_id, start)).fetchall()}
+            stitch = Stitcher(warmup_frames)
+            extents: dict[int, list[int]] = {}
+            last = None
+            for job_id, _, start, stop, _ in ranges:
+                warmup = self._exec(cur, "SELECT frame_index, track_id, bbox FROM persons WHERE job_id = ? AND "
+                                         "frame_index < ?", (job_id, start)).fetchall()
+                stitch.begin_range([(f, t, _load(b)) for f, t, b in warmup])
+                for first in range(start, stop, chunk):
+                    past = min(stop, first + chunk)
+                    frames = self._exec(cur, "SELECT frame_index, timestamp_s, status, error, persons FROM frames "
+                                             "WHERE job_id = ? AND frame_index >= ? AND frame_index < ? "
+                                             "ORDER BY frame_index", (job_id, first, past)).fetchall()
+                    persons = self._exec(cur, "SELECT frame_index, person_index, track_id, score, bbox, keypoints2d, "
+                                              "keypoints3d FROM persons WHERE job_id = ? AND frame_index >= ? AND "
+                                              "frame_index < ? ORDER BY frame_index, person_index",
+                                         (job_id, first, past)).fetchall()
+                    cur.executemany(self._sql("INSERT INTO frames (job_id, frame_index, timestamp_s, status, error, "
+                                              "persons) VALUES (?, ?, ?, ?, ?, ?)"),
+                                    [(parent_id, *f) for f in frames])
+                    rows = []
+                    for f, p_index, local, score, bbox, k2, k3 in persons:
+                        track = stitch.global_id(local)
+                        if track is not None:
+                            stitch.remember(f, _load(bbox), track)
+                            extent = extents.setdefault(track, [f, f])
+                            extent[0], extent[1] = min(extent[0], f), max(extent[1], f)
+                        rows.append((parent_id, f, p_index, track, score, _dump(_load(bbox)), _dump(_load(k2)),
+                                     _dump(_load(k3))))
+                    cur.executemany(self._sql(
+                        "INSERT INTO persons (job_id, frame_index, person_index, track_id, score, bbox, keypoints2d, "
+                        "keypoints3d) VALUES (?, ?, ?, ?, ?, {j}, {j}, {j})"), rows)
+                    if frames:
+                        last = frames[-1][0]
+            cur.executemany(self._sql("INSERT INTO tracks (job_id, track_id, first_frame, last_frame) "
+                                      "VALUES (?, ?, ?, ?)"),
+                            [(parent_id, t, a, b) for t, (a, b) in sorted(extents.items())])
+            self._exec(cur, "DELETE FROM jobs WHERE parent_job_id = ?", (parent_id,))
+            self._exec(cur, """
+                UPDATE jobs SET
+                    frames_done = (SELECT COUNT(*) FROM frames WHERE job_id = ? AND status = 'ok'),
+                    frames_failed = (SELECT COUNT(*) FROM frames WHERE job_id = ? AND status = 'failed'),
+                    persons = (SELECT COUNT(*) FROM persons WHERE job_id = ?),
+                    tracks = (SELECT COUNT(*) FROM tracks WHERE job_id = ?),
+                    last_frame = ?, tracker_state = NULL, random_weights = ?, updated_at = ?
+                WHERE job_id = ?""", (parent_id, parent_id, parent_id, parent_id, -1 if last is None else last,
+                                      random_weights, utc_now(), parent_id))
+            return {"ranges": len(ranges), "tracks": len(extents), "continued": stitch.continued}
+
     def frame_results(self, job_id: str, start: int, stop: int) -> dict[int, dict[str, Any]]:
         """Frames in [start, stop) with their persons, for rendering and export."""
         with self.transaction() as cur:
@@ -355,7 +501,8 @@ class ResultsStore:
     def list_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest jobs first, without their per-frame data."""
         with self.transaction() as cur:
-            cur = self._exec(cur, "SELECT * FROM jobs ORDER BY created_at DESC, job_id LIMIT ?", (limit,))
+            cur = self._exec(cur, "SELECT * FROM jobs WHERE parent_job_id IS NULL ORDER BY created_at DESC, job_id "
+                                  "LIMIT ?", (limit,))
             jobs = [_job_row(cur.description, row) for row in cur.fetchall()]
         for job in jobs:
             job.pop("tracker_state", None)
