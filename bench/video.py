@@ -1,7 +1,7 @@
 """Frames per second on one clip: mmpose's MMPoseInferencer (pose3d) in process, posegraph's
 in-process pipeline, and a posegraph job through the local graph, side by side.
 
-    python bench/video.py [--frames 24] [--bbox-thr 0.8] [--checkpoints DIR]
+    python bench/video.py [--frames 24] [--bbox-thr 0.8] [--checkpoints DIR] [--in-flight 1,2] [--workers 2,4]
 
 The same random checkpoints everywhere (weights do not change the cost) and the same person
 threshold (``--bbox-thr``: random weights find dozens of junk boxes at mmpose's default 0.3, and
@@ -48,18 +48,33 @@ def reset_peak(pid: int | str = "self") -> None:
 class Meter:
     """CPU seconds and peak memory of a set of processes over one measured run."""
 
-    def __init__(self, pids: dict[str, int | str]) -> None:
-        self.pids = pids
+    def __init__(self, pids: dict[str, int | str], *, workers: bool = False) -> None:
+        """``workers``: also count the processes this one starts and waits for during the run
+        (`--workers`' range processes, gone by the end: their CPU and peak from getrusage)."""
+        self.pids, self.workers = pids, workers
         for pid in pids.values():
             reset_peak(pid)
         self.cpu0 = {name: cpu_s(pid) for name, pid in pids.items()}
+        self.children0 = self._children_cpu()
         self.t0 = time.perf_counter()
 
+    @staticmethod
+    def _children_cpu() -> float:
+        import resource
+
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
     def done(self, frames: int) -> dict:
+        import resource
+
         seconds = time.perf_counter() - self.t0
         cpu = {name: cpu_s(pid) - self.cpu0[name] for name, pid in self.pids.items()}
-        return {"fps": frames / seconds, "cpu_s_per_frame": sum(cpu.values()) / frames,
-                "peak_mb": {name: round(peak_mb(pid)) for name, pid in self.pids.items()}}
+        peaks = {name: round(peak_mb(pid)) for name, pid in self.pids.items()}
+        if self.workers:
+            cpu["workers"] = self._children_cpu() - self.children0
+            peaks["largest worker"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+        return {"fps": frames / seconds, "cpu_s_per_frame": sum(cpu.values()) / frames, "peak_mb": peaks}
 
 
 def main() -> None:
@@ -69,6 +84,8 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=Path)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--in-flight", default="1,2", help="graph requests at once for (c), comma-separated")
+    parser.add_argument("--workers", default="2", help="(c) split over N processes (job run --workers), "
+                                                       "comma-separated; 1 in flight each")
     args = parser.parse_args()
 
     from posegraph.checkpoints import write_random
@@ -143,6 +160,15 @@ def main() -> None:
                 meter = Meter(pids)
                 summary = JobRunner(options).run()
                 rows[f"(c) posegraph job through the local graph, {label}, {in_flight} in flight"] = (
+                    meter.done(summary["frames_done"]))
+            for workers in (int(w) for w in args.workers.split(",") if w.strip() and int(w) > 1):
+                options = JobOptions(video=str(clip), results=f"sqlite:///{work / 'r.db'}", output=str(work / "out"),
+                                     graph=graph.endpoint, lift3d=graph.servers["lift3d"].predict_url, render=False,
+                                     job_id=f"bench-{flip}-workers-{workers}", quiet=True, workers=workers)
+                meter = Meter({"runner": "self", "router": graph.router.pid,
+                               **{stage: server.process.pid for stage, server in graph.servers.items()}}, workers=True)
+                summary = JobRunner(options).run()
+                rows[f"(c) posegraph job through the local graph, {label}, {workers} workers"] = (
                     meter.done(summary["frames_done"]))
 
     base = rows["(a) mmpose MMPoseInferencer(pose3d), in process"]["fps"]

@@ -116,6 +116,35 @@ def test_job_manifest_is_a_valid_batch_job_with_the_password_from_the_secret(tmp
     assert "envFrom" not in job["spec"]["template"]["spec"]["containers"][0]
 
 
+def test_a_posejob_with_parallelism_is_an_indexed_job_of_one_range_per_pod(tmp_path):
+    from posegraph.operator.resources import posejob_job, posejob_status_from_job
+
+    body = {**load(EXAMPLES / "posejob.yaml")}
+    body["metadata"] = {**body["metadata"], "namespace": NS, "uid": str(uuid.uuid4())}
+    one = posejob_job(body, "http://demo")
+    assert "completionMode" not in one["spec"] and one["spec"]["backoffLimit"] == 2
+    assert "--ranges" not in one["spec"]["template"]["spec"]["containers"][0]["args"]
+    body["spec"] = {**body["spec"], "parallelism": 4}
+    job = posejob_job(body, "http://demo")
+    assert {k: job["spec"][k] for k in ("completionMode", "completions", "parallelism", "backoffLimitPerIndex")} == {
+        "completionMode": "Indexed", "completions": 4, "parallelism": 4, "backoffLimitPerIndex": 2}
+    assert "backoffLimit" not in job["spec"]  # per index instead: one pod's failures do not spend the others'
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--ranges") + 1] == "4" and "--range-index" not in args  # $JOB_COMPLETION_INDEX
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    result = subprocess.run([sys.executable, "-m", "kubernetes_validate", "-k", "1.31.0", "--strict", str(path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+    running = posejob_status_from_job({**job, "status": {"active": 3, "succeeded": 1}}, {"phase": "running"})
+    assert running["message"] == "runner running: 1 of 4 ranges done, 3 running"
+    body["spec"]["parallelism"] = 17
+    from posegraph.operator.resources import InvalidPoseJob, validate_posejob
+
+    with pytest.raises(InvalidPoseJob, match="spec.parallelism"):
+        validate_posejob(body["spec"])
+
+
 def test_the_chart_can_give_runners_an_environment_secret(monkeypatch):
     """On kind the chart names the object store's Secret (POSEGRAPH_JOB_ENV_FROM) for every runner."""
     from posegraph.operator import resources

@@ -24,6 +24,9 @@ from .names import (
 )
 
 DEFAULT_RUNNER_SERVICE_ACCOUNT = "posegraph-job-runner"
+# Each runner pod holds up to 4 PostgreSQL connections (jobs.store.PostgresStore's pool): 16 pods
+# stay at 64 of PostgreSQL's default max_connections of 100, leaving room for the UI and others.
+MAX_POSEJOB_PARALLELISM = 16
 
 
 class InvalidPoseJob(ValueError):
@@ -71,7 +74,10 @@ class PoseJobSpec(Strict):
     results: Results
     options: Options = Options()
     resources: Resources | None = None
-    backoffLimit: int = Field(2, ge=0)
+    parallelism: int = Field(1, ge=1, le=MAX_POSEJOB_PARALLELISM, description=(
+        "pods working on the video at once, each on one contiguous range of frames (an Indexed Job); "
+        "tracks are stitched across the ranges and lifted whole by the pod that finishes last"))
+    backoffLimit: int = Field(2, ge=0, description="retries of a failed pod (of each range's pod when split)")
     ttlSecondsAfterFinished: int = Field(86400, ge=0)
     activeDeadlineSeconds: int | None = Field(None, ge=1)
     serviceAccountName: str | None = Field(None, description="identity for S3 (IRSA) and for reporting progress; "

@@ -148,6 +148,8 @@ def posejob_job(body: dict[str, Any], graph_url: str, *, image: str = JOB_IMAGE)
         args += ["--max-frames", str(options.maxFrames)]
     if not options.render:
         args.append("--no-render")
+    if spec.parallelism > 1:  # each pod's range: $JOB_COMPLETION_INDEX, set by the Indexed Job
+        args += ["--ranges", str(spec.parallelism)]
     resources = (spec.resources.model_dump(exclude_none=True) if spec.resources else None) or RUNNER_RESOURCES
     labels = {"app.kubernetes.io/part-of": "posegraph", "app.kubernetes.io/component": "job-runner",
               LABEL_POSEJOB: name}
@@ -171,7 +173,7 @@ def posejob_job(body: dict[str, Any], graph_url: str, *, image: str = JOB_IMAGE)
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
     job_spec = {
-        "backoffLimit": spec.backoffLimit,
+        **_completions(spec),
         "ttlSecondsAfterFinished": spec.ttlSecondsAfterFinished,
         "podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {
             "containerName": "runner", "operator": "In", "values": NON_RETRIABLE_EXIT_CODES}}]},
@@ -198,6 +200,15 @@ def posejob_job(body: dict[str, Any], graph_url: str, *, image: str = JOB_IMAGE)
     }
 
 
+def _completions(spec) -> dict[str, Any]:
+    """One pod, or an Indexed Job of ``parallelism`` pods, one range each, all at once; a range's pod
+    is retried on its own (backoffLimitPerIndex), so one flaky pod does not use up the others' retries."""
+    if spec.parallelism == 1:
+        return {"backoffLimit": spec.backoffLimit}
+    return {"completionMode": "Indexed", "completions": spec.parallelism, "parallelism": spec.parallelism,
+            "backoffLimitPerIndex": spec.backoffLimit}
+
+
 def posejob_status_from_job(job: dict[str, Any], progress: dict[str, Any] | None) -> dict[str, Any]:
     """Phase and message from the Job's conditions, refined by what the runner reported."""
     status = job.get("status") or {}
@@ -221,6 +232,12 @@ def posejob_status_from_job(job: dict[str, Any], progress: dict[str, Any] | None
         detail = (progress or {}).get("error") or condition.get("message") or ""
         return {"phase": POSEJOB_FAILED, "message": f"{reason}: {detail}".strip(": ")}
     if status.get("active"):
+        ranges = ((job.get("spec") or {}).get("completions") or 1) if (job.get("spec") or {}).get(
+            "completionMode") == "Indexed" else 1
+        if ranges > 1:
+            return {"phase": POSEJOB_RUNNING, "message": f"runner {runner_phase or 'starting'}: "
+                                                         f"{status.get('succeeded') or 0} of {ranges} ranges done, "
+                                                         f"{status['active']} running"}
         return {"phase": POSEJOB_RUNNING, "message": f"runner {runner_phase or 'starting'}"}
     return {"phase": POSEJOB_PENDING, "message": "job created, waiting for its pod"}
 
