@@ -77,38 +77,7 @@ class Meter:
         return {"fps": frames / seconds, "cpu_s_per_frame": sum(cpu.values()) / frames, "peak_mb": peaks}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=24)
-    parser.add_argument("--bbox-thr", type=float, default=0.8)
-    parser.add_argument("--checkpoints", type=Path)
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--in-flight", default="1,2", help="graph requests at once for (c), comma-separated")
-    parser.add_argument("--workers", default="2", help="(c) split over N processes (job run --workers), "
-                                                       "comma-separated; 1 in flight each")
-    args = parser.parse_args()
-
-    from posegraph.checkpoints import write_random
-    from posegraph.config import load_profile
-    from posegraph.samples import synthetic_clip_frames, write_clip
-    from posegraph.zoo import get_model
-
-    import onnxruntime as ort
-
-    overrides = [f"detect.score_threshold={args.bbox_thr}", "detect.max_persons=null"]
-    if "CUDAExecutionProvider" in ort.get_available_providers():  # onnxruntime-gpu and a GPU: run there
-        overrides.append("device=cuda:0")
-    profile = load_profile("cpu", overrides)
-    work = Path(tempfile.mkdtemp(prefix="posegraph-bench-video-"))
-    checkpoints = args.checkpoints or work
-    models = {s: profile.stage_settings(s).model for s in ("detect", "pose2d", "lift3d")}
-    for model in models.values():
-        if not (checkpoints / f"{model}.pth").is_file():
-            write_random(get_model(model), checkpoints / f"{model}.pth")
-    clip = write_clip(work / "clip.mp4", synthetic_clip_frames(args.frames))
-    rows = {}
-
-    # (a) mmpose's own inferencer, in process.
+def mmpose_row(args, models, checkpoints, clip, rows) -> None:
     sys.path.insert(0, str(TESTS))
     import mm_reference  # noqa: F401  (mmcv-lite's stand-in _ext)
     from mmpose.apis import MMPoseInferencer
@@ -123,6 +92,46 @@ def main() -> None:
         meter = Meter({"bench": "self"})
         frames = sum(1 for _ in inferencer(str(clip), bbox_thr=args.bbox_thr, show=False))
         rows["(a) mmpose MMPoseInferencer(pose3d), in process"] = meter.done(frames)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=24)
+    parser.add_argument("--bbox-thr", type=float, default=0.8)
+    parser.add_argument("--checkpoints", type=Path)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--in-flight", default="1,2", help="graph requests at once for (c), comma-separated")
+    parser.add_argument("--max-persons", type=int, default=None,
+                        help="persons per frame for (b) and (c) (detect.max_persons; default: all above --bbox-thr)")
+    parser.add_argument("--skip-mmpose", action="store_true", help="leave out (a); ratios are then against (b)")
+    parser.add_argument("--workers", default="2", help="(c) split over N processes (job run --workers), "
+                                                       "comma-separated; 1 in flight each")
+    args = parser.parse_args()
+
+    from posegraph.checkpoints import write_random
+    from posegraph.config import load_profile
+    from posegraph.samples import synthetic_clip_frames, write_clip
+    from posegraph.zoo import get_model
+
+    import onnxruntime as ort
+
+    overrides = [f"detect.score_threshold={args.bbox_thr}",
+                 f"detect.max_persons={args.max_persons if args.max_persons else 'null'}"]
+    if "CUDAExecutionProvider" in ort.get_available_providers():  # onnxruntime-gpu and a GPU: run there
+        overrides.append("device=cuda:0")
+    profile = load_profile("cpu", overrides)
+    work = Path(tempfile.mkdtemp(prefix="posegraph-bench-video-"))
+    checkpoints = args.checkpoints or work
+    models = {s: profile.stage_settings(s).model for s in ("detect", "pose2d", "lift3d")}
+    for model in models.values():
+        if not (checkpoints / f"{model}.pth").is_file():
+            write_random(get_model(model), checkpoints / f"{model}.pth")
+    clip = write_clip(work / "clip.mp4", synthetic_clip_frames(args.frames))
+    rows = {}
+
+    # (a) mmpose's own inferencer, in process.
+    if not args.skip_mmpose:
+        mmpose_row(args, models, checkpoints, clip, rows)
 
     # (b) posegraph's in-process pipeline and (c) a job through the local graph (KServe runtime, SQLite,
     # rendering off): once with the cpu profile (no flip test), once doing mmpose's work (RTMPose
@@ -171,12 +180,14 @@ def main() -> None:
                 rows[f"(c) posegraph job through the local graph, {label}, {workers} workers"] = (
                     meter.done(summary["frames_done"]))
 
-    base = rows["(a) mmpose MMPoseInferencer(pose3d), in process"]["fps"]
+    base_name = "(b) posegraph in-process pipeline, cpu profile" if args.skip_mmpose else \
+        "(a) mmpose MMPoseInferencer(pose3d), in process"
+    base = rows[base_name]["fps"]
     print(f"\n{args.frames}-frame 640×480 clip, person threshold {args.bbox_thr} ({persons:.1f} persons/frame); "
           f"onnxruntime providers here: {', '.join(ort.get_available_providers())}")
     for name, row in rows.items():
         extra = f"   stages ms/frame {row['ms_per_frame']}  ran on {row['providers']}" if "ms_per_frame" in row else ""
-        print(f"  {name:78s} {row['fps']:6.2f} frames/s   {row['fps'] / base:4.2f}× (a)   "
+        print(f"  {name:78s} {row['fps']:6.2f} frames/s   {row['fps'] / base:4.2f}× {base_name[:3]}   "
               f"{row['cpu_s_per_frame']:.2f} CPU s/frame   peak MB {row['peak_mb']}{extra}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

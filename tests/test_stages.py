@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import base64
 import shutil
 import struct
@@ -56,6 +58,27 @@ def test_each_stage_adds_only_its_own_fields(stages, astronaut):
     assert out["client_tag"] == "keep-me"
     assert set(out["stages"]) == {"detect", "pose2d", "lift3d"}
     assert out["width"] == 512 and out["height"] == 512
+
+
+@pytest.mark.parametrize("keep", [None, True])
+def test_pose2d_drops_inline_image_bytes_unless_the_client_keeps_them(stages, astronaut, tmp_path, keep):
+    """Nothing after pose2d reads pixels: the inline image (here 300 kB of base64) does not travel
+    on through lift3d and back, unless the document asks (keep_image). A uri is kept."""
+    import cv2
+
+    inline = FrameDocument(image=image_ref(astronaut, "png"), keep_image=keep)
+    nobody = FrameDocument(image=image_ref(np.full((64, 64, 3), 96, np.uint8), "png"), persons=[], keep_image=keep)
+    path = tmp_path / "astronaut.png"
+    cv2.imwrite(str(path), astronaut)
+    by_uri = FrameDocument(image={"uri": path.as_uri()})
+    sent = len(json.dumps(inline.to_json()))
+    for doc in stages["pose2d"].run(stages["detect"].run([inline])) + stages["pose2d"].run([nobody]):
+        assert (doc.image is not None) == bool(keep), doc.to_json().keys()
+    assert inline.persons and all(p.keypoints2d for p in inline.persons)
+    if not keep:
+        assert len(json.dumps(inline.to_json())) < sent / 20
+    stages["pose2d"].run(stages["detect"].run([by_uri]))  # in process: the CLI's policy reads files
+    assert by_uri.image.uri == path.as_uri()
 
 
 def test_zero_persons_pass_through_pose2d_and_lift3d(stages, astronaut):

@@ -104,6 +104,10 @@ class FrameDocument(_Open):
     timestamp_s: float | None = None
     persons: list[Person] | None = Field(None, description="absent: not detected yet; []: nobody found")
     stages: dict[str, StageRecord] = Field(default_factory=dict)
+    keep_image: bool | None = Field(None, description=(
+        "true: the inline image comes back in the answer. By default pose2d, the last stage that reads "
+        "the pixels, drops inline image bytes, so they do not travel on through lift3d and back "
+        "(an image.uri, a few bytes, is kept)"))
 
     # Decoded BGR pixels, kept in-process so stages do not decode twice. Never serialised.
     _pixels: np.ndarray | None = PrivateAttr(default=None)

@@ -111,6 +111,9 @@ class Pose2dStage(Stage):
         return simcc_x, simcc_y
 
     def postprocess(self, docs, batch: Pose2dBatch, outputs) -> list[FrameDocument]:
+        for doc in docs:  # no stage after this one reads pixels (FrameDocument.keep_image)
+            if doc.image is not None and doc.image.data is not None and not doc.keep_image:
+                doc.image = None
         if not batch.owners:
             return list(docs)
         simcc_x, simcc_y = outputs
