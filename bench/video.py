@@ -49,14 +49,35 @@ class Meter:
     """CPU seconds and peak memory of a set of processes over one measured run."""
 
     def __init__(self, pids: dict[str, int | str], *, workers: bool = False) -> None:
-        """``workers``: also count the processes this one starts and waits for during the run
-        (`--workers`' range processes, gone by the end: their CPU and peak from getrusage)."""
+        """``workers``: also the processes this one starts during the run and waits for
+        (`--workers`' range processes, gone by the end): CPU from getrusage, peak memory sampled
+        from /proc while they run (getrusage's maxrss counts the forked parent's memory too)."""
+        import threading
+
         self.pids, self.workers = pids, workers
         for pid in pids.values():
             reset_peak(pid)
         self.cpu0 = {name: cpu_s(pid) for name, pid in pids.items()}
         self.children0 = self._children_cpu()
+        self.worker_peak = 0.0
+        self._stop = threading.Event()
+        if workers:
+            known = {int(p) for p in pids.values() if p != "self"}
+            self._sampler = threading.Thread(target=self._sample, args=(known,), daemon=True)
+            self._sampler.start()
         self.t0 = time.perf_counter()
+
+    def _sample(self, known: set[int]) -> None:
+        me = os.getpid()
+        while not self._stop.wait(0.2):
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit() or int(entry.name) in known:
+                    continue
+                try:
+                    if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == me:
+                        self.worker_peak = max(self.worker_peak, peak_mb(entry.name))
+                except (OSError, ValueError):
+                    continue
 
     @staticmethod
     def _children_cpu() -> float:
@@ -66,14 +87,13 @@ class Meter:
         return usage.ru_utime + usage.ru_stime
 
     def done(self, frames: int) -> dict:
-        import resource
-
         seconds = time.perf_counter() - self.t0
+        self._stop.set()
         cpu = {name: cpu_s(pid) - self.cpu0[name] for name, pid in self.pids.items()}
         peaks = {name: round(peak_mb(pid)) for name, pid in self.pids.items()}
         if self.workers:
             cpu["workers"] = self._children_cpu() - self.children0
-            peaks["largest worker"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+            peaks["largest worker"] = round(self.worker_peak)
         return {"fps": frames / seconds, "cpu_s_per_frame": sum(cpu.values()) / frames, "peak_mb": peaks}
 
 
@@ -103,6 +123,8 @@ def main() -> None:
     parser.add_argument("--in-flight", default="1,2", help="graph requests at once for (c), comma-separated")
     parser.add_argument("--max-persons", type=int, default=None,
                         help="persons per frame for (b) and (c) (detect.max_persons; default: all above --bbox-thr)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a profile override for (b) and (c), e.g. threads=1 (repeatable)")
     parser.add_argument("--skip-mmpose", action="store_true", help="leave out (a); ratios are then against (b)")
     parser.add_argument("--workers", default="2", help="(c) split over N processes (job run --workers), "
                                                        "comma-separated; 1 in flight each")
@@ -116,7 +138,7 @@ def main() -> None:
     import onnxruntime as ort
 
     overrides = [f"detect.score_threshold={args.bbox_thr}",
-                 f"detect.max_persons={args.max_persons if args.max_persons else 'null'}"]
+                 f"detect.max_persons={args.max_persons if args.max_persons else 'null'}", *args.set]
     if "CUDAExecutionProvider" in ort.get_available_providers():  # onnxruntime-gpu and a GPU: run there
         overrides.append("device=cuda:0")
     profile = load_profile("cpu", overrides)
@@ -146,6 +168,8 @@ def main() -> None:
         variant = load_profile("cpu", overrides + [f"pose2d.flip_test={str(flip).lower()}"])
         label = "flip test on, as mmpose" if flip else "cpu profile"
         pipeline = Pipeline(variant, checkpoint_dir=checkpoints).load()
+        with VideoReader(clip) as reader:  # a first pass warms onnxruntime up (its arenas, first-run setup)
+            pipeline.video(reader)
         with VideoReader(clip) as reader:
             meter = Meter({"bench": "self"})
             docs = pipeline.video(reader)

@@ -145,23 +145,36 @@ def unsplit(clip, graph, profile, tmp_path_factory):
     return docs, summary
 
 
-@pytest.mark.parametrize("workers", [1, 2, 4])
-def test_one_two_and_four_workers_give_the_unsplit_jobs_results(clip, graph, profile, tmp_path, unsplit, workers):
+@pytest.fixture(scope="module")
+def postgres():
+    from services import postgres_server
+
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.mark.parametrize("workers,backend", [(1, "sqlite"), (2, "sqlite"), (4, "sqlite"), (3, "postgres")])
+def test_one_two_and_four_workers_give_the_unsplit_jobs_results(clip, graph, profile, tmp_path, unsplit, workers,
+                                                                backend, request):
     from posegraph.jobs.runner import JobRunner
     from posegraph.jobs.store import open_store
 
-    summary = JobRunner(job_options(clip, graph, profile, tmp_path, "split", workers=workers)).run()
+    options = job_options(clip, graph, profile, tmp_path, "split", workers=workers)
+    if backend == "postgres":  # the ranges' processes write to one PostgreSQL at once
+        options.results = request.getfixturevalue("postgres").dsn
+    summary = JobRunner(options).run()
     assert summary["status"] == "succeeded", summary
     reference, reference_summary = unsplit
     assert_same_up_to_track_ids(reference, read_jsonl(tmp_path / "split" / "frames.jsonl"), f"{workers} workers")
     for key in ("frames_done", "frames_failed", "persons", "tracks"):
         assert summary[key] == reference_summary[key], key
-    store = open_store(f"sqlite:///{tmp_path / 'split.db'}")
+    store = open_store(options.results)
     try:
         assert [j["job_id"] for j in store.list_jobs()] == ["clip"], "ranges are not jobs of their own in lists"
         assert store.counts("clip")["persons_without_3d"] == 0
         with store.transaction() as cur:
-            assert cur.execute("SELECT COUNT(*) FROM jobs WHERE parent_job_id IS NOT NULL").fetchone()[0] == 0
+            cur.execute("SELECT COUNT(*) FROM jobs WHERE parent_job_id IS NOT NULL")
+            assert cur.fetchone()[0] == 0, "the ranges' rows are gone once merged"
     finally:
         store.close()
 

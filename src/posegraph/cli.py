@@ -130,9 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="where the rendered video, plot and frames.jsonl go: s3://bucket/prefix/ or a directory")
     jrun.add_argument("--stride", type=int, default=1, help="process every N-th frame")
     jrun.add_argument("--batch", type=int, default=8, help="frame documents per graph request")
-    jrun.add_argument("--in-flight", type=int, default=1,
-                      help="graph requests at once (default 1; more overlap encoding and lifting with inference "
-                           "where the graph has cores to spare)")
+    jrun.add_argument("--in-flight", type=int, default=2,
+                      help="graph requests at once (default 2: encoding, decoding and lifting overlap with "
+                           "inference; results are taken in frame order, so they do not change)")
     jrun.add_argument("--workers", type=int, default=1,
                       help="split the video into this many contiguous ranges, run as as many processes on one "
                            "graph; tracks are stitched across the ranges, then lifted whole")

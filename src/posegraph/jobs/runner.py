@@ -57,9 +57,10 @@ class JobOptions:
     render: bool = True
     retries: int = 3
     video_format: str = "webm"  # webm (VP8, plays in browsers) or mp4 (mp4v)
-    # Graph requests at once. 1 by default: on 2 shared cores 2 in flight measured 0.57x to 1.18x of one
-    # (bench/video.py, 48 frames, 2026-12-01, other work running): not a win to turn on by default.
-    in_flight: int = 1
+    # Graph requests at once. 2 by default: with nothing else running on 2 cores, 2 in flight gave
+    # 1.01x to 1.71x the frames/s of 1 in each of 10 rows of bench/video.py (1 to 4 persons a
+    # frame, flip test on and off, 2026-12-01; docs/jobs.md), for up to ~270 MB more in pose2d's server.
+    in_flight: int = 2
     frame_format: str = "jpeg"  # how frames travel to the graph: jpeg, or png (lossless, ~10x the bytes)
     progress_file: str | None = None
     metrics_port: int | None = None

@@ -305,14 +305,21 @@ class ResultsStore:
                 "last_frame = CASE WHEN excluded.last_frame > tracks.last_frame THEN excluded.last_frame "
                 "ELSE tracks.last_frame END"),
                 [(job_id, t, first, last) for t, first, last in tracks])
-            self._exec(cur, """
-                UPDATE jobs SET
-                    frames_done = (SELECT COUNT(*) FROM frames WHERE job_id = ? AND status = 'ok'),
-                    frames_failed = (SELECT COUNT(*) FROM frames WHERE job_id = ? AND status = 'failed'),
-                    persons = (SELECT COUNT(*) FROM persons WHERE job_id = ?),
-                    tracks = (SELECT COUNT(*) FROM tracks WHERE job_id = ?),
-                    last_frame = ?, tracker_state = {j}, updated_at = ?
-                WHERE job_id = ?""", (job_id, job_id, job_id, job_id, last_frame, _dump(tracker_state), utc_now(), job_id))
+            self._set_counts(cur, job_id, last_frame=last_frame, tracker_state=tracker_state)
+
+    def _set_counts(self, cur, job_id: str, *, last_frame: int, tracker_state: Any,
+                    random_weights: bool | None = None) -> None:
+        """The job's counters recounted from its rows, and its resume point."""
+        self._exec(cur, """
+            UPDATE jobs SET
+                frames_done = (SELECT COUNT(*) FROM frames WHERE job_id = ? AND status = 'ok'),
+                frames_failed = (SELECT COUNT(*) FROM frames WHERE job_id = ? AND status = 'failed'),
+                persons = (SELECT COUNT(*) FROM persons WHERE job_id = ?),
+                tracks = (SELECT COUNT(*) FROM tracks WHERE job_id = ?),
+                last_frame = ?, tracker_state = {j}, updated_at = ?
+            WHERE job_id = ?""", (job_id, job_id, job_id, job_id, last_frame, _dump(tracker_state), utc_now(), job_id))
+        if random_weights:
+            self._exec(cur, "UPDATE jobs SET random_weights = TRUE WHERE job_id = ?", (job_id,))
 
     def unlifted_tracks(self, job_id: str) -> list[int]:
         """Tracks not lifted yet (a failed one stays here, with its error)."""
@@ -470,15 +477,8 @@ class ResultsStore:
                                       "VALUES (?, ?, ?, ?)"),
                             [(parent_id, t, a, b) for t, (a, b) in sorted(extents.items())])
             self._exec(cur, "DELETE FROM jobs WHERE parent_job_id = ?", (parent_id,))
-            self._exec(cur, """
-                UPDATE jobs SET
-                    frames_done = (SELECT COUNT(*) FROM frames WHERE job_id = ? AND status = 'ok'),
-                    frames_failed = (SELECT COUNT(*) FROM frames WHERE job_id = ? AND status = 'failed'),
-                    persons = (SELECT COUNT(*) FROM persons WHERE job_id = ?),
-                    tracks = (SELECT COUNT(*) FROM tracks WHERE job_id = ?),
-                    last_frame = ?, tracker_state = NULL, random_weights = ?, updated_at = ?
-                WHERE job_id = ?""", (parent_id, parent_id, parent_id, parent_id, -1 if last is None else last,
-                                      random_weights, utc_now(), parent_id))
+            self._set_counts(cur, parent_id, last_frame=-1 if last is None else last, tracker_state=None,
+                             random_weights=random_weights)
             return {"ranges": len(ranges), "tracks": len(extents), "continued": stitch.continued}
 
     def frame_results(self, job_id: str, start: int, stop: int) -> dict[int, dict[str, Any]]:
