@@ -94,7 +94,8 @@ class Meter:
         if self.workers:
             cpu["workers"] = self._children_cpu() - self.children0
             peaks["largest worker"] = round(self.worker_peak)
-        return {"fps": frames / seconds, "cpu_s_per_frame": sum(cpu.values()) / frames, "peak_mb": peaks}
+        return {"fps": frames / seconds, "cpu_s_per_frame": sum(cpu.values()) / frames, "peak_mb": peaks,
+                "cpu_ms_per_frame_by_process": {name: round(1000 * c / frames, 1) for name, c in cpu.items()}}
 
 
 def mmpose_row(args, models, checkpoints, clip, rows) -> None:
@@ -156,8 +157,8 @@ def main() -> None:
         mmpose_row(args, models, checkpoints, clip, rows)
 
     # (b) posegraph's in-process pipeline and (c) a job through the local graph (KServe runtime, SQLite,
-    # rendering off): once with the cpu profile (no flip test), once doing mmpose's work (RTMPose
-    # flip test on, as its configs and so MMPoseInferencer do).
+    # rendering and motion exports off: (b) does neither): once with the cpu profile (no flip test),
+    # once doing mmpose's work (RTMPose flip test on, as its configs and so MMPoseInferencer do).
     from posegraph.embedded import archives_for_profile, default_pipeline, start_local_graph
     from posegraph.jobs.runner import JobOptions, JobRunner
     from posegraph.pipeline import Pipeline
@@ -186,7 +187,8 @@ def main() -> None:
         with start_local_graph(default_pipeline(layouts, "kserve"), layouts) as graph:
             for in_flight in map(int, args.in_flight.split(",")):
                 options = JobOptions(video=str(clip), results=f"sqlite:///{work / 'r.db'}", output=str(work / "out"),
-                                     graph=graph.endpoint, lift3d=graph.servers["lift3d"].predict_url, render=False,
+                                     graph=graph.endpoint, lift3d=graph.servers["lift3d"].predict_url,
+                                     render=False, motion=False,
                                      job_id=f"bench-{flip}-{in_flight}", quiet=True, in_flight=in_flight)
                 pids = {"runner": "self", "router": graph.router.pid,
                         **{stage: server.process.pid for stage, server in graph.servers.items()}}
@@ -196,7 +198,8 @@ def main() -> None:
                     meter.done(summary["frames_done"]))
             for workers in (int(w) for w in args.workers.split(",") if w.strip() and int(w) > 1):
                 options = JobOptions(video=str(clip), results=f"sqlite:///{work / 'r.db'}", output=str(work / "out"),
-                                     graph=graph.endpoint, lift3d=graph.servers["lift3d"].predict_url, render=False,
+                                     graph=graph.endpoint, lift3d=graph.servers["lift3d"].predict_url,
+                                     render=False, motion=False,
                                      job_id=f"bench-{flip}-workers-{workers}", quiet=True, workers=workers)
                 meter = Meter({"runner": "self", "router": graph.router.pid,
                                **{stage: server.process.pid for stage, server in graph.servers.items()}}, workers=True)
@@ -213,6 +216,8 @@ def main() -> None:
         extra = f"   stages ms/frame {row['ms_per_frame']}  ran on {row['providers']}" if "ms_per_frame" in row else ""
         print(f"  {name:78s} {row['fps']:6.2f} frames/s   {row['fps'] / base:4.2f}× {base_name[:3]}   "
               f"{row['cpu_s_per_frame']:.2f} CPU s/frame   peak MB {row['peak_mb']}{extra}")
+        if len(row["cpu_ms_per_frame_by_process"]) > 1:
+            print(f"  {'':78s} CPU ms/frame by process {row['cpu_ms_per_frame_by_process']}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

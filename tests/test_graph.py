@@ -486,3 +486,37 @@ def test_up_with_kserves_router_not_built_says_how_to_build_it(checkpoints, tmp_
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "scripts/control-plane.sh build-router" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+# ---- the GJSON subset of a step's condition (posegraph.graph.gjson) --------------------------------------
+@pytest.mark.parametrize("path,body,expected", [
+    ("predictions.#(per_track_3d!=~true)", {"predictions": [{}]}, True),            # missing: not true-ish
+    ("predictions.#(per_track_3d!=~true)", {"predictions": [{"per_track_3d": True}]}, False),
+    ("predictions.#(per_track_3d!=~true)", {"predictions": [{"per_track_3d": True}, {}]}, True),
+    ("predictions.#(per_track_3d!=~true)", {"predictions": [{"per_track_3d": "TRUE"}]}, False),  # ParseBool
+    ("predictions.#(per_track_3d!=~true)", {"predictions": [{"per_track_3d": 0}]}, True),
+    ("predictions.#(per_track_3d!=~true)", {"predictions": []}, False),
+    ("predictions.#(per_track_3d!=~true)", {"error": "x"}, False),
+    ("predictions.#(x==~false)", {"predictions": [{}]}, True),                    # missing reads as null: false-ish
+    ("predictions.#(x==~null)", {"predictions": [{"x": None}]}, True),
+    ("predictions.#(x==~*)", {"predictions": [{}]}, False),
+    ("predictions.#(x==3)", {"predictions": [{"x": 3}]}, True),
+    ("predictions.#(x!=3)", {"predictions": [{}]}, False),                         # no ~: a missing key never matches
+    ("predictions.0.persons", {"predictions": [{"persons": []}]}, True),
+    ("predictions.1", {"predictions": [{}]}, False),
+])
+def test_conditions_read_as_gjson_reads_them(path, body, expected):
+    from posegraph.graph import gjson
+
+    assert gjson.exists(body, gjson.parse(path)) is expected
+
+
+@pytest.mark.parametrize("path", ["predictions.#(x>3)", "predictions.#[x==1]#", "a|b", "predictions.#(x==nope)"])
+def test_conditions_beyond_the_subset_are_refused_when_the_router_starts(path):
+    from posegraph.graph.router import GraphSpecError, check_graph
+
+    spec = {"nodes": {"root": {"routerType": "Sequence", "steps": [
+        {"name": "a", "serviceUrl": "http://127.0.0.1:1/"}, {"name": "b", "serviceUrl": "http://127.0.0.1:1/",
+                                                              "condition": path}]}}}
+    with pytest.raises(GraphSpecError, match="step b"):
+        check_graph(spec)

@@ -163,7 +163,8 @@ spec:
         mapPredictionsToInstances: true
         name: pose2d
         serviceName: demo-gpu-pose2d
-      - data: $response
+      - condition: predictions.#(per_track_3d!=~true)
+        data: $response
         dependency: Hard
         mapPredictionsToInstances: true
         name: lift3d

@@ -132,6 +132,41 @@ def test_a_photo_a_batch_and_a_track_come_back_lifted_and_equal(graphs, astronau
     assert same_documents(answers)
 
 
+def _lift3d_requests(graphs) -> list[str]:
+    """lift3d's request counters, as its server exports them (either runtime's names)."""
+    text = httpx.get(graphs.servers["lift3d"].metrics_url, timeout=10).text
+    return sorted(line for line in text.splitlines()
+                  if not line.startswith("#") and "posegraph" in line.lower() and "request" in line.lower())
+
+
+def test_video_frames_end_after_pose2d_through_both_routers(graphs, clip_frames):
+    """A video job's frames say their 3D comes per track (per_track_3d): the rendered lift3d step's
+    condition ends the sequence after pose2d in KServe's router and in posegraph's, so lift3d is
+    not called at all; a batch with one frame that does not say so goes through lift3d, which
+    lifts only that frame."""
+    from posegraph.graph.kserve_objects import LIFT3D_CONDITION
+
+    assert graphs.graph_spec["nodes"]["root"]["steps"][2]["condition"] == LIFT3D_CONDITION
+    frames = [{"image": {"data": jpeg_b64(f)}, "frame_index": i, "per_track_3d": True}
+              for i, f in enumerate(clip_frames[:4])]
+    before = _lift3d_requests(graphs)
+    answers = through_both(graphs, {"instances": frames})
+    assert {n: r.status_code for n, r in answers.items()} == {"kserve": 200, "posegraph": 200}, answers["kserve"].text
+    assert _lift3d_requests(graphs) == before, "lift3d was called for frames lifted per track"
+    for doc in answers["kserve"].json()["predictions"]:
+        assert set(doc["stages"]) == {"detect", "pose2d"} and "image" not in doc
+        assert doc["persons"] and all(p.get("keypoints2d") and "keypoints3d" not in p for p in doc["persons"])
+    assert same_documents(answers)
+
+    mixed = frames[:3] + [{"image": {"data": jpeg_b64(clip_frames[3])}, "frame_index": 3}]
+    answers = through_both(graphs, {"instances": mixed})
+    assert _lift3d_requests(graphs) != before, "lift3d was not called for a frame that wants its 3D"
+    docs = answers["kserve"].json()["predictions"]
+    assert [("lift3d" in d["stages"]) for d in docs] == [False, False, False, True]
+    assert all(len(p["keypoints3d"]) == 17 for p in docs[3]["persons"])
+    assert same_documents(answers)
+
+
 @pytest.mark.parametrize("body,status,mentions", [
     ({"instances": [{"image": {"data": base64.b64encode(b"not an image").decode()}}]}, 400, "not a decodable image"),
     (b"{not json", 400, ""),  # the runtime's own words (KServe: "Unrecognized request format: …")

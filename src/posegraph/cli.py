@@ -147,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     jrun.add_argument("--max-frames", type=int, default=None)
     jrun.add_argument("--job-id", default=None, help="default: derived from the video and stride (reruns resume)")
     jrun.add_argument("--no-render", action="store_true", help="skip the overlay video and plot")
+    jrun.add_argument("--no-motion", action="store_true", help="skip the BVH files and joint angles under motion/")
     jrun.add_argument("--video-format", choices=["webm", "mp4"], default="webm")
     jrun.add_argument("--frame-format", choices=["jpeg", "png"], default="jpeg",
                       help="how frames go to the graph: jpeg (default), or png, lossless at ~10x the bytes")
@@ -415,7 +416,7 @@ def cmd_job(args) -> int:
     options = JobOptions(
         video=args.video, results=args.results, output=args.output, graph=args.graph, lift3d=args.lift3d,
         stride=args.stride, batch=args.batch, max_frames=args.max_frames, job_id=args.job_id,
-        render=not args.no_render, retries=args.retries, video_format=args.video_format,
+        render=not args.no_render, motion=not args.no_motion, retries=args.retries, video_format=args.video_format,
         frame_format=args.frame_format, in_flight=args.in_flight, workers=args.workers, ranges=args.ranges,
         range_index=args.range_index, range_only=args.range_only, overlap=args.overlap,
         progress_file=args.progress_file, metrics_port=args.metrics_port, report_posejob=args.report_posejob,

@@ -108,6 +108,9 @@ class FrameDocument(_Open):
         "true: the inline image comes back in the answer. By default pose2d, the last stage that reads "
         "the pixels, drops inline image bytes, so they do not travel on through lift3d and back "
         "(an image.uri, a few bytes, is kept)"))
+    per_track_3d: bool | None = Field(None, description=(
+        "true: this frame's 3D comes from lifting its persons' whole tracks (a video job does that), "
+        "so lift3d leaves it alone and the graph ends after pose2d (its lift3d step's condition)"))
 
     # Decoded BGR pixels, kept in-process so stages do not decode twice. Never serialised.
     _pixels: np.ndarray | None = PrivateAttr(default=None)

@@ -112,8 +112,10 @@ class GraphFrames:
     def _document(self, frame: Frame) -> FrameDocument:
         from .imageio import image_ref
 
-        return FrameDocument(image=image_ref(frame.pixels, self.image_format, quality=90), width=int(frame.pixels.shape[1]), height=int(frame.pixels.shape[0]),
-                             frame_index=frame.index, timestamp_s=frame.timestamp_s)
+        # per_track_3d: the graph ends after pose2d; tracks are lifted whole (GraphLift)
+        return FrameDocument(image=image_ref(frame.pixels, self.image_format, quality=90),
+                             width=int(frame.pixels.shape[1]), height=int(frame.pixels.shape[0]),
+                             frame_index=frame.index, timestamp_s=frame.timestamp_s, per_track_3d=True)
 
     def __call__(self, frames: list[Frame]) -> list[FrameResult]:
         try:
@@ -124,7 +126,7 @@ class GraphFrames:
             log.warning("a batch of %d frames failed (%s); trying them one by one", len(frames), exc)
             return [result for f in frames for result in self([f])]
         for doc in docs:
-            doc.image = None  # the frame's bytes came back with it: not kept
+            doc.image = None  # pose2d dropped it; a graph that does not is not kept waiting on it here
         return [FrameResult(f, doc) for f, doc in zip(frames, docs)]
 
 

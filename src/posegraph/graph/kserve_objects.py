@@ -135,8 +135,16 @@ def step_target(pipeline: PosePipeline, stage: str) -> dict[str, str]:
     return {"serviceUrl": f"http://{host}/v1/models/{model}:predict"}
 
 
+# lift3d runs unless every frame of the batch says its 3D comes per track (FrameDocument.per_track_3d,
+# set by video jobs): KServe's router ends a Sequence with the previous response when a step's GJSON
+# condition does not exist in it. Measured: per-frame lifting was 20-41 of a served job's 70-190 CPU ms
+# per frame, thrown away when its tracks are lifted (bench/video.py, 1 and 4 persons, 2026-12-01).
+LIFT3D_CONDITION = "predictions.#(per_track_3d!=~true)"
+
+
 def inference_graph(pipeline: PosePipeline) -> dict[str, Any]:
-    steps = [{"data": "$response", "dependency": "Hard", "mapPredictionsToInstances": True, "name": stage,
+    steps = [{**({"condition": LIFT3D_CONDITION} if stage == "lift3d" else {}),  # first, in the SDK's order
+              "data": "$response", "dependency": "Hard", "mapPredictionsToInstances": True, "name": stage,
               **step_target(pipeline, stage)} for stage in STAGE_NAMES]
     g = pipeline.spec.graph
     t = g.routerTimeouts

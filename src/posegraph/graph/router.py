@@ -28,7 +28,8 @@ both. KServe's router reads any body whole (no limit) and forwards it.
 Where KServe's router says little, this one says more. An unreachable step is answered with 502,
 a step that times out with 504, and both name the step. Prometheus metrics per step are at
 ``/metrics``; KServe's router has none (kserve#2703). Only Sequence nodes are supported (with
-nested ``nodeName`` steps). Splitter, Ensemble, Switch and ``condition`` are refused at start, so
+nested ``nodeName`` steps, a step's ``condition`` in the GJSON subset of ``graph.gjson``). Splitter, Ensemble,
+Switch and other conditions are refused at start, so
 no graph silently behaves differently.
 """
 
@@ -73,7 +74,12 @@ def check_graph(spec: dict[str, Any]) -> None:
         for i, step in enumerate(node.get("steps") or []):
             label = step.get("name") or f"{name}[{i}]"
             if step.get("condition"):
-                raise GraphSpecError(f"step {label}: 'condition' is not supported by the local router")
+                from . import gjson
+
+                try:
+                    gjson.parse(step["condition"])
+                except gjson.UnsupportedCondition as exc:
+                    raise GraphSpecError(f"step {label}: {exc}") from None
             if not (step.get("serviceUrl") or step.get("nodeName")):
                 raise GraphSpecError(f"step {label}: needs serviceUrl (or nodeName); serviceName is resolved "
                                      "by KServe's controller and must be given as a URL locally")
@@ -163,6 +169,19 @@ class GraphRouter:
             request = answer.body if (step.get("data") == "$response" and i > 0) else body
             if step.get("mapPredictionsToInstances"):
                 request = map_predictions_to_instances(request)
+            if step.get("condition"):
+                # KServe: the previous response must be JSON (else 500), and when the condition's path
+                # does not exist in it the sequence ends there, answering it with 200.
+                from . import gjson
+
+                try:
+                    previous = json.loads(answer.body) if i > 0 else None
+                except (ValueError, UnicodeDecodeError, RecursionError):
+                    previous = None
+                if previous is None:
+                    return _error(500, f"step {name}: invalid response to test its condition on", name)
+                if not gjson.exists(previous, gjson.parse(step["condition"])):
+                    return Answer(answer.body, 200, answer.content_type)
             if step.get("nodeName"):
                 answer = await self.route(step["nodeName"], request, headers)
             else:

@@ -55,6 +55,7 @@ class JobOptions:
     max_frames: int | None = None
     job_id: str | None = None
     render: bool = True
+    motion: bool = True  # BVH, joint angles CSV and their plots under <output>/motion/
     retries: int = 3
     video_format: str = "webm"  # webm (VP8, plays in browsers) or mp4 (mp4v)
     # Graph requests at once. 2 by default: with nothing else running on 2 cores, 2 in flight gave
@@ -139,7 +140,7 @@ class JobRunner:
         self.store = open_store(o.results)
         self.store.migrate()
         params = {k: v for k, v in asdict(o).items() if k in {"graph", "stride", "batch", "max_frames", "output",
-                                                               "render", "video_format"}}
+                                                               "render", "motion", "video_format"}}
         job = self.store.begin_job(self.job_id, o.video, params, ranges=self.split if self.split > 1 else None)
         self.progress = Progress(self.job_id, quiet=o.quiet, progress_file=o.progress_file,
                                  metrics_port=o.metrics_port, posejob=o.report_posejob)
@@ -348,7 +349,7 @@ class JobRunner:
         if self.o.render:
             self.progress.report(phase="rendering", force=True)
             outputs = self._render_and_upload(local, info)
-        motion, motion_notes = self._motion_outputs()
+        motion, motion_notes = self._motion_outputs() if self.o.motion else ({}, [])
         outputs.update(motion)
         row = self.store.job(self.job_id)
         counts = self.store.counts(self.job_id)

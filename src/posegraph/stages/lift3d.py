@@ -62,7 +62,9 @@ class Lift3dStage(Stage):
         self.window_network = None
 
     def accepts(self, doc) -> bool:
-        return isinstance(doc, (FrameDocument, TrackDocument))
+        if isinstance(doc, FrameDocument):
+            return not doc.per_track_3d  # its tracks are lifted whole later: one frame alone is wasted work
+        return isinstance(doc, TrackDocument)
 
     def _load_extra(self, uri: str, **kwargs) -> None:
         if self.spec.family != "videopose3d":
