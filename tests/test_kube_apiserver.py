@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 
+import kubernetes
 import pytest
 import yaml
 from control_plane import REPO, OperatorProcess, finish_pod, play_kubelet, secret_data
@@ -242,12 +243,35 @@ def check_release(control_plane, core, dynamic, helm_name: str, values: str, nam
 RELEASE_NS = "posegraph"
 
 
+# What the operator tests leave in RELEASE_NS (group, version, plural), removed after them.
+LEFT_BEHIND = [("posegraph.io", "v1alpha1", "posejobs"), ("posegraph.io", "v1alpha1", "posepipelines"),
+               (KSERVE, "v1beta1", "inferenceservices"), (KSERVE, "v1alpha1", "inferencegraphs")]
+
+
 @pytest.fixture(scope="module")
-def release(control_plane, core, kserve_crds):
-    """The chart with its default values, kept for the operator tests below."""
+def release(control_plane, core, custom, kserve_crds):
+    """The chart with its default values, kept for the operator tests below. Removed after them,
+    with what they made: the control plane is shared by the session, so this release's ClusterRoles
+    would stop another module's `helm install`, and its InferenceServices would be reconciled by
+    KServe's manager in test_kserve_controller, which has no runtime for them (both seen when that
+    module ran after this one)."""
     restricted_namespace(control_plane, core, RELEASE_NS)
     helm(control_plane, "helm4", "install", "posegraph", str(CHART), "-n", RELEASE_NS)
-    return RELEASE_NS
+    yield RELEASE_NS
+    for group, version, plural in LEFT_BEHIND:
+        for item in custom.list_namespaced_custom_object(group, version, RELEASE_NS, plural)["items"]:
+            name = item["metadata"]["name"]
+            try:  # the garbage collector may delete a child first (its owner went before it)
+                # The operator is stopped by now: nobody would remove its finalizers.
+                custom.patch_namespaced_custom_object(group, version, RELEASE_NS, plural, name,
+                                                      {"metadata": {"finalizers": None}})
+                custom.delete_namespaced_custom_object(group, version, RELEASE_NS, plural, name)
+            except kubernetes.client.ApiException as gone:
+                if gone.status != 404:
+                    raise
+    wait(lambda: not any(custom.list_namespaced_custom_object(g, v, RELEASE_NS, p)["items"] for g, v, p in LEFT_BEHIND),
+         what=f"the operator tests' objects gone from {RELEASE_NS}")
+    helm(control_plane, "helm4", "uninstall", "posegraph", "-n", RELEASE_NS, "--wait", "--timeout", "120s")
 
 
 @pytest.fixture(scope="module")
