@@ -141,7 +141,8 @@ def test_joint_angles_of_known_poses():
 
 
 def test_the_store_migrates_to_joint_angles_and_keeps_old_jobs(tmp_path):
-    """A store made before migration 2 gains the table; what it held is untouched."""
+    """A store made before migration 2 gains the table (and migration 3's range columns); what it
+    held is untouched."""
     from posegraph.jobs.store import SCHEMA, SQLITE, open_store
 
     path = tmp_path / "old.db"
@@ -154,8 +155,10 @@ def test_the_store_migrates_to_joint_angles_and_keeps_old_jobs(tmp_path):
     old.commit()
     old.close()
     store = open_store(f"sqlite:///{path}")
-    assert store.migrate() == [2]
+    applied = store.migrate()
+    assert applied == list(range(2, len(SCHEMA) + 1)), "every version after 1 (2: joint angles, 3: ranges)"
     assert store.migrate() == []
     assert store.job("old")["status"] == "succeeded"
+    assert [job["job_id"] for job in store.list_jobs()] == ["old"], "an old job is not a range"
     assert store.joint_angles("old", 1) == ([], {a: [] for a in ANGLES})
     store.close()
