@@ -95,6 +95,20 @@ EOF
   ls -l "$bindir" >&2
 }
 
+# The directory of KServe's module in Go's module cache (downloaded if need be; read-only).
+kserve_module() {
+  (cd "$cache" && go mod download -json "github.com/kserve/kserve@$KSERVE_VERSION") \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])'
+}
+
+# A fresh writable copy of a module tree: KServe's replace directives mean its binaries are built
+# inside their own module, which Go's cache keeps read-only.
+writable_copy() {
+  rm -rf "$2"
+  cp -r "$1" "$2"
+  chmod -R u+w "$2"
+}
+
 # KServe's router. Its go.mod has replace directives, so `go install` refuses it: it is built inside
 # a writable copy of its downloaded module. One change is made, and only to where it listens:
 # upstream always binds :8080 (constants.RouterPort); with POSEGRAPH_ROUTER_LISTEN set (tests and
@@ -109,12 +123,9 @@ build_kserve_router() {
   local started src mod main
   started=$(date +%s)
   mkdir -p "$cache"
-  mod=$(cd "$cache" && go mod download -json "github.com/kserve/kserve@$KSERVE_VERSION" \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  mod=$(kserve_module)
   src="$cache/src-kserve-$KSERVE_VERSION"
-  rm -rf "$src"
-  cp -r "$mod" "$src"
-  chmod -R u+w "$src"
+  writable_copy "$mod" "$src"
   main="$src/cmd/router/main.go"
   grep -q 'Addr:         ":" + strconv.Itoa(constants.RouterPort),' "$main" \
     || die "cmd/router/main.go of kserve $KSERVE_VERSION has no listen address line to patch"
@@ -158,14 +169,11 @@ build_kserve_manager() {
   local started src mod main
   started=$(date +%s)
   mkdir -p "$cache"
-  mod=$(cd "$cache" && go mod download -json "github.com/kserve/kserve@$KSERVE_VERSION" \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  mod=$(kserve_module)
   kserve_manifests "$mod"
   if [ -x "$kservedir/manager" ]; then say "KServe manager already built; its manifests copied to $kservedir/config"; return; fi
   src="$cache/src-kserve-manager-$KSERVE_VERSION"   # not the router's: both may build at once
-  rm -rf "$src"
-  cp -r "$mod" "$src"
-  chmod -R u+w "$src"
+  writable_copy "$mod" "$src"
   main="$src/cmd/manager/main.go"
   grep -q '^			Port: options.webhookPort,$' "$main" \
     || die "cmd/manager/main.go of kserve $KSERVE_VERSION has no webhook port line to patch"
