@@ -149,3 +149,40 @@ def kserve_controller(control_plane):
     yield kserve
     down = control_plane.stop_kserve()
     assert down.returncode == 0, f"scripts/control-plane.sh kserve-down failed:\n{down.stderr[-3000:]}"
+
+
+# ---- API clients of the shared control plane, one per module that asks -------------------------------
+
+@pytest.fixture(scope="module")
+def core(control_plane):
+    import kubernetes
+
+    return kubernetes.client.CoreV1Api(control_plane.api_client())
+
+
+@pytest.fixture(scope="module")
+def apps(control_plane):
+    import kubernetes
+
+    return kubernetes.client.AppsV1Api(control_plane.api_client())
+
+
+@pytest.fixture(scope="module")
+def batch(control_plane):
+    import kubernetes
+
+    return kubernetes.client.BatchV1Api(control_plane.api_client())
+
+
+@pytest.fixture(scope="module")
+def custom(control_plane):
+    import kubernetes
+
+    return kubernetes.client.CustomObjectsApi(control_plane.api_client())
+
+
+@pytest.fixture(scope="module")
+def dynamic(control_plane):
+    from kubernetes.dynamic import DynamicClient
+
+    return DynamicClient(control_plane.api_client())

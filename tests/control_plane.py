@@ -116,6 +116,15 @@ class ControlPlane:
         }))
         return path
 
+    def create_namespace(self, name: str, labels: dict[str, str] | None = None) -> str:
+        """A namespace ready for Pods: created, and its default ServiceAccount there."""
+        import kubernetes
+
+        kubernetes.client.CoreV1Api(self.api_client()).create_namespace(
+            {"metadata": {"name": name, "labels": labels or {}}})
+        self.wait_for_default_serviceaccount(name)
+        return name
+
     def wait_for_default_serviceaccount(self, namespace: str, timeout: float = 120.0) -> None:
         """Pods need their namespace's ServiceAccount, which kube-controller-manager creates."""
         wait(lambda: self.kubectl("-n", namespace, "get", "serviceaccount", "default", check=False).returncode == 0,

@@ -58,47 +58,12 @@ def isvc_name(stage: str) -> str:
 # ---- fixtures: KServe, the chart, the operator, the pipelines ---------------------------------------
 
 @pytest.fixture(scope="module")
-def core(control_plane):
-    import kubernetes
-
-    return kubernetes.client.CoreV1Api(control_plane.api_client())
-
-
-@pytest.fixture(scope="module")
-def apps(control_plane):
-    import kubernetes
-
-    return kubernetes.client.AppsV1Api(control_plane.api_client())
-
-
-@pytest.fixture(scope="module")
-def custom(control_plane):
-    import kubernetes
-
-    return kubernetes.client.CustomObjectsApi(control_plane.api_client())
-
-
-@pytest.fixture(scope="module")
-def dynamic(control_plane):
-    from kubernetes.dynamic import DynamicClient
-
-    return DynamicClient(control_plane.api_client())
-
-
-def make_namespace(control_plane, core, name: str, labels: dict[str, str]) -> None:
-    import kubernetes
-
-    core.create_namespace(kubernetes.client.V1Namespace(metadata={"name": name, "labels": labels}))
-    control_plane.wait_for_default_serviceaccount(name)
-
-
-@pytest.fixture(scope="module")
 def release(control_plane, core, kserve_controller):
     """The chart with its default values (ClusterServingRuntimes), as `helm install` makes it. Its
     cluster-wide objects are removed afterwards: tests/test_kube_apiserver.py installs it again."""
     if not HELM.exists():
         pytest.fail(f"{HELM} missing: scripts/install-helm.sh (part of `make test`) installs it")
-    make_namespace(control_plane, core, RELEASE_NS, RESTRICTED)
+    control_plane.create_namespace(RELEASE_NS, RESTRICTED)
     run = [str(HELM), "--kubeconfig", str(control_plane.kubeconfig)]
     install = subprocess.run([*run, "install", "posegraph", str(CHART), "-n", RELEASE_NS], capture_output=True,
                              text=True, timeout=300)
@@ -182,7 +147,7 @@ def pipelines(control_plane, core, custom, operator):
 
     for variant in VARIANTS:
         namespace = namespace_of(variant)
-        make_namespace(control_plane, core, namespace, BASELINE)
+        control_plane.create_namespace(namespace, BASELINE)
         core.create_namespaced_secret(namespace, kubernetes.client.V1Secret(
             metadata={"name": "stage-token"}, string_data={"token": TOKEN}))
         custom.create_namespaced_custom_object("posegraph.io", "v1alpha1", namespace, "posepipelines",
@@ -430,7 +395,7 @@ def test_restricted_pod_security_refuses_kserves_pods(control_plane, core, custo
     that enforces PodSecurity "restricted" their Pods are refused: a PosePipeline must live in one
     that enforces at most "baseline". The stage container itself passes (the chart sets it all)."""
     namespace = "pg-restricted"
-    make_namespace(control_plane, core, namespace, RESTRICTED)
+    control_plane.create_namespace(namespace, RESTRICTED)
     try:
         manifest = pipeline_manifest("kserve-cpu")
         manifest["metadata"]["namespace"] = namespace

@@ -38,28 +38,6 @@ def helm(control_plane, name: str, *args: str, check: bool = True, timeout: floa
     return result
 
 
-@pytest.fixture(scope="module")
-def core(control_plane):
-    import kubernetes
-
-    return kubernetes.client.CoreV1Api(control_plane.api_client())
-
-
-@pytest.fixture(scope="module")
-def dynamic(control_plane):
-    from kubernetes.dynamic import DynamicClient
-
-    return DynamicClient(control_plane.api_client())
-
-
-def restricted_namespace(control_plane, core, name: str) -> str:
-    import kubernetes
-
-    core.create_namespace(kubernetes.client.V1Namespace(metadata={"name": name, "labels": RESTRICTED}))
-    control_plane.wait_for_default_serviceaccount(name)
-    return name
-
-
 # ---- the API server is real: it authenticates, authorizes and admits ------------------------------
 
 def test_the_api_server_authenticates_authorizes_and_admits(control_plane, core, tmp_path):
@@ -70,7 +48,7 @@ def test_the_api_server_authenticates_authorizes_and_admits(control_plane, core,
                                 str(control_plane.dir / "pki" / "ca.crt"), f"{control_plane.server}/api/v1/pods"],
                                capture_output=True, text=True)
     assert anonymous.stdout == "401"
-    namespace = restricted_namespace(control_plane, core, "admission-check")
+    namespace = control_plane.create_namespace("admission-check", RESTRICTED)
     core.create_namespaced_service_account(namespace, {"metadata": {"name": "nobody"}})
     nobody = kubernetes.client.CoreV1Api(control_plane.api_client(
         control_plane.token_kubeconfig(namespace, "nobody", tmp_path / "nobody")))
@@ -166,7 +144,7 @@ def failed_creates(core, namespace: str) -> list[str]:
 @pytest.mark.parametrize("values", sorted(VALUES))
 @pytest.mark.parametrize("helm_name", sorted(HELMS))
 def test_helm_install_upgrade_uninstall(control_plane, core, dynamic, kserve_crds, helm_name, values):
-    namespace = restricted_namespace(control_plane, core, f"chart-{helm_name}-{values}")
+    namespace = control_plane.create_namespace(f"chart-{helm_name}-{values}", RESTRICTED)
     try:
         check_release(control_plane, core, dynamic, helm_name, values, namespace)
     finally:  # the release's cluster-wide objects would block the next install
@@ -255,7 +233,7 @@ def release(control_plane, core, custom, kserve_crds):
     would stop another module's `helm install`, and its InferenceServices would be reconciled by
     KServe's manager in test_kserve_controller, which has no runtime for them (both seen when that
     module ran after this one)."""
-    restricted_namespace(control_plane, core, RELEASE_NS)
+    control_plane.create_namespace(RELEASE_NS, RESTRICTED)
     helm(control_plane, "helm4", "install", "posegraph", str(CHART), "-n", RELEASE_NS)
     yield RELEASE_NS
     for group, version, plural in LEFT_BEHIND:
@@ -291,20 +269,6 @@ def no_forbidden_requests(request, control_plane):
         refused = control_plane.forbidden(op.user)
         refused += control_plane.forbidden(f"system:serviceaccount:{RELEASE_NS}:posegraph-job-runner")
         assert not refused, "requests refused by the chart's RBAC: " + "; ".join(sorted(set(refused)))
-
-
-@pytest.fixture(scope="module")
-def custom(control_plane):
-    import kubernetes
-
-    return kubernetes.client.CustomObjectsApi(control_plane.api_client())
-
-
-@pytest.fixture(scope="module")
-def batch(control_plane):
-    import kubernetes
-
-    return kubernetes.client.BatchV1Api(control_plane.api_client())
 
 
 def create(custom, example: str, name: str, **spec) -> dict:

@@ -487,11 +487,6 @@ def api(control_plane):
         kubernetes.client.NetworkingV1Api(client)
 
 
-def _namespace(control_plane, core, name: str) -> None:
-    core.create_namespace({"metadata": {"name": name}})
-    control_plane.wait_for_default_serviceaccount(name)
-
-
 def _pod_manifest(pod: Pod, name: str) -> dict:
     return {"metadata": {"name": name, "labels": pod.labels},
             "spec": {"automountServiceAccountToken": False,
@@ -507,7 +502,7 @@ def test_the_api_server_accepts_them_and_selects_what_the_model_selects(control_
     objects = render(values, "--set", f"jobRunner.extraNamespaces={{{extra}}}", namespace=namespace)
     policies = network_policies(objects)
     for ns in (namespace, extra):
-        _namespace(control_plane, core, ns)
+        control_plane.create_namespace(ns)
     # Created for real (not a dry run): validated, defaulted and stored by the API server.
     control_plane.kubectl("apply", "--server-side", "--field-manager", "helm", "-f", "-",
                           input=yaml.safe_dump_all(policies))
@@ -542,7 +537,7 @@ def test_the_job_controllers_labels_are_the_modelled_ones(control_plane, api):
 
     core, batch, _ = api
     namespace = "np-jobs"
-    _namespace(control_plane, core, namespace)
+    control_plane.create_namespace(namespace)
     objects = render("kind", namespace=namespace)
     policies = {p["metadata"]["name"]: p for p in network_policies(objects)}
     runner, job = runner_pod("demo", namespace)
