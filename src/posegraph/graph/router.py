@@ -50,6 +50,7 @@ import httpx
 
 from ..asgi import read_body
 from ..names import MAX_REQUEST_BYTES_DEFAULT
+from . import gjson
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,6 @@ def check_graph(spec: dict[str, Any]) -> None:
         for i, step in enumerate(node.get("steps") or []):
             label = step.get("name") or f"{name}[{i}]"
             if step.get("condition"):
-                from . import gjson
-
                 try:
                     gjson.parse(step["condition"])
                 except gjson.UnsupportedCondition as exc:
@@ -156,6 +155,10 @@ class GraphRouter:
         # KServe's semantics: a header is forwarded when a pattern matches anywhere in its canonical
         # name (Go's regexp MatchString, unanchored and case-sensitive).
         self.patterns = [re.compile(p) for p in (headers_to_propagate or [])]
+        # Each step's condition, parsed once (check_graph has refused any this router cannot read).
+        self.conditions = {step["condition"]: gjson.parse(step["condition"])
+                           for node in spec["nodes"].values() for step in node.get("steps") or []
+                           if step.get("condition")}
         self.metrics = Metrics()
         self.client: httpx.AsyncClient | None = None
         self.shutting_down = False
@@ -172,15 +175,13 @@ class GraphRouter:
             if step.get("condition"):
                 # KServe: the previous response must be JSON (else 500), and when the condition's path
                 # does not exist in it the sequence ends there, answering it with 200.
-                from . import gjson
-
                 try:
                     previous = json.loads(answer.body) if i > 0 else None
                 except (ValueError, UnicodeDecodeError, RecursionError):
                     previous = None
                 if previous is None:
                     return _error(500, f"step {name}: invalid response to test its condition on", name)
-                if not gjson.exists(previous, gjson.parse(step["condition"])):
+                if not gjson.exists(previous, self.conditions[step["condition"]]):
                     return Answer(answer.body, 200, answer.content_type)
             if step.get("nodeName"):
                 answer = await self.route(step["nodeName"], request, headers)
