@@ -18,8 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
+import sys
 import tempfile
+import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -218,8 +221,6 @@ class JobRunner:
         return plan_ranges(total, stride=self.o.stride, count=self.split, overlap=self.o.overlap)
 
     def _range_index(self) -> int:
-        import os
-
         index = self.o.range_index
         if index is None:
             value = os.environ.get("JOB_COMPLETION_INDEX")
@@ -286,9 +287,6 @@ class JobRunner:
     def _coordinate(self, stack: ExitStack, job: dict[str, Any]) -> dict[str, Any]:
         """``--workers N``: the ranges as N processes of ``posegraph job run`` on one graph (started
         here once when it is the local one), their progress added up; then merge, lift, render."""
-        import sys
-        import time
-
         from .. import processes
 
         o = self.o
