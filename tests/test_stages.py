@@ -161,6 +161,57 @@ def test_a_batch_gives_what_each_document_gives_alone(stages, astronaut, clip_fr
             assert np.abs(np.subtract(a.keypoints3d, b.keypoints3d)).max() < 1e-3
 
 
+def test_split_batch_gives_what_one_run_gives_and_bounds_concurrent_runs(stages, checkpoints, astronaut,
+                                                                          clip_frames):
+    """What stage servers do (serving.runtime): each batch cut into parts, one single-threaded run
+    each, shared by every request. The same numbers as one run over the batch, and however many
+    requests come at once, never more runs than threads."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    split = {
+        "detect": DetectStage({"model": "rtmdet-nano-person", "max_persons": 5}).load(
+            str(checkpoints / "rtmdet-nano-person.pth"), threads=2, split_batch=True),
+        "pose2d": Pose2dStage({"model": "rtmpose-t"}).load(str(checkpoints / "rtmpose-t.pth"), threads=2,
+                                                           split_batch=True),
+        "lift3d": Lift3dStage({"model": "videopose3d-243"}).load(str(checkpoints / "videopose3d-243.pth"),
+                                                                 threads=2, split_batch=True),
+    }
+    assert split["detect"].network.pool is not None and split["pose2d"].network.pool is not None
+    assert split["lift3d"].network.pool is None, "a few long tracks are not split: their operators use the threads"
+    images = [astronaut, *clip_frames[:5]]
+    whole = chain(stages, [FrameDocument.from_pixels(im) for im in images])
+    parts = chain(split, [FrameDocument.from_pixels(im) for im in images])
+    assert sum(len(d.persons) for d in whole) > len(images), "several crops a batch, so pose2d's batch is split"
+    for a_doc, b_doc in zip(whole, parts):
+        assert len(a_doc.persons) == len(b_doc.persons)
+        for a, b in zip(a_doc.persons, b_doc.persons):
+            assert np.abs(np.subtract(a.bbox, b.bbox)).max() < 1e-4
+            assert np.abs(np.subtract(a.keypoints2d, b.keypoints2d)).max() < 1e-4
+            assert np.abs(np.subtract(a.keypoints3d, b.keypoints3d)).max() < 1e-4
+
+    network = split["pose2d"].network
+    running, most, lock = 0, 0, threading.Lock()
+    run = network._run
+
+    def counted(*inputs):
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        try:
+            return run(*inputs)
+        finally:
+            with lock:
+                running -= 1
+
+    network._run = counted
+    detected = split["detect"].run([FrameDocument.from_pixels(im) for im in images])
+    with ThreadPoolExecutor(6) as requests:
+        list(requests.map(lambda _: split["pose2d"].run([d.model_copy(deep=True) for d in detected]), range(6)))
+    assert most == 2, f"{most} runs at once on a 2-thread network"
+
+
 def _track(frames: int, seed: int = 0) -> TrackDocument:
     rng = np.random.default_rng(seed)
     base = rng.uniform(100, 400, (17, 2))

@@ -6,6 +6,8 @@ import logging
 import os
 
 from .. import fetchpolicy
+from ..errors import UsageError
+from ..names import THREADS_ENV
 from ..stages import STAGE_CLASSES, Stage
 from .archive import UnpackedArchive
 
@@ -31,8 +33,14 @@ def load_stage(archive: UnpackedArchive, device: str = "cpu") -> Stage:
     set from the PosePipeline's ``fetchAllow`` by the operator)."""
     policy = fetchpolicy.install(fetchpolicy.FetchPolicy.served())
     log.info("fetch policy: %s", policy.describe())
-    threads = os.environ.get("POSEGRAPH_THREADS")
+    threads = os.environ.get(THREADS_ENV) or None
+    if threads is not None and not (threads.isdigit() and int(threads) > 0):
+        raise UsageError(f"${THREADS_ENV} is {threads!r}: a whole number of threads, 1 or more")
     stage = STAGE_CLASSES[archive.stage](archive.settings())
-    stage.load(str(archive.model_path), device, backend="onnxruntime", threads=int(threads) if threads else None)
+    # A served stage shares its cores with concurrent requests and, in the embedded graph, with the
+    # other stages: each batch is split over single-threaded runs (OrtNetwork, split_batch), which
+    # took the served job from 0.81× to 1.09× the in-process pipeline's frames/s (docs/jobs.md).
+    stage.load(str(archive.model_path), device, backend="onnxruntime", threads=int(threads) if threads else None,
+               split_batch=True)
     log.info("serving %s (%s) as %r on %s", archive.stage, stage.spec.name, archive.model_name, device)
     return stage

@@ -32,6 +32,9 @@ class StageSettings(BaseModel):
 class Stage:
     name: ClassVar[str]
     Settings: ClassVar[type[StageSettings]]
+    # A batch of many small independent items (frames, crops) that may be cut into parts run side
+    # by side (load(split_batch=True)); lift3d's few long tracks are not.
+    splits_batch: ClassVar[bool] = False
 
     def __init__(self, settings: StageSettings | dict[str, Any] | None = None) -> None:
         if not isinstance(settings, StageSettings):
@@ -44,11 +47,15 @@ class Stage:
 
     # -- loading ---------------------------------------------------------------------------------
     def load(self, checkpoint_uri: str | None = None, device: str = "cpu", *, backend: str = "auto",
-             threads: int | None = None) -> "Stage":
+             threads: int | None = None, split_batch: bool = False) -> "Stage":
+        """``split_batch``: run parts of each batch side by side, one thread each, instead of each
+        operator over several threads; what a stage server sharing its cores does (serving.runtime).
+        Only stages whose ``splits_batch`` is set do."""
         uri = checkpoint_uri or self.settings.checkpoint
         if not uri:
             raise PosegraphError(f"{self.name}: no checkpoint given for {self.spec.name}")
-        self.network = load_network(self.spec, uri, device=device, backend=backend, threads=threads)
+        self.network = load_network(self.spec, uri, device=device, backend=backend, threads=threads,
+                                    split_batch=split_batch and self.splits_batch)
         self._load_extra(uri, device=device, backend=backend, threads=threads)
         if self.network.random_init:
             warn_random_weights(self.spec.name, uri)

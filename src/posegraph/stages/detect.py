@@ -64,6 +64,7 @@ class DetectBatch:
 
 class DetectStage(Stage):
     name = "detect"
+    splits_batch = True
     Settings = DetectSettings
 
     def __init__(self, settings=None) -> None:

@@ -70,6 +70,7 @@ class Pose2dBatch:
 
 class Pose2dStage(Stage):
     name = "pose2d"
+    splits_batch = True
     Settings = Pose2dSettings
 
     def __init__(self, settings=None) -> None:
