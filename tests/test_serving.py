@@ -272,6 +272,30 @@ def test_kserve_v2_protocol_carries_documents(kserve, astronaut):
     assert json.loads(out["data"][0])["persons"] == v1["persons"]
 
 
+def test_stage_servers_split_batches_over_the_threads_they_are_given(archives, tmp_path, monkeypatch):
+    """Both runtimes load stages through serving.runtime.load_stage: detect and pose2d cut each batch
+    over $POSEGRAPH_THREADS single-threaded runs (the CPU limit, set by the operator), lift3d keeps
+    its threads inside each operator; a value that is not a thread count is refused by name."""
+    from posegraph import fetchpolicy
+    from posegraph.errors import UsageError
+    from posegraph.serving.archive import find_mar, unpack
+    from posegraph.serving.runtime import load_stage
+
+    # load_stage installs a server's fetch policy in this process: the command line's comes back after
+    monkeypatch.setattr(fetchpolicy, "_current", fetchpolicy.current())
+    unpacked = {stage: unpack(find_mar(archives / stage), tmp_path / stage) for stage in STAGES}
+    monkeypatch.setenv("POSEGRAPH_THREADS", "3")
+    loaded = {stage: load_stage(archive) for stage, archive in unpacked.items()}
+    assert loaded["detect"].network.parts == loaded["pose2d"].network.parts == 3
+    assert loaded["detect"].network.session.get_session_options().intra_op_num_threads == 1
+    assert loaded["lift3d"].network.pool is None
+    assert loaded["lift3d"].network.session.get_session_options().intra_op_num_threads == 3
+    for bad in ("0", "two", "-1", "1.5"):
+        monkeypatch.setenv("POSEGRAPH_THREADS", bad)
+        with pytest.raises(UsageError, match="POSEGRAPH_THREADS"):
+            load_stage(unpacked["detect"])
+
+
 @pytest.mark.parametrize("runtime", ["torchserve", "kserve"])
 def test_bearer_token_when_configured(runtime, archives, astronaut):
     server = start_stage_server("detect", archives / "detect", runtime=runtime,

@@ -75,3 +75,9 @@ def utc_now() -> str:
 # overrides it): a 4K JPEG frame document is ~2 MB of base64; TorchServe's own default is 6.5 MB.
 # Here, not in serving.protocol, because the router (posegraph.graph) may not import serving.
 MAX_REQUEST_BYTES_DEFAULT = 32 << 20
+
+
+# Inference threads of a stage server (serving.runtime). The operator sets it from the stage's CPU
+# limit (graph.kserve_objects): onnxruntime would otherwise start one thread per core of the node,
+# and a pod limited to 2 of 64 cores spends its CPU quota in a few milliseconds and then waits.
+THREADS_ENV = "POSEGRAPH_THREADS"
