@@ -2,6 +2,7 @@
 in-process pipeline, and a posegraph job through the local graph, side by side.
 
     python bench/video.py [--frames 24] [--bbox-thr 0.8] [--checkpoints DIR] [--in-flight 1,2] [--workers 2,4]
+                          [--repeat 3] [--max-persons N] [--skip-mmpose]
 
 The same random checkpoints everywhere (weights do not change the cost) and the same person
 threshold (``--bbox-thr``: random weights find dozens of junk boxes at mmpose's default 0.3, and

@@ -39,7 +39,7 @@ def load_stage(archive: UnpackedArchive, device: str = "cpu") -> Stage:
     stage = STAGE_CLASSES[archive.stage](archive.settings())
     # A served stage shares its cores with concurrent requests and, in the embedded graph, with the
     # other stages: each batch is split over single-threaded runs (OrtNetwork, split_batch), which
-    # took the served job from 0.81× to 1.09× the in-process pipeline's frames/s (docs/jobs.md).
+    # took the served job at 1 person a frame from 0.81× to 1.09× the in-process pipeline (docs/jobs.md).
     stage.load(str(archive.model_path), device, backend="onnxruntime", threads=int(threads) if threads else None,
                split_batch=True)
     log.info("serving %s (%s) as %r on %s", archive.stage, stage.spec.name, archive.model_name, device)
