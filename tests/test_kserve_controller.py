@@ -11,6 +11,7 @@ with the args and env of its generated Deployment, KServe's router with the gene
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -21,6 +22,8 @@ from pathlib import Path
 import pytest
 from control_plane import REPO, OperatorProcess, play_serving_kubelet
 from services import free_port, wait
+
+from posegraph.names import THREADS_ENV
 
 CHART = REPO / "charts" / "posegraph"
 HELM = REPO / ".tools" / "helm4" / "helm"
@@ -310,6 +313,9 @@ def test_each_stage_becomes_a_deployment_and_a_service(custom, core, apps, pipel
         assert env["INFERENCE_SERVICE_NAME"] == isvc_name(stage)  # KServe's addition
         assert env["POSEGRAPH_FETCH_ALLOW"] == ",".join(FETCH_ALLOW)
         assert env["POSEGRAPH_AUTH_TOKEN"].secret_key_ref.name == "stage-token"
+        # The chart's runtimes: inference threads from the container's CPU limit (names.THREADS_ENV)
+        assert env[THREADS_ENV].resource_field_ref.resource == "limits.cpu"
+        assert (container.resources.limits or {}).get("cpu"), "a CPU limit for the threads to follow"
         limits = container.resources.limits or {}
         if gpus and stage == GPU_STAGE:
             assert limits.get("nvidia.com/gpu") == "1" and container.resources.requests.get("nvidia.com/gpu") == "1"
@@ -476,9 +482,16 @@ def pod_env(core, namespace: str, container, emptydir: Path) -> dict[str, str]:
 
     env = {}
     for e in container.env or []:
-        if e.value_from is not None:
+        if e.value_from is not None and e.value_from.resource_field_ref is not None:
+            # what the kubelet gives for limits.cpu with the default divisor (stored as "0", read as 1):
+            # the limit rounded up
+            ref = e.value_from.resource_field_ref
+            assert ref.resource == "limits.cpu" and ref.divisor in (None, "0", "1"), f"{e.name}: {ref} is not resolved here"
+            cpu = container.resources.limits["cpu"]
+            env[e.name] = str(math.ceil(int(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)))
+        elif e.value_from is not None:
             ref = e.value_from.secret_key_ref
-            assert ref is not None, f"{e.name}: only secretKeyRef is resolved here"
+            assert ref is not None, f"{e.name}: only secretKeyRef and resourceFieldRef are resolved here"
             env[e.name] = base64.b64decode(core.read_namespaced_secret(ref.name, namespace).data[ref.key]).decode()
         else:
             value = e.value or ""

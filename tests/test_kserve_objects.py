@@ -81,8 +81,8 @@ def test_the_gpu_example_gets_gpus_the_cuda_runtime_and_the_toleration():
 
 
 # What the kserve SDK serialized for everything(), byte for byte, less predictor.model.name (KServe v0.20's
-# webhook refuses it, tests/test_kserve_controller.py), plus POSEGRAPH_THREADS from the CPU limit
-# (names.THREADS_ENV): `posegraph graph render` and the operator's children did not change when the SDK went.
+# webhook refuses it, tests/test_kserve_controller.py): `posegraph graph render` and the
+# operator's children did not change when the SDK went.
 EVERY_FIELD_DETECT = """\
 apiVersion: serving.kserve.io/v1beta1
 kind: InferenceService
@@ -114,10 +114,6 @@ spec:
           secretKeyRef:
             key: token
             name: stage-token
-      - name: POSEGRAPH_THREADS
-        valueFrom:
-          resourceFieldRef:
-            resource: limits.cpu
       modelFormat:
         name: pytorch
       protocolVersion: v1

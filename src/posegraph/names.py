@@ -77,7 +77,8 @@ def utc_now() -> str:
 MAX_REQUEST_BYTES_DEFAULT = 32 << 20
 
 
-# Inference threads of a stage server (serving.runtime). The operator sets it from the stage's CPU
-# limit (graph.kserve_objects): onnxruntime would otherwise start one thread per core of the node,
-# and a pod limited to 2 of 64 cores spends its CPU quota in a few milliseconds and then waits.
+# Inference threads of a stage server (serving.runtime). The chart's ServingRuntimes set it from the
+# container's CPU limit (templates/stages/servingruntimes.yaml, checked by test_kserve_controller):
+# onnxruntime would otherwise start one thread per core of the node, and a pod limited to 2 of 64
+# cores spends its CPU quota in a few milliseconds and then waits.
 THREADS_ENV = "POSEGRAPH_THREADS"

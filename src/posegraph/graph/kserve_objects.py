@@ -24,7 +24,6 @@ from ..names import (
     KSERVE_GROUP,
     LABEL_PIPELINE,
     LABEL_STAGE,
-    THREADS_ENV,
 )
 from .spec import STAGE_NAMES, PosePipeline, StageDeployment
 
@@ -83,9 +82,6 @@ def _env(pipeline: PosePipeline, stage_spec: StageDeployment) -> list[dict[str, 
         from ..fetchpolicy import ENV
 
         env.append({"name": ENV, "value": ",".join(pipeline.spec.fetchAllow)})
-    if "cpu" in (stage_spec.resources.limits or {}) and not any(e.name == THREADS_ENV for e in stage_spec.env):
-        # As many inference threads as the CPU limit, rounded up (names.THREADS_ENV says why).
-        env.append({"name": THREADS_ENV, "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}})
     return env
 
 
