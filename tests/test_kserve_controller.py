@@ -234,6 +234,10 @@ def test_kserves_webhooks_admit_what_posegraph_makes(control_plane, kserve_contr
                 if e.get("objectRef", {}).get("resource") == "clusterservingruntimes"
                 and e["verb"] in ("create", "patch") and e.get("responseStatus", {}).get("code") == 201}
     assert runtimes == {"posegraph-kserve", "posegraph-kserve-gpu", "posegraph-torchserve", "posegraph-torchserve-gpu"}
+    # The pods come later than the objects above: kube-controller-manager makes them from the
+    # Deployments KServe made, and only then is /mutate-pods asked (a CI run got here before).
+    wait(lambda: webhook_requests(kserve_controller).get("/mutate-pods", 0) > 0, timeout=180,
+         what="a predictor pod through KServe's /mutate-pods webhook")
     asked = webhook_requests(kserve_controller)
     for path in ("/mutate-serving-kserve-io-v1beta1-inferenceservice", "/validate-serving-kserve-io-v1beta1-inferenceservice",
                  "/validate-serving-kserve-io-v1alpha1-inferencegraph",
