@@ -119,9 +119,11 @@ class OrtNetwork(Network):
         self.source = source
 
     def __call__(self, *inputs: np.ndarray) -> list[np.ndarray]:
-        n = inputs[0].shape[0]
-        if self.pool is None or self.parts < 2 or n < 2:
+        if self.pool is None:
             return self._run(*inputs)
+        n = inputs[0].shape[0]
+        if n < 2:  # through the pool all the same: however many requests come, no more runs than threads
+            return self.pool.submit(self._run, *inputs).result()
         bounds = np.linspace(0, n, min(self.parts, n) + 1).astype(int)
         parts = [self.pool.submit(self._run, *(x[lo:hi] for x in inputs)) for lo, hi in zip(bounds, bounds[1:])]
         outputs = [part.result() for part in parts]
