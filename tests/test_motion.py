@@ -32,6 +32,20 @@ def test_smoothing_removes_jitter_and_keeps_the_signal(method):
     assert np.abs(out - truth).mean() < 0.03
 
 
+@pytest.mark.parametrize("frames,window,order", [(40, 15, 3), (15, 15, 3), (16, 15, 2), (200, 5, 2), (9, 9, 5),
+                                                 (31, 3, 1)])
+def test_savgol_in_numpy_is_scipys_savgol_filter_in_interp_mode(frames, window, order):
+    """posegraph's own Savitzky–Golay (no scipy in the images) computes what scipy computes,
+    inside the track and at both ends."""
+    from scipy.signal import savgol_filter
+
+    from posegraph.motion.smoothing import savgol_interp
+
+    x = np.random.default_rng(frames).normal(size=(frames, 17, 3))
+    expected = savgol_filter(x, window, order, axis=0, mode="interp")
+    assert np.allclose(savgol_interp(x, window, order), expected, rtol=0, atol=1e-9)
+
+
 def test_smoothing_off_short_tracks_and_bad_settings():
     x = np.random.default_rng(0).normal(size=(5, 17, 3))
     assert np.array_equal(smooth(x, SmoothingSettings(method="off")), x)

@@ -68,15 +68,36 @@ def smooth(values: np.ndarray, settings: SmoothingSettings, frame_index: np.ndar
 
 
 def _savgol(values: np.ndarray, window: int, order: int) -> np.ndarray:
-    from scipy.signal import savgol_filter
-
     n = len(values)
     window = min(window, n if n % 2 else n - 1)
     if window <= order:
         return values.copy()
-    # mode="interp" fits the polynomial to the first/last window at the ends, instead of padding
-    # with invented samples: the ends of a track are not pulled towards a mirror image.
-    return savgol_filter(values, window, order, axis=0, mode="interp")
+    return savgol_interp(values, window, order)
+
+
+def savgol_interp(values: np.ndarray, window: int, order: int) -> np.ndarray:
+    """Savitzky–Golay along axis 0 with scipy's ``mode="interp"`` (``savgol_filter`` computes the
+    same, to rounding: tests/test_motion.py compares them), in numpy alone so that neither the
+    images nor an install carry scipy (113 MB) for this one filter.
+
+    Inside, each sample becomes the centre value of the least-squares polynomial of ``order``
+    over the ``window`` samples around it: a fixed weighted sum. At the ends the polynomial fitted
+    to the first (last) window gives the first (last) half-window, instead of padding with
+    invented samples: the ends of a track are not pulled towards a mirror image."""
+    values = np.asarray(values, np.float64)
+    n, half = len(values), window // 2
+    flat = values.reshape(n, -1)
+    positions = np.arange(window, dtype=np.float64)
+    vandermonde = np.vander(positions - half, order + 1, increasing=True)      # (window, order+1)
+    weights = np.linalg.pinv(vandermonde)[0]                                   # centre value of the fit
+    out = np.empty_like(flat)
+    out[half:n - half] = np.einsum("w,twc->tc", weights,
+                                   np.lib.stride_tricks.sliding_window_view(flat, window, axis=0).transpose(0, 2, 1))
+    edge = np.vander(positions, order + 1, increasing=True)
+    for start, lo, hi in ((0, 0, half), (n - window, window - half, window)):
+        coefficients = np.linalg.lstsq(edge, flat[start:start + window], rcond=None)[0]  # a polynomial per column
+        out[start + lo:start + hi] = edge[lo:hi] @ coefficients
+    return out.reshape(values.shape)
 
 
 def _alpha(cutoff: np.ndarray | float, dt: float) -> np.ndarray | float:
