@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from . import charts
 from .frame import FrameDocument
 from .keypoints import COCO_LEFT, COCO_SKELETON, H36M_LEFT, H36M_SKELETON
 
@@ -56,46 +57,22 @@ def _display_axes(k3: np.ndarray) -> np.ndarray:
 
 
 def plot_3d(poses: list[tuple[str, np.ndarray]], path: Path, *, title: str = "", random_weights: bool = False) -> Path:
-    """One 3D panel per (label, 17×3 H36M pose). Each panel is scaled to its own pose."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """One 3D panel per (label, 17×3 H36M pose), up to four in a row. Each panel is scaled to its
+    own pose."""
     n = max(1, len(poses))
     cols = min(n, 4)
     rows = (n + cols - 1) // cols
-    fig = plt.figure(figsize=(max(6.5, 3.6 * cols), 3.8 * rows + 0.6), dpi=110)
+    panel_w, panel_h = 360, 380
+    img = charts.canvas(max(700, panel_w * cols), panel_h * rows + 40)
+    x_offset = (img.shape[1] - panel_w * cols) // 2
     for i, (label, k3) in enumerate(poses):
-        ax = fig.add_subplot(rows, cols, i + 1, projection="3d")
-        p = _display_axes(np.asarray(k3, np.float64))
-        for a, b in H36M_SKELETON:
-            left = a in H36M_LEFT or b in H36M_LEFT
-            ax.plot(*p[[a, b]].T, color="tab:orange" if left else "tab:blue", linewidth=2)
-        ax.scatter(*p.T, s=8, color="black")
-        centre = (p.max(0) + p.min(0)) / 2
-        radius = max(float(np.ptp(p, axis=0).max()) / 2, 1e-3)
-        for setter, c in zip((ax.set_xlim, ax.set_ylim, ax.set_zlim), centre):
-            setter(c - radius, c + radius)
-        ax.set_box_aspect((1, 1, 1))
-        ax.view_init(elev=12, azim=-70)
-        ax.set_title(label, fontsize=9)
-        ax.set_xlabel("x (m)", fontsize=7)
-        ax.set_ylabel("depth (m)", fontsize=7)
-        ax.set_zlabel("up (m)", fontsize=7)
-        ax.tick_params(labelsize=6)
+        box = (x_offset + (i % cols) * panel_w, 40 + (i // cols) * panel_h, panel_w, panel_h)
+        charts.skeleton_panel(img, box, _display_axes(np.asarray(k3, np.float64)), H36M_SKELETON, set(H36M_LEFT),
+                              title=label)
     if not poses:
-        ax = fig.add_subplot(1, 1, 1)
-        ax.text(0.5, 0.5, "no person found", ha="center", va="center")
-        ax.axis("off")
-    heading = title + ("  —  RANDOM WEIGHTS: noise, not a result" if random_weights else "")
-    fig.suptitle(heading, fontsize=10, color="darkred" if random_weights else "black", wrap=True)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+        charts.text(img, "no person found", img.shape[1] // 2, img.shape[0] // 2, scale=0.6, align="centre")
+    charts.heading(img, title, random_weights)
+    return charts.save_png(img, path)
 
 
 def poses_for_plot(docs: list[FrameDocument], max_panels: int = 4, *, by_track: bool | None = None

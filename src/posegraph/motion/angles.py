@@ -68,35 +68,21 @@ def joint_angles(keypoints3d: np.ndarray) -> dict[str, np.ndarray]:
 def plot_track_angles(frame_index: list[int], angles: dict[str, np.ndarray], path, *, title: str = "",
                       seen: set[int] | None = None, random_weights: bool = False):
     """Angles over time for one track; frames in the track's span where it was not seen are shaded."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .. import charts
 
     frames = np.asarray(frame_index)
-    fig, axes = plt.subplots(3, 1, figsize=(9, 7.5), dpi=100, sharex=True)
     groups = (("knee and elbow flexion", ("left_knee", "right_knee", "left_elbow", "right_elbow")),
               ("hip flexion and shoulder elevation", ("left_hip", "right_hip", "left_shoulder", "right_shoulder")),
               ("trunk lean from vertical", ("trunk_lean",)))
     seen = set(frames.tolist()) if seen is None else seen
     missing = [f for f in range(int(frames.min()), int(frames.max()) + 1) if f not in seen] if len(frames) else []
-    for ax, (label, names) in zip(axes, groups):
-        for name in names:
-            ax.plot(frames, angles[name], label=name.replace("_", " "),
-                    linestyle="--" if name.startswith("right") else "-", linewidth=1.4)
-        for f in missing:
-            ax.axvspan(f - 0.5, f + 0.5, color="0.85", linewidth=0)
-        ax.set_ylabel("degrees")
-        ax.set_title(label, fontsize=9)
-        ax.legend(fontsize=7, ncol=4, loc="upper right")
-        ax.grid(alpha=0.3)
-    axes[-1].set_xlabel("frame" + ("  (grey: not seen)" if missing else ""))
-    from matplotlib.ticker import MaxNLocator
-
-    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))  # frames are whole numbers
-    heading = title + ("  —  RANDOM WEIGHTS: noise, not a result" if random_weights else "")
-    fig.suptitle(heading, fontsize=10, color="darkred" if random_weights else "black")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    img = charts.canvas(900, 750)
+    for row, (label, names) in enumerate(groups):
+        series = [charts.Series(name.replace("_", " "), frames, np.asarray(angles[name], np.float64),
+                                dashed=name.startswith("right")) for name in names]
+        last = row == len(groups) - 1
+        charts.line_panel(img, (0, 40 + row * 235, 900, 235), series, title=label, ylabel="degrees",
+                          xlabel=("frame" + ("  (grey: not seen)" if missing else "")) if last else "",
+                          shaded=missing, integer_x=True)  # frames are whole numbers
+    charts.heading(img, title, random_weights)
+    return charts.save_png(img, path)
