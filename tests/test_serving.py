@@ -331,3 +331,26 @@ def test_kserve_runtime_serves_without_torch_or_openmmlab(archives, tmp_path, as
         assert re.search(r"blocked for this test", server.log_tail(200)) is None
     finally:
         server.stop()
+
+
+def test_a_cuda_onnxruntime_without_a_visible_gpu_serves_on_the_cpu_and_says_so(monkeypatch, caplog, tmp_path):
+    """What the CUDA images do on a node without a GPU (tests/test_images.py runs one): the CUDA
+    provider is compiled in, but no /dev/nvidia* is there, so the stage runs on the CPU, saying why."""
+    import onnxruntime
+
+    from posegraph.serving import runtime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.delenv("POSEGRAPH_DEVICE", raising=False)
+    monkeypatch.setattr(runtime, "visible_gpus", lambda: [])
+    with caplog.at_level("WARNING"):
+        assert runtime.pick_device(0) == "cpu"
+    assert "no NVIDIA GPU is visible" in caplog.text
+    monkeypatch.setattr(runtime, "visible_gpus", lambda: ["/dev/nvidia0"])
+    assert runtime.pick_device(1) == "cuda:1"
+    monkeypatch.setenv("POSEGRAPH_DEVICE", "cpu")
+    assert runtime.pick_device(0) == "cpu"
+    monkeypatch.undo()
+    for hidden in ("", "-1"):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
+        assert runtime.visible_gpus() == []

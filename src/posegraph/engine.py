@@ -112,7 +112,15 @@ class OrtNetwork(Network):
                                  "install onnxruntime-gpu or use backend: torch")
             device_id = int(device.split(":", 1)[1]) if ":" in device else 0
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device_id}))
+            if hasattr(ort, "preload_dlls"):  # CUDA and cuDNN from PyPI's nvidia-* wheels (the CUDA images)
+                ort.preload_dlls()
         self.session = ort.InferenceSession(str(path), options, providers=providers)
+        if device.startswith("cuda") and "CUDAExecutionProvider" not in self.session.get_providers():
+            # onnxruntime falls back to the CPU by itself when the CUDA provider cannot start (no
+            # GPU, a driver too old for its CUDA): say so plainly instead of one line among its own.
+            log.warning(
+                "%s: onnxruntime's CUDA provider did not start on %s (see onnxruntime's message above); "
+                "running on the CPU", Path(path).name, device)
         self.input_names = [i.name for i in self.session.get_inputs()]
         meta = self.session.get_modelmeta().custom_metadata_map
         self.random_init = random_init or meta.get("posegraph.random_init") == "true"

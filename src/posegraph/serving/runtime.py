@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 from .. import fetchpolicy
 from ..errors import UsageError
@@ -14,8 +15,19 @@ from .archive import UnpackedArchive
 log = logging.getLogger(__name__)
 
 
+def visible_gpus() -> list[str]:
+    """The NVIDIA GPUs this container can open: the device files that the NVIDIA container
+    runtime (Kubernetes' device plugin, ``docker run --gpus``) puts in /dev, unless
+    CUDA_VISIBLE_DEVICES hides them all."""
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if hidden is not None and hidden.strip() in ("", "-1", "none"):
+        return []
+    return sorted(str(p) for p in Path("/dev").glob("nvidia[0-9]*"))
+
+
 def pick_device(gpu_id: int | None = None) -> str:
-    """``POSEGRAPH_DEVICE`` if set; else the GPU the server assigned, when onnxruntime can use it."""
+    """``POSEGRAPH_DEVICE`` if set; else the GPU the server assigned, when onnxruntime can use it
+    and one is visible. A CUDA image started without a GPU says so and serves on the CPU."""
     forced = os.environ.get("POSEGRAPH_DEVICE")
     if forced:
         return forced
@@ -23,7 +35,10 @@ def pick_device(gpu_id: int | None = None) -> str:
         import onnxruntime as ort
 
         if "CUDAExecutionProvider" in ort.get_available_providers():
-            return f"cuda:{gpu_id}"
+            if visible_gpus():
+                return f"cuda:{gpu_id}"
+            log.warning("this onnxruntime has the CUDA provider, but no NVIDIA GPU is visible (no /dev/nvidia*; "
+                        "on Kubernetes, request nvidia.com/gpu): serving on the CPU")
     return "cpu"
 
 
