@@ -2,15 +2,22 @@
 VENV ?= .venv
 PYTEST_ARGS ?=
 
-.PHONY: demo test generate bootstrap-run bootstrap-test clean
+.PHONY: demo test images generate bootstrap-run bootstrap-test clean
 
 # Main job on the embedded default: a bundled photo and a clip made from it, end to end.
 demo: bootstrap-run
 	$(VENV)/bin/posegraph demo
 
-# The test suite (what CI runs through .ci/run).
-test: bootstrap-test
+# The test suite (what CI runs through .ci/run). It builds the images first: tests/test_images.py
+# runs them.
+test: bootstrap-test images
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# Every image the chart and KServe run, built with Docker and cached (scripts/build_images.py,
+# docs/images.md); starts Debian's dockerd for the build when no engine answers. Needs root
+# for that, and Go (KServe's router). A second run takes seconds.
+images:
+	python3 scripts/build_images.py
 
 # The files generated from the code (CRDs, RBAC, JSON Schemas); tests/test_generated.py fails when
 # one is stale.

@@ -9,6 +9,7 @@ import pytest
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
+import containers as _containers  # noqa: E402,F401 - reads the real cache directory before isolation
 import control_plane as _control_plane  # noqa: E402,F401 - reads the real cache directory before isolation
 
 ARTIFACTS = TESTS / "artifacts"

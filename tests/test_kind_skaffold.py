@@ -31,21 +31,6 @@ def test_kind_maps_the_ui_node_port_to_the_host():
     assert VALUES_KIND["ui"]["enabled"] and VALUES_KIND["ui"]["nodePort"] in ports
 
 
-def test_the_posegraph_image_serves_the_ui_with_the_vendored_three_js():
-    """The chart's UI runs from the posegraph image: it must install the ui extra and vendor the
-    same three.js files, at the same pin, as scripts/vendor-ui.sh does for a checkout."""
-    dockerfile = (REPO / "operators" / "Dockerfile").read_text()
-    script = (REPO / "scripts" / "vendor-ui.sh").read_text()
-    version = re.search(r"^version=(\S+)$", script, flags=re.MULTILINE).group(1)
-    assert f"three@{version}" in dockerfile
-    names = re.findall(r'"\$vendor/([\w.\-]+)"', script)
-    assert len(names) >= 3, names
-    for name in names:
-        assert name in dockerfile, name
-    assert re.search(r"pip install \"/src\[[^\]]*\bui\b", dockerfile)
-    assert "/src/src/posegraph/ui/static/vendor" in dockerfile
-
-
 def test_kind_has_a_labelled_gpu_pool_worker_for_the_stages_that_select_it():
     pools = {node.get("labels", {}).get("posegraph.io/pool") for node in KIND["nodes"] if node["role"] == "worker"}
     selected = {s.get("nodeSelector", {}).get("posegraph.io/pool")
