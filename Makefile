@@ -2,7 +2,7 @@
 VENV ?= .venv
 PYTEST_ARGS ?=
 
-.PHONY: demo test images generate bootstrap-run bootstrap-test clean
+.PHONY: demo test images cluster cluster-down generate bootstrap-run bootstrap-test clean
 
 # Main job on the embedded default: a bundled photo and a clip made from it, end to end.
 demo: bootstrap-run
@@ -11,13 +11,23 @@ demo: bootstrap-run
 # The test suite (what CI runs through .ci/run). It builds the images first: tests/test_images.py
 # runs them.
 test: bootstrap-test images
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	POSEGRAPH_FULL_SUITE=1 $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # Every image the chart and KServe run, built with Docker and cached (scripts/build_images.py,
 # docs/images.md); starts Debian's dockerd for the build when no engine answers. Needs root
 # for that, and Go (KServe's router). A second run takes seconds.
 images:
 	python3 scripts/build_images.py
+
+# A real one-node Kubernetes cluster on this machine with KServe and the chart installed, from the
+# images above (scripts/cluster.py; docs/kind.md, "Without kind"); `make cluster-down` stops it
+# and leaves nothing behind. Needs root.
+cluster: bootstrap-run images
+	@scripts/install-helm.sh
+	$(VENV)/bin/python scripts/cluster.py up
+
+cluster-down:
+	$(VENV)/bin/python scripts/cluster.py down
 
 # The files generated from the code (CRDs, RBAC, JSON Schemas); tests/test_generated.py fails when
 # one is stale.
