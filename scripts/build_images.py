@@ -102,6 +102,14 @@ def kserve_version() -> str:
     return os.environ.get("POSEGRAPH_KSERVE_VERSION", default)
 
 
+def node_addon_version(name: str) -> str:
+    """CoreDNS's release, as scripts/control-plane.sh pins it."""
+    text = (REPO / "scripts" / "control-plane.sh").read_text()
+    variable = {"coredns": "COREDNS_VERSION"}[name]
+    default = re.search(rf'^{variable}="\$\{{POSEGRAPH_{variable}:-([^}}]+)\}}"', text, re.M).group(1)
+    return os.environ.get(f"POSEGRAPH_{variable}", default)
+
+
 def seaweedfs_version() -> str:
     return (HERE / "seaweedfs" / "requirements.txt").read_text().split("==")[1].split()[0]
 
@@ -165,7 +173,14 @@ def images() -> list[Image]:
         Image("pause", "posegraph-local/pause", "1.0",
               "the pod sandbox process, static C",
               "scripts/images/pause/Dockerfile", context="pause"),
+        Image("coredns", "posegraph-local/coredns", node_addon_version("coredns").lstrip("v"),
+              "CoreDNS, the local node's cluster DNS, from its Go module",
+              "scripts/images/coredns/Dockerfile", context="coredns", needs_go=True),
     ]
+
+
+def images_by_name() -> dict[str, Image]:
+    return {image.name: image for image in images()}
 
 
 def chart_image_values() -> dict[str, str]:
@@ -392,6 +407,12 @@ def prepare_context(image: Image) -> Path:
                      context / "initializer-entrypoint")
         shutil.copy2(module / "LICENSE", context / "LICENSE")
         shutil.copy2(REPO / "model-servers" / "slim_venv.py", context / "slim_venv.py")
+    elif image.name == "coredns":
+        run([str(REPO / "scripts" / "control-plane.sh"), "build-node"], "the node's binaries (go build)",
+            "see the messages above; they are built from their Go modules", cwd=REPO)
+        nodedir = Path(run([str(REPO / "scripts" / "control-plane.sh"), "node-bin"], "the node's binaries", "",
+                           cwd=REPO).strip())
+        shutil.copy2(nodedir / "coredns", context / "coredns")
     elif image.name == "seaweedfs":
         import zipfile
 

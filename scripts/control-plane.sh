@@ -27,6 +27,10 @@ KSERVE_VERSION="${POSEGRAPH_KSERVE_VERSION:-v0.20.0}"
 cache="${POSEGRAPH_CACHE:-$HOME/.cache/posegraph}/control-plane"
 bindir="$cache/k8s-$K8S_VERSION-etcd-$ETCD_VERSION"
 kservedir="$cache/kserve-$KSERVE_VERSION"
+# The node's extras (build-node): cluster DNS and a NetworkPolicy enforcer.
+COREDNS_VERSION="${POSEGRAPH_COREDNS_VERSION:-v1.12.4}"
+KUBE_ROUTER_VERSION="${POSEGRAPH_KUBE_ROUTER_VERSION:-v2.1.0}"
+nodedir="$cache/node-k8s-$K8S_VERSION-coredns-$COREDNS_VERSION-kube-router-$KUBE_ROUTER_VERSION"
 staging_minor="v0.${K8S_VERSION#v1.}"   # k8s.io/api etc. are published as v0.<minor>.<patch>
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 KSERVE_NAMESPACE=kserve                        # KServe reads its ConfigMap from $POD_NAMESPACE
@@ -35,20 +39,14 @@ KSERVE_MANAGER_USER=kserve-controller-manager  # the manager's client certificat
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'control-plane: %s\n' "$*" >&2; exit 1; }
 
-build() {
-  if [ -x "$bindir/kube-apiserver" ] && [ -x "$bindir/kube-controller-manager" ] && [ -x "$bindir/etcd" ]; then
-    say "control plane already built: $bindir (kubernetes $K8S_VERSION, etcd $ETCD_VERSION)"
-    return
-  fi
-  command -v go >/dev/null || die "go not found: the control plane is built from Go modules (Go ≥ 1.24)"
-  local started wrapper kgomod
-  started=$(date +%s)
-  wrapper="$cache/src-k8s-$K8S_VERSION"
-  mkdir -p "$wrapper" "$bindir.tmp"
-  # k8s.io/kubernetes replaces its staging modules with ./staging/src/... directories that its
-  # module zip does not contain, so it cannot be `go install`ed. A wrapper module requires it and
-  # points each staging module at its published version instead (the list is read from
-  # kubernetes' own go.mod, so it stays right for any version).
+# The wrapper module every Kubernetes binary is built from (printed). k8s.io/kubernetes replaces its
+# staging modules with ./staging/src/... directories that its module zip does not contain, so it
+# cannot be `go install`ed. A wrapper module requires it and points each staging module at its
+# published version instead (the list is read from kubernetes' own go.mod, so it stays right for
+# any version).
+k8s_wrapper() {
+  local wrapper="$cache/src-k8s-$K8S_VERSION" kgomod
+  mkdir -p "$wrapper"
   kgomod=$(cd "$wrapper" && GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@$K8S_VERSION" \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
   {
@@ -70,29 +68,84 @@ import (
 	_ "go.etcd.io/etcd/server/v3"
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )
 EOF
   say "resolving modules for kubernetes $K8S_VERSION ($(grep -c '^replace' "$wrapper/go.mod") staging modules at $staging_minor) and etcd $ETCD_VERSION"
   (cd "$wrapper" && go mod tidy -e >/dev/null 2>"$wrapper/tidy.log") || { cat "$wrapper/tidy.log" >&2; die "go mod tidy failed"; }
+  echo "$wrapper"
+}
+
+# k8s_build OUT PACKAGE:BINARY...: each built from the wrapper module into OUT.
+k8s_build() {
+  local out="$1" wrapper t
+  shift
+  wrapper=$(k8s_wrapper)
   # The version the binaries report: without it kube-apiserver says v0.0.0-master, and helm
   # refuses charts with a kubeVersion constraint (as kubernetes' own hack/lib/version.sh sets it).
   local minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
   local version_pkg=k8s.io/component-base/version
   local ldflags="-s -w -X $version_pkg.gitVersion=$K8S_VERSION -X $version_pkg.gitMajor=1 -X $version_pkg.gitMinor=$minor"
   ldflags+=" -X $version_pkg.gitTreeState=clean -X $version_pkg.buildDate=1970-01-01T00:00:00Z"
-  local t
-  for target in go.etcd.io/etcd/server/v3:etcd \
-                k8s.io/kubernetes/cmd/kube-apiserver:kube-apiserver \
-                k8s.io/kubernetes/cmd/kube-controller-manager:kube-controller-manager; do
+  for target in "$@"; do
     t=$(date +%s)
-    (cd "$wrapper" && CGO_ENABLED=0 go build -trimpath -ldflags="$ldflags" -o "$bindir.tmp/${target##*:}" "${target%%:*}") \
+    (cd "$wrapper" && CGO_ENABLED=0 go build -trimpath -ldflags="$ldflags" -o "$out/${target##*:}" "${target%%:*}") \
       || die "go build ${target%%:*} failed"
     say "built ${target##*:} in $(( $(date +%s) - t ))s"
   done
+}
+
+build() {
+  if [ -x "$bindir/kube-apiserver" ] && [ -x "$bindir/kube-controller-manager" ] && [ -x "$bindir/etcd" ]; then
+    say "control plane already built: $bindir (kubernetes $K8S_VERSION, etcd $ETCD_VERSION)"
+    return
+  fi
+  command -v go >/dev/null || die "go not found: the control plane is built from Go modules (Go ≥ 1.24)"
+  local started
+  started=$(date +%s)
+  rm -rf "$bindir.tmp"
+  mkdir -p "$bindir.tmp"
+  k8s_build "$bindir.tmp" go.etcd.io/etcd/server/v3:etcd k8s.io/kubernetes/cmd/kube-apiserver:kube-apiserver \
+    k8s.io/kubernetes/cmd/kube-controller-manager:kube-controller-manager
   rm -rf "$bindir"
   mv "$bindir.tmp" "$bindir"
   say "control plane built in $(( $(date +%s) - started ))s: $bindir"
   ls -l "$bindir" >&2
+}
+
+# What a real node adds (scripts/cluster.py): kube-scheduler, kubelet and kube-proxy of the same
+# Kubernetes release; CoreDNS (cluster DNS), at the release built against the same client-go minor;
+# and kube-router, run only as its NetworkPolicy controller (iptables and ipsets). Each from its Go
+# module. kube-network-policies, the enforcer made for kind, was tried first: its nftables `queue`
+# statement does not exist in this machine's kernel ("netlink receive: no such file or directory"
+# on every sync, and no policy enforced), while iptables' NFQUEUE target and ipset do.
+build_node() {
+  if [ -x "$nodedir/kubelet" ] && [ -x "$nodedir/kube-proxy" ] && [ -x "$nodedir/kube-scheduler" ] \
+     && [ -x "$nodedir/coredns" ] && [ -x "$nodedir/kube-router" ]; then
+    say "node binaries already built: $nodedir"
+    return
+  fi
+  command -v go >/dev/null || die "go not found: the node's binaries are built from Go modules (Go ≥ 1.24)"
+  local started t
+  started=$(date +%s)
+  rm -rf "$nodedir.tmp"
+  mkdir -p "$nodedir.tmp"
+  k8s_build "$nodedir.tmp" k8s.io/kubernetes/cmd/kubelet:kubelet k8s.io/kubernetes/cmd/kube-proxy:kube-proxy \
+    k8s.io/kubernetes/cmd/kube-scheduler:kube-scheduler
+  t=$(date +%s)
+  (cd "$cache" && CGO_ENABLED=0 GOBIN="$nodedir.tmp" go install -trimpath -ldflags="-s -w" \
+    "github.com/coredns/coredns@$COREDNS_VERSION") || die "go install coredns@$COREDNS_VERSION failed"
+  say "built coredns in $(( $(date +%s) - t ))s"
+  t=$(date +%s)
+  (cd "$cache" && CGO_ENABLED=0 GOBIN="$nodedir.tmp" go install -trimpath -ldflags="-s -w" \
+    "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@$KUBE_ROUTER_VERSION") \
+    || die "go install kube-router@$KUBE_ROUTER_VERSION failed"
+  say "built kube-router in $(( $(date +%s) - t ))s"
+  rm -rf "$nodedir"
+  mv "$nodedir.tmp" "$nodedir"
+  say "node binaries built in $(( $(date +%s) - started ))s: $nodedir"
 }
 
 # The directory of KServe's module in Go's module cache (downloaded if need be; read-only).
@@ -435,8 +488,9 @@ doc = json.load(sys.stdin)
 doc = doc["items"][0] if doc.get("kind") == "List" else doc
 container = doc["spec"]["container"]
 container["image"] = "kserve/storage-initializer:" + sys.argv[1]
+# seccompProfile: PodSecurity "restricted" requires one of each container (the KServe chart sets none).
 container["securityContext"] = {"allowPrivilegeEscalation": False, "privileged": False, "runAsNonRoot": True,
-                                "capabilities": {"drop": ["ALL"]}}
+                                "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
 json.dump(doc, sys.stdout)
 ' "$KSERVE_VERSION"
 }
@@ -571,6 +625,8 @@ down() {
 case "${1:-}" in
   build) build; build_kserve_router ;;
   build-router) build_kserve_router ;;
+  build-node) build_node ;;
+  node-bin) echo "$nodedir" ;;
   build-kserve) build_kserve_manager ;;
   router) echo "$kservedir/router" ;;
   manager) echo "$kservedir/manager" ;;
@@ -586,5 +642,5 @@ case "${1:-}" in
   kserve-down) [ -n "${2:-}" ] || die "usage: $0 kserve-down DIR"; kserve_down "$(cd "$2" && pwd)" ;;
   down) [ -n "${2:-}" ] || die "usage: $0 down DIR"; down "$2" ;;
   bin) echo "$bindir" ;;
-  *) echo "usage: $0 build | build-router | build-kserve | up DIR [--with-kserve] | kserve-up DIR | kserve-down DIR | down DIR | bin | router | manager" >&2; exit 2 ;;
+  *) echo "usage: $0 build | build-router | build-kserve | build-node | node-bin | up DIR [--with-kserve] | kserve-up DIR | kserve-down DIR | down DIR | bin | router | manager" >&2; exit 2 ;;
 esac

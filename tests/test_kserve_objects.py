@@ -98,6 +98,7 @@ metadata:
   namespace: poses
 spec:
   predictor:
+    enableServiceLinks: false
     maxReplicas: 5
     minReplicas: 0
     model:
@@ -125,6 +126,10 @@ spec:
           memory: 1Gi
       runtime: posegraph-torchserve
       storageUri: s3://posegraph-models/demo-gpu/detect/
+    securityContext:
+      runAsNonRoot: true
+      seccompProfile:
+        type: RuntimeDefault
     serviceAccountName: stage
     tolerations:
     - effect: NoSchedule

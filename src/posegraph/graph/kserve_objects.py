@@ -107,12 +107,18 @@ def inference_service(pipeline: PosePipeline, stage: str) -> dict[str, Any]:
         storageUri=s.storageUri,
     )
     predictor = _present(
+        # The pod's own settings (a predictor is a PodSpec too): KServe's storage initializer, an
+        # init container with no seccomp profile of its own, makes PodSecurity "restricted" refuse
+        # the pod unless the pod sets one (seen on the first real node, KServe v0.20); and no
+        # Service environment variables, whose POSEGRAPH_*_PORT=tcp://… would shadow settings.
+        enableServiceLinks=False,
         maxReplicas=s.maxReplicas,
         minReplicas=s.minReplicas,
         model=model,
         scaleMetric=s.scaleMetric,
         scaleTarget=s.scaleTarget,
         nodeSelector=dict(s.nodeSelector) or None,
+        securityContext={"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
         serviceAccountName=s.serviceAccountName,
         tolerations=_tolerations(s) or None,
     )

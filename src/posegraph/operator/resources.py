@@ -181,6 +181,9 @@ def posejob_job(body: dict[str, Any], graph_url: str, *, image: str = JOB_IMAGE)
             "metadata": {"labels": labels},
             "spec": {
                 "restartPolicy": "Never",
+                # No Service environment variables (POSEGRAPH_*_PORT=tcp://… from the chart's Services
+                # collide with posegraph's own settings: they crashed the operator on a real node).
+                "enableServiceLinks": False,
                 "serviceAccountName": spec.serviceAccountName or RUNNER_SERVICE_ACCOUNT,
                 "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000,
                                     "seccompProfile": {"type": "RuntimeDefault"}},
