@@ -441,3 +441,34 @@ def test_rbac_grants_exactly_what_the_operator_and_the_runner_used(cluster, oper
     runner_used = cluster.verbs_used_by("job-runner")
     runner_granted = _granted(REPO / "operators/rbac/job-runner.yaml", "Role")
     assert runner_used == runner_granted == {("posegraph.io", "posejobs/status", "patch")}
+
+
+# ---- pods that cannot start -------------------------------------------------------------------------
+
+def _pod(*, init=(), containers=(), init_status=(), status=()):
+    return {"spec": {"initContainers": list(init), "containers": list(containers)},
+            "status": {"initContainerStatuses": list(init_status), "containerStatuses": list(status)}}
+
+
+def test_pod_problem_names_images_secrets_and_the_archive():
+    from posegraph.operator.resources import pod_problem
+
+    running = _pod(containers=[{"name": "kserve-container", "image": "a:1"}],
+                   status=[{"name": "kserve-container", "state": {"running": {}}}])
+    assert pod_problem(running) is None
+    assert pod_problem({}) is None
+    pull = _pod(containers=[{"name": "kserve-container", "image": "posegraph/x:nope"}],
+                status=[{"name": "kserve-container", "state": {"waiting": {"reason": "ErrImageNeverPull"}}}])
+    reason, message = pod_problem(pull)
+    assert reason == "ImagePullFailed" and "posegraph/x:nope" in message and "ErrImageNeverPull" in message
+    secret = _pod(containers=[{"name": "runner"}], status=[{"name": "runner", "state": {"waiting": {
+        "reason": "CreateContainerConfigError", "message": 'secret "results" not found'}}}])
+    assert pod_problem(secret) == ("ConfigError", 'container runner cannot start: secret "results" not found')
+    storage = _pod(init=[{"name": "storage-initializer", "args": ["s3://models/none/detect/", "/mnt/models"]}],
+                   init_status=[{"name": "storage-initializer", "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                                 "lastState": {"terminated": {"exitCode": 1}}}])
+    reason, message = pod_problem(storage)
+    assert reason == "StorageInitializerFailed" and "s3://models/none/detect/" in message and "exit 1" in message
+    copied = _pod(init=[{"name": "storage-initializer", "args": ["s3://m/d/", "/mnt/models"]}],
+                  init_status=[{"name": "storage-initializer", "state": {"terminated": {"exitCode": 0}}}])
+    assert pod_problem(copied) is None

@@ -13,7 +13,7 @@ from pathlib import Path
 from . import __version__, processes
 from .errors import PosegraphError, UsageError
 from .jobs.ranges import DEFAULT_OVERLAP
-from .names import RUNTIMES, STAGES
+from .names import JOB_GRAPH_RETRIES, RUNTIMES, STAGES
 
 log = logging.getLogger("posegraph")
 
@@ -151,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     jrun.add_argument("--video-format", choices=["webm", "mp4"], default="webm")
     jrun.add_argument("--frame-format", choices=["jpeg", "png"], default="jpeg",
                       help="how frames go to the graph: jpeg (default), or png, lossless at ~10x the bytes")
-    jrun.add_argument("--retries", type=int, default=3, help="retries of a failing graph call (with backoff)")
+    jrun.add_argument("--retries", type=int, default=JOB_GRAPH_RETRIES,
+                      help="retries of a failing graph call (with backoff: 1, 2, 4, … s)")
     jrun.add_argument("--progress-file", default=None, help="keep a JSON progress report here")
     jrun.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus job gauges here")
     jrun.add_argument("--report-posejob", default=None, help="NAMESPACE/NAME: patch that PoseJob's status.progress")

@@ -82,3 +82,8 @@ MAX_REQUEST_BYTES_DEFAULT = 32 << 20
 # onnxruntime would otherwise start one thread per core of the node, and a pod limited to 2 of 64
 # cores spends its CPU quota in a few milliseconds and then waits.
 THREADS_ENV = "POSEGRAPH_THREADS"
+
+# A video job's failing graph call is retried after 1, 2, 4, … 32 s: a minute in all, long enough
+# for a deleted stage pod to be replaced on a node (storage initializer and server start, 10-20 s on
+# the local node, tests/test_node.py); a 4xx is an answer and is never retried.
+JOB_GRAPH_RETRIES = 6

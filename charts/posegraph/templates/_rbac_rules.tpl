@@ -19,6 +19,11 @@ Role (templates/jobrunner/rbac.yaml) and of the UI's Role (templates/ui/ui.yaml)
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create]
+# The pods of its stages and runners, watched to name why one cannot start (an image, a
+# Secret, the archive) in an Event on its PosePipeline or PoseJob (no writes).
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch]
 # kopf watches CRDs to notice the resources it serves appearing or changing (no writes).
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]

@@ -34,7 +34,7 @@ from ..client import GraphClient
 from ..errors import BadInput, PosegraphError
 from ..frame import FrameDocument, TrackDocument, TrackFrame
 from ..motion.angles import joint_angles
-from ..names import FAILED, INTERRUPTED, PARTIAL, RUNNING, SUCCEEDED, utc_now
+from ..names import FAILED, INTERRUPTED, JOB_GRAPH_RETRIES, PARTIAL, RUNNING, SUCCEEDED, utc_now
 from ..tracking import Tracker
 from ..uri import fetch_to_cache, write_bytes
 from ..video import VideoReader, open_video_writer
@@ -59,7 +59,7 @@ class JobOptions:
     job_id: str | None = None
     render: bool = True
     motion: bool = True  # BVH, joint angles CSV and their plots under <output>/motion/
-    retries: int = 3
+    retries: int = JOB_GRAPH_RETRIES
     video_format: str = "webm"  # webm (VP8, plays in browsers) or mp4 (mp4v)
     # Graph requests at once. 2 by default: with nothing else running on 2 cores, 2 in flight gave
     # 1.01x to 1.71x the frames/s of 1 in each of 10 rows of bench/video.py (1 to 4 persons a

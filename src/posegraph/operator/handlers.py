@@ -24,6 +24,7 @@ from ..names import (
     KSERVE_GROUP,
     LABEL_PIPELINE,
     LABEL_POSEJOB,
+    LABEL_STAGE,
     POSEJOB_FAILED,
     POSEJOB_PENDING,
     POSEJOB_TERMINAL,
@@ -43,6 +44,7 @@ from .resources import (
     job_name,
     pipeline_children,
     pipeline_status,
+    pod_problem,
     posejob_job,
     posejob_status_from_job,
     validate_posejob,
@@ -228,3 +230,37 @@ def progress_reported(body: kopf.Body, type: str | None, **_: Any) -> None:
     if update:
         meta = body["metadata"]
         kube.patch_status(GROUP, VERSION, meta["namespace"], POSEJOBS, meta["name"], update)
+
+
+# ---- pods that cannot start ----------------------------------------------------------------------
+
+# The problem last reported for each pod (by uid), so a pod stuck in a back-off reports once, not at
+# every status update; forgotten when the pod goes.
+_reported: dict[str, tuple[str, str]] = {}
+
+
+@kopf.on.event("", "v1", "pods", labels={LABEL_PIPELINE: kopf.PRESENT})
+@kopf.on.event("", "v1", "pods", labels={LABEL_POSEJOB: kopf.PRESENT})
+def pod_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """A stage's or a runner's pod cannot start (an image, a Secret, the archive): a Warning Event
+    on its PosePipeline or PoseJob that names the cause, and the PoseJob's status message."""
+    meta = body.get("metadata", {})
+    uid = meta.get("uid", "")
+    if type == "DELETED":
+        _reported.pop(uid, None)
+        return
+    problem = pod_problem(dict(body))
+    if problem is None or _reported.get(uid) == problem:
+        return
+    _reported[uid] = problem
+    reason, message = problem
+    labels, namespace = meta.get("labels", {}), meta.get("namespace")
+    if labels.get(LABEL_POSEJOB):
+        owner = kube.get_custom(GROUP, VERSION, namespace, POSEJOBS, labels[LABEL_POSEJOB])
+        if owner is not None and (owner.get("status") or {}).get("phase") not in POSEJOB_TERMINAL:
+            _set_posejob_status(namespace, labels[LABEL_POSEJOB], {"message": message})
+    else:
+        owner = kube.get_custom(GROUP, VERSION, namespace, POSEPIPELINES, labels[LABEL_PIPELINE])
+        message = f"stage {labels.get(LABEL_STAGE, '?')}: {message}"
+    if owner is not None:
+        kopf.warn(owner, reason=reason, message=message)

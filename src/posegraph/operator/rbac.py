@@ -37,6 +37,9 @@ OPERATOR_RULES = (
     Rule("The Job it runs for each PoseJob (deleted with its PoseJob by the garbage collector, through\n"
          "the ownerReference: the operator never deletes one).",
          ("batch",), ("jobs",), ("get", "list", "watch", "create")),
+    Rule("The pods of its stages and runners, watched to name why one cannot start (an image, a\n"
+         "Secret, the archive) in an Event on its PosePipeline or PoseJob (no writes).",
+         ("",), ("pods",), ("list", "watch")),
     Rule("kopf watches CRDs to notice the resources it serves appearing or changing (no writes).",
          ("apiextensions.k8s.io",), ("customresourcedefinitions",), ("list", "watch")),
     Rule("Warnings and errors as Kubernetes Events on the resources (kopf posts them).",

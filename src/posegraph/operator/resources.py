@@ -252,3 +252,39 @@ def frames_column(progress: dict[str, Any] | None) -> str | None:
     if done is None:
         return None
     return f"{done}/{total}" if total else str(done)
+
+
+# ---- pods that cannot start -----------------------------------------------------------------------------
+
+# Waiting reasons a container does not leave by itself, as the Event reason the operator posts.
+_STUCK = {"ErrImagePull": "ImagePullFailed", "ImagePullBackOff": "ImagePullFailed",
+          "ErrImageNeverPull": "ImagePullFailed", "InvalidImageName": "ImagePullFailed",
+          "CreateContainerConfigError": "ConfigError", "CreateContainerError": "ConfigError"}
+STORAGE_INITIALIZER = "storage-initializer"   # the init container KServe adds to copy storageUri
+
+
+def pod_problem(pod: dict[str, Any]) -> tuple[str, str] | None:
+    """Why a stage's or a runner's pod cannot get going, as (Event reason, one-line message), or
+    None: an image the node cannot get, a Secret or ConfigMap that does not exist, KServe's storage
+    initializer failing to copy the archive. What a user would otherwise dig out of three
+    `kubectl describe` outputs (the pod's, its ReplicaSet's, its InferenceService's)."""
+    spec, status = pod.get("spec") or {}, pod.get("status") or {}
+    declared = {c["name"]: c for c in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]}
+    for state in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        name = state.get("name", "?")
+        waiting = (state.get("state") or {}).get("waiting") or {}
+        kind = _STUCK.get(waiting.get("reason", ""))
+        if kind == "ImagePullFailed":
+            image = (declared.get(name) or {}).get("image") or state.get("image")
+            return kind, (f"container {name}: image {image} cannot be pulled ({waiting['reason']}); "
+                          "load it into the node or push it where the node can pull it")
+        if kind == "ConfigError":
+            return kind, f"container {name} cannot start: {waiting.get('message') or waiting['reason']}"
+        if name == STORAGE_INITIALIZER:
+            ended = (state.get("state") or {}).get("terminated") or (state.get("lastState") or {}).get("terminated") or {}
+            if ended.get("exitCode") not in (None, 0):
+                args = (declared.get(name) or {}).get("args") or ["?"]
+                return "StorageInitializerFailed", (
+                    f"KServe's storage initializer could not copy {args[0]} (exit {ended['exitCode']}); "
+                    "is the archive there? (posegraph models push)")
+    return None
