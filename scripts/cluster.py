@@ -85,8 +85,9 @@ def run(cmd: list[str], *, check: bool = True, env: dict | None = None, input: b
     return done
 
 
-def control_plane_script(*args: str, timeout: float = 1800) -> str:
-    return run(["bash", SCRIPT, *args], timeout=timeout, step=f"scripts/control-plane.sh {args[0]}").stdout.decode().strip()
+def control_plane_script(*args: str, timeout: float = 1800, env: dict | None = None) -> str:
+    return run(["bash", SCRIPT, *args], timeout=timeout, env=env,
+               step=f"scripts/control-plane.sh {args[0]}").stdout.decode().strip()
 
 
 # ---- certificates --------------------------------------------------------------------------------------
@@ -178,6 +179,13 @@ class PKI:
 @dataclass
 class Cluster:
     dir: Path
+    # Where the builds and the Docker engine keep their caches: this process's $POSEGRAPH_CACHE
+    # unless given (the tests give the developer's, read before they isolate their own).
+    script_env: dict | None = None
+    engine_root: Path | None = None
+
+    def script(self, *args: str, timeout: float = 1800) -> str:
+        return control_plane_script(*args, timeout=timeout, env=self.script_env)
 
     # -- paths and state -----------------------------------------------------------------------------
     @property
@@ -305,7 +313,7 @@ class Cluster:
             self.addons(bins)
             timings["DNS and NetworkPolicies"] = time.monotonic() - t
             t = time.monotonic()
-            control_plane_script("kserve-up", str(self.dir), timeout=600)
+            self.script("kserve-up", str(self.dir), timeout=600)
             timings["KServe"] = time.monotonic() - t
             if chart:
                 t = time.monotonic()
@@ -321,10 +329,10 @@ class Cluster:
 
     def binaries(self) -> dict[str, Path]:
         """Where the control plane's, the node's and KServe's binaries are (built if missing)."""
-        control_plane_script("build")
-        control_plane_script("build-node")
-        control_plane_script("build-kserve")
-        bindir, nodedir = Path(control_plane_script("bin")), Path(control_plane_script("node-bin"))
+        self.script("build")
+        self.script("build-node")
+        self.script("build-kserve")
+        bindir, nodedir = Path(self.script("bin")), Path(self.script("node-bin"))
         found = {name: bindir / name for name in ("etcd", "kube-apiserver", "kube-controller-manager")}
         found.update({name: nodedir / name for name in ("kube-scheduler", "kubelet", "kube-proxy", "kube-router")})
         for name, path in found.items():
@@ -498,7 +506,7 @@ state = "{root}/state"
         """Every CPU image of `make images` into the node's containerd, in one `docker save`
         stream (the stage images share their base layers)."""
         refs = [image.ref for image in build_images.images() if not image.cuda]
-        with docker_engine.engine() as engine:
+        with docker_engine.engine(self.engine_root) as engine:
             missing = [ref for ref in refs if engine.inspect("image", ref) is None]
             if missing:
                 raise ClusterError(f"images not built: {', '.join(missing)}: run `make images`")
@@ -543,7 +551,9 @@ state = "{root}/state"
         self.kubectl("label", "namespace", NAMESPACE, "pod-security.kubernetes.io/enforce=baseline",
                      "pod-security.kubernetes.io/warn=restricted", "pod-security.kubernetes.io/audit=restricted")
         sets = [a for k, v in build_images.chart_image_values().items() for a in ("--set-string", f"{k}={v}")]
-        values = ["-f", REPO / "charts" / "posegraph" / "values-kind.yaml", *sets]
+        values = ["-f", REPO / "charts" / "posegraph" / "values-kind.yaml", *sets,
+                  # this node's pod network, not kind's: the router's node-port policy excepts it
+                  "--set-json", f'networkPolicy.podCIDRs=["{POD_NET}"]']
         # First without the pipeline: its stages would start before their archives are in the store.
         run([HELM, "--kubeconfig", self.kubeconfig, "install", RELEASE, REPO / "charts" / "posegraph",
              "-n", NAMESPACE, *values, "--set", "pipeline.enabled=false", "--wait", "--timeout", "10m"],
@@ -623,7 +633,7 @@ state = "{root}/state"
         """Stop everything `up` started and undo what it changed on the machine."""
         state = self.state()
         if (self.dir / "pids" / "kserve-manager").exists():
-            run(["bash", SCRIPT, "kserve-down", str(self.dir)], check=False, timeout=300)
+            run(["bash", SCRIPT, "kserve-down", str(self.dir)], check=False, timeout=300, env=self.script_env)
         if self.running("kube-apiserver") and self.running("kubelet"):
             # Nothing recreates pods while they go, and the kubelet tears their sandboxes down
             # (network namespaces, veths, addresses, mounts) as it would on a real node.
@@ -636,7 +646,7 @@ state = "{root}/state"
         for name in ("kube-router", "kube-proxy", "kubelet", "containerd", "kube-scheduler", "kube-controller-manager",
                      "kube-apiserver", "etcd"):
             self.stop(name)
-        nodedir = Path(run(["bash", SCRIPT, "node-bin"], check=False).stdout.decode().strip())
+        nodedir = Path(run(["bash", SCRIPT, "node-bin"], check=False, env=self.script_env).stdout.decode().strip())
         if (nodedir / "kube-proxy").exists():
             run([nodedir / "kube-proxy", "--cleanup"], check=False)
         if (nodedir / "kube-router").exists() and "ipsets" in state:
