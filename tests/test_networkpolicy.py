@@ -11,6 +11,7 @@ v0.20 adds to a predictor's and a router's pods (KSERVE_* below, from KServe's s
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import uuid
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ API_SERVER = "172.18.0.2"  # a kind control-plane node
 S3_PUBLIC = "52.216.8.1"
 RDS_IN_VPC = "192.168.40.7"  # inside eksctl's default VPC CIDR (values-eks.yaml)
 ELSEWHERE = "10.200.0.9"
+POD_NETWORK = "10.244.0.0/16"   # kind's (kind-config.yaml); the pods of the model get addresses in it
 
 
 # ---- KServe's pod labels (v0.20.0, RawDeployment/Standard) ------------------------------------------
@@ -96,6 +98,7 @@ class Pod:
     role: str
     namespace: str
     labels: dict = field(hash=False, compare=False)
+    ip: str = field(default="", hash=False, compare=False)   # given by Cluster, in POD_NETWORK
 
     def __repr__(self) -> str:
         return f"{self.role}@{self.namespace}"
@@ -109,8 +112,9 @@ class Address:
 
 def peer_matches(peer: dict, policy_namespace: str, endpoint) -> bool:
     if "ipBlock" in peer:
-        if not isinstance(endpoint, Address):
-            return False  # ipBlock is for addresses outside the pod network (the API's own words)
+        # The API says ipBlocks are meant for addresses outside the pod network, but leaves pod
+        # addresses to the implementation; kube-router matches them (tests/test_node.py saw every pod
+        # reach the router through the node-port policy's 0.0.0.0/0), so the model does too.
         ip = ipaddress.ip_address(endpoint.ip)
         block = peer["ipBlock"]
         return ip in ipaddress.ip_network(block["cidr"]) and not any(
@@ -153,7 +157,10 @@ class Cluster:
     """Pods and the policies over them: what may connect to what, as a NetworkPolicy implementation decides."""
 
     def __init__(self, policies: list[dict], pods: list[Pod]) -> None:
-        self.policies, self.pods = policies, pods
+        addresses = ipaddress.ip_network(POD_NETWORK).hosts()
+        next(addresses)   # the gateway
+        self.policies = policies
+        self.pods = [p if p.ip else dataclasses.replace(p, ip=str(next(addresses))) for p in pods]
 
     def _side_allows(self, direction: str, pod: Pod, other, port: int, protocol: str) -> bool:
         key, peers_key = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
@@ -455,6 +462,22 @@ def test_kind_and_eks_policies_differ_only_where_intended():
     changed = {name for name in kind.keys() & eks.keys() if kind[name] != eks[name]}
     assert changed == {"posegraph-stages", "posegraph-job-runner", "posegraph-ui"}  # S3 (and the database)
     assert kind["posegraph-operator"] == eks["posegraph-operator"] and kind["posegraph-router"] == eks["posegraph-router"]
+
+
+def test_the_node_port_lets_node_addresses_in_and_no_pod():
+    """The router's node-port policy (kind): open to addresses outside the pod network only. kind's
+    pod network is said once in kind-config.yaml and values-kind.yaml must carry the same."""
+    kind_config = yaml.safe_load((REPO / "kind-config.yaml").read_text())
+    kind_values = yaml.safe_load((CHART / "values-kind.yaml").read_text())
+    assert kind_values["networkPolicy"]["podCIDRs"] == [kind_config["networking"]["podSubnet"]] == [POD_NETWORK]
+    c = cluster("kind")
+    assert c.allows(Address(API_SERVER), c.pod("router"), 8080)
+    for source in (c.pod("neighbour"), c.pod("stranger", "elsewhere"), c.pod("ingress", "ingress-nginx")):
+        assert not c.allows(source, c.pod("router"), 8080), source
+    without = helm("helm4", "template", "posegraph", str(CHART), "-n", NS, *VALUES["kind"],
+                   "--set-json", "networkPolicy.podCIDRs=[]", check=False)
+    assert without.returncode != 0
+    assert "set networkPolicy.podCIDRs to the cluster's pod network" in without.stderr
 
 
 @pytest.mark.parametrize("helm_name", sorted(HELMS))
