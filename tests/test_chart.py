@@ -185,6 +185,8 @@ ALLOWED_RBAC = {
         ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
         ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
         ("", "events", "create"),
+        # why a stage's or runner's pod cannot start (resources.pod_problem), named on its owner
+        ("", "pods", "list"), ("", "pods", "watch"),
     },
     ("Role", "posegraph-job-runner"): {("posegraph.io", "posejobs/status", "patch")},
     # The web UI turns uploaded videos into PoseJobs (and reads their status messages).
