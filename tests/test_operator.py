@@ -467,8 +467,11 @@ def test_pod_problem_names_images_secrets_and_the_archive():
     storage = _pod(init=[{"name": "storage-initializer", "args": ["s3://models/none/detect/", "/mnt/models"]}],
                    init_status=[{"name": "storage-initializer", "state": {"waiting": {"reason": "CrashLoopBackOff"}},
                                  "lastState": {"terminated": {"exitCode": 1}}}])
+    storage["metadata"] = {"name": "pose-detect-predictor-5d9c-x2"}
     reason, message = pod_problem(storage)
     assert reason == "StorageInitializerFailed" and "s3://models/none/detect/" in message and "exit 1" in message
+    assert "serviceAccountName" in message and message.endswith(
+        "kubectl logs pose-detect-predictor-5d9c-x2 -c storage-initializer")
     copied = _pod(init=[{"name": "storage-initializer", "args": ["s3://m/d/", "/mnt/models"]}],
                   init_status=[{"name": "storage-initializer", "state": {"terminated": {"exitCode": 0}}}])
     assert pod_problem(copied) is None

@@ -284,7 +284,11 @@ def pod_problem(pod: dict[str, Any]) -> tuple[str, str] | None:
             ended = (state.get("state") or {}).get("terminated") or (state.get("lastState") or {}).get("terminated") or {}
             if ended.get("exitCode") not in (None, 0):
                 args = (declared.get(name) or {}).get("args") or ["?"]
+                # Its log says which of the two (seen on a node: "No model found in <prefix>" or
+                # "Unable to locate credentials" from a PosePipeline without serviceAccountName).
+                pod_name = (pod.get("metadata") or {}).get("name", "?")
                 return "StorageInitializerFailed", (
-                    f"KServe's storage initializer could not copy {args[0]} (exit {ended['exitCode']}); "
-                    "is the archive there? (posegraph models push)")
+                    f"KServe's storage initializer could not copy {args[0]} (exit {ended['exitCode']}): is the "
+                    "archive there (posegraph models push), and does the stage's serviceAccountName carry the "
+                    f"store's credentials? kubectl logs {pod_name} -c {name}")
     return None
