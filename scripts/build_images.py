@@ -247,6 +247,10 @@ def _error_line(text: str) -> str:
     apt = [line for line in lines if line.startswith("E: ")]
     if apt:
         return apt[0][:300]
+    # pip's own "ERROR: ..." says more than BuildKit's "executor failed running [...]" after it.
+    pip = [line for line in lines if re.match(r"(#\d+ [\d.]+ )?ERROR: ", line)]
+    if pip:
+        return pip[-1][:300]
     for line in reversed(lines):
         if re.search(r"\berror\b|ERROR|failed|not found|No matching", line, re.I):
             return line[:300]
@@ -360,10 +364,10 @@ def serve_wheels():
     handler = functools.partial(_QuietHandler, directory=str(wheels_dir()))
     port = 20000 + int(hashlib.sha256(str(wheels_dir()).encode()).hexdigest(), 16) % 20000
     try:
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+        server = _WheelServer(("127.0.0.1", port), handler)
     except OSError:
         say(f"port {port} for the wheels is taken: serving on another, so the dependency layers rebuild")
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server = _WheelServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -376,6 +380,13 @@ def serve_wheels():
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass
+
+
+class _WheelServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        # A client that hangs up mid-file is pip giving up; its own error (in the build log) says
+        # why, so one line here rather than socketserver's traceback in the middle of the steps.
+        print(f"      (wheel server: {client_address[0]} hung up: {sys.exc_info()[1]})", flush=True)
 
 
 # ---- build contexts of the third-party images -------------------------------------------------------
@@ -459,12 +470,39 @@ def build(engine: docker_engine.Engine, image: Image, base: str, wheel_url: str,
     cmd.append(str(context))
     started = time.monotonic()
     say(f"{ref} ({image.dockerfile}{', target ' + image.target if image.target else ''})")
-    run(cmd, f"image {ref}", f"fix the step that failed in {image.dockerfile}",
-        log=cache_root() / "logs" / f"{image.name}{tag_suffix}.log", env=engine.env(), echo_steps=True)
+    log = cache_root() / "logs" / f"{image.name}{tag_suffix}.log"
+    for attempt in (1, 2):
+        try:
+            run(cmd, f"image {ref}", f"fix the step that failed in {image.dockerfile}",
+                log=log, env=engine.env(), echo_steps=True)
+            break
+        except BuildError as exc:
+            text = log.read_text(errors="replace") if log.exists() else ""
+            if "No space left on device" in text:
+                raise BuildError(f"image {ref}: no space left on device ({_free_gb(engine)}); free some disk "
+                                 f"(the CUDA images need ~15 GB while they build) and run make images again "
+                                 f"(log: {log})") from exc
+            # A dropped connection to the wheel server on loopback (seen once in CI, in the 2.5 GB of
+            # CUDA wheels) is worth one more try: the layers before the failed step are cached.
+            if attempt == 2 or not TRANSIENT.search(text):
+                raise
+            say(f"{ref}: a download broke off ({TRANSIENT.search(text).group(0)}); trying once more")
     seconds = time.monotonic() - started
     after = engine.inspect("image", ref)
     return Built(image, ref, after["Size"] / 1e6, seconds, cached=bool(before) and before["Id"] == after["Id"],
                  image_id=after["Id"], layers=after["RootFS"].get("Layers", []))
+
+
+TRANSIENT = re.compile(r"Connection reset by peer|ConnectionResetError|IncompleteRead|ReadTimeoutError|"
+                       r"Connection broken|Read timed out")
+
+
+def _free_gb(engine: docker_engine.Engine) -> str:
+    """Free disk where the engine keeps its layers (posegraph's own engine) or under the cache."""
+    where = docker_engine.cache_dir() if engine.own else cache_root()
+    while not where.exists():
+        where = where.parent
+    return f"{shutil.disk_usage(where).free / 1e9:.1f} GB free under {where}"
 
 
 def reclaim(engine: docker_engine.Engine) -> None:
