@@ -163,7 +163,8 @@ def main() -> None:
     # rendering and motion exports off: (b) does neither): once with the cpu profile (no flip test),
     # once doing mmpose's work (RTMPose flip test on, as its configs and so MMPoseInferencer do).
     from posegraph.embedded import archives_for_profile, default_pipeline, start_local_graph
-    from posegraph.jobs.runner import JobOptions, JobRunner
+    from posegraph.jobs.options import JobOptions
+    from posegraph.jobs.runner import JobRunner
     from posegraph.pipeline import Pipeline
     from posegraph.video import VideoReader
 

@@ -11,8 +11,74 @@ TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
 import containers as _containers  # noqa: E402,F401 - reads the real cache directory before isolation
 import control_plane as _control_plane  # noqa: E402,F401 - reads the real cache directory before isolation
+from tiers import MODULE_TIERS, TIERS, tier  # noqa: E402
 
 ARTIFACTS = TESTS / "artifacts"
+
+
+# ---- tiers (tests/tiers.py says how a test gets one) ------------------------------------------------
+
+def _fixture_attributes(item, attribute: str) -> set:
+    found = set()
+    for name in item.fixturenames:
+        for definition in item._fixtureinfo.name2fixturedefs.get(name, ()):
+            value = getattr(definition.func, attribute, None)
+            if value:
+                found.add(value)
+    return found
+
+
+def pytest_configure(config):
+    for name, what in TIERS.items():
+        config.addinivalue_line("markers", f"{name}: {what}")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        tiers = _fixture_attributes(item, "posegraph_tier") | {t for m, t in MODULE_TIERS.items() if item.path.name == m}
+        tiers |= {m.name for m in item.iter_markers() if m.name in TIERS}
+        for name in tiers or {"fast"}:
+            item.add_marker(getattr(pytest.mark, name))
+        if _fixture_attributes(item, "posegraph_loopback"):
+            item.user_properties.append(("loopback", True))
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_opens_no_sockets(request):
+    """In a fast test, a TCP/UDP socket that binds or connects fails the test (see TIERS)."""
+    if request.node.get_closest_marker("fast") is None or ("loopback", True) in request.node.user_properties:
+        yield
+        return
+    opened = []
+
+    def hook(event, args):
+        if event in ("socket.bind", "socket.connect") and _network_address(args[1]):
+            opened.append(f"{event} {args[1]}")
+            raise RuntimeError(f"a fast-tier test opened a network socket ({event} {args[1]}): give the fixture "
+                               "that starts its server a tier (@tier, tests/tiers.py)")
+
+    _GUARD.append(hook)
+    try:
+        yield
+    finally:
+        _GUARD.remove(hook)
+    assert not opened, f"a fast-tier test opened network sockets: {opened}"
+
+
+def _network_address(address) -> bool:
+    return isinstance(address, tuple) and len(address) >= 2 and isinstance(address[1], int)
+
+
+_GUARD: list = []  # audit hooks cannot be removed: one stays installed and calls whatever is here
+
+
+def _audit(event, args):
+    if _GUARD and event.startswith("socket."):
+        for hook in list(_GUARD):
+            hook(event, args)
+
+
+sys.addaudithook(_audit)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -61,7 +127,18 @@ def clip_path(tmp_path_factory, clip_frames) -> Path:
     return write_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", clip_frames)
 
 
+@pytest.fixture
+@tier("servers")
+def starts_servers():
+    """For a test that starts servers itself (a subprocess, an embedded graph, a file server): its
+    tier. Without it, the fast tier's socket guard fails the test."""
+    import services
+
+    return services
+
+
 @pytest.fixture(scope="session")
+@tier("servers")
 def s3(tmp_path_factory):
     from services import s3_server
 
@@ -77,6 +154,7 @@ def s3_env(s3, monkeypatch):
 
 
 @pytest.fixture(scope="session")
+@tier("reference")
 def mm():
     """The OpenMMLab reference stack (test-only). Skips, saying why, if it cannot import."""
     from mm_reference import mm_available
@@ -113,6 +191,7 @@ np.set_printoptions(precision=4, suppress=True)
 
 
 @pytest.fixture(scope="session")
+@tier("control_plane")
 def control_plane(tmp_path_factory):
     """A real kube-apiserver + etcd + kube-controller-manager (scripts/control-plane.sh), shared by
     every test that needs Kubernetes itself. `make test` builds it; without the binaries the tests
@@ -127,6 +206,7 @@ def control_plane(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+@tier("servers")
 def kserve_router() -> Path:
     """KServe's own InferenceGraph router (cmd/router of the pinned release), built by
     scripts/control-plane.sh. Missing, the tests that need it fail saying how to build it."""

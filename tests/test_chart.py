@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from tiers import loopback
 import yaml
 from k8s_schema import validate
 
@@ -315,6 +316,7 @@ def test_servicemonitor_is_optional():
 
 
 @pytest.fixture(scope="module")
+@loopback
 def kmock_clusters():
     from kmock_cluster import KMockCluster
 

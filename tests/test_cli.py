@@ -186,7 +186,7 @@ def test_models_init_random_writes_mmengine_checkpoints(tmp_path):
     assert "rtmpose-t" in listing.stdout and "present" in listing.stdout
 
 
-def test_models_fetch_offline_fails_with_one_line(tmp_path):
+def test_models_fetch_offline_fails_with_one_line(tmp_path, starts_servers):
     from services import free_port
 
     unreachable = f"http://127.0.0.1:{free_port()}"  # nothing listens there
@@ -196,7 +196,7 @@ def test_models_fetch_offline_fails_with_one_line(tmp_path):
     assert not list(tmp_path.iterdir()), "no partial file is left behind"
 
 
-def test_models_fetch_downloads_the_official_paths(tmp_path, checkpoints):
+def test_models_fetch_downloads_the_official_paths(tmp_path, checkpoints, starts_servers):
     """Against a mirror laid out like download.openmmlab.com (a real HTTP server)."""
     from services import http_file_server
 
@@ -214,7 +214,7 @@ def test_models_fetch_downloads_the_official_paths(tmp_path, checkpoints):
     assert (tmp_path / "got" / "rtmpose-t.pth").read_bytes() == (checkpoints / "rtmpose-t.pth").read_bytes()
 
 
-def test_demo_runs_end_to_end_offline(tmp_path, checkpoints):
+def test_demo_runs_end_to_end_offline(tmp_path, checkpoints, starts_servers):
     """The README's main job, offline: it falls back to random weights (and says so)."""
     ckpt_dir = tmp_path / "ckpts"
     result = posegraph("demo", "--out", tmp_path / "demo", "--frames", "8", "--checkpoints", ckpt_dir,

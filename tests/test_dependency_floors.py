@@ -43,7 +43,7 @@ def install_floors(target: Path, pins: list[str]) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(target)}
 
 
-def test_the_ui_runs_on_its_declared_minimum_versions(tmp_path):
+def test_the_ui_runs_on_its_declared_minimum_versions(tmp_path, starts_servers):
     ui = PROJECT["optional-dependencies"]["ui"]
     pins = [f"{name}=={floor(ui, name)}" for name in ("starlette", "uvicorn", "python-multipart")]
     env = install_floors(tmp_path / "floors", pins)

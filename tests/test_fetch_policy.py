@@ -9,6 +9,8 @@ hosts given by name, after DNS and at every redirect.
 from __future__ import annotations
 
 import http.server
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 import cv2
 import httpx
 import pytest
+from tiers import tier
 
 from posegraph.fetchpolicy import FetchPolicy, FetchRefused
 from services import free_port
@@ -58,6 +61,7 @@ class Recorder(http.server.ThreadingHTTPServer):
 
 
 @pytest.fixture(scope="module")
+@tier("servers")
 def web(astronaut):
     server = Recorder(cv2.imencode(".jpg", astronaut)[1].tobytes())
     yield server
@@ -117,12 +121,25 @@ def test_a_bad_allow_list_is_refused_at_start():
         FetchPolicy.parse("photos-bucket")
 
 
-def test_the_command_line_reads_what_its_user_names(tmp_path):
-    """Locally the user is the operator: `posegraph run` and library use read any path or URI."""
-    from posegraph import fetchpolicy
+def test_the_command_line_reads_what_its_user_names(tmp_path, monkeypatch):
+    """Locally the user is the operator: `posegraph run` reads any path or URI. A process that
+    installs no policy (a library, an entry point that forgot) reads none: the safe default."""
+    from posegraph import cli, fetchpolicy
 
-    assert fetchpolicy.current().anything
-    fetchpolicy.current().check(str(tmp_path / "a.jpg"))
+    fresh = subprocess.run([sys.executable, "-c", "from posegraph import fetchpolicy\n"
+                            f"fetchpolicy.current().check({str(tmp_path / 'a.jpg')!r})"], capture_output=True, text=True)
+    assert fresh.returncode == 1 and "FetchRefused" in fresh.stderr and "inline image data only" in fresh.stderr, \
+        fresh.stderr
+    monkeypatch.setattr(fetchpolicy, "_current", fetchpolicy.current())
+    seen = {}
+    monkeypatch.setattr(cli, "cmd_schema", lambda args: seen.update(policy=fetchpolicy.current()) or 0)
+    assert cli.main(["schema", "--out", str(tmp_path)]) == 0
+    assert seen["policy"].anything
+    seen["policy"].check(str(tmp_path / "a.jpg"))
+    monkeypatch.setattr(fetchpolicy, "_current", fetchpolicy.FetchPolicy())
+    monkeypatch.setattr(cli, "cmd_serve", lambda args: seen.update(served=fetchpolicy.current()) or 0)
+    assert cli.main(["serve", "detect", "--model-dir", str(tmp_path)]) == 0
+    assert not seen["served"].anything  # a network service installs its own, served, policy
 
 
 # -- the stage servers ---------------------------------------------------------------------------------
@@ -198,7 +215,7 @@ def _ui(tmp_path: Path, *extra: str):
         time.sleep(0.3)
 
 
-def test_the_ui_takes_video_uris_only_from_allowed_sources(tmp_path):
+def test_the_ui_takes_video_uris_only_from_allowed_sources(tmp_path, starts_servers):
     proc, url = _ui(tmp_path / "default")
     try:
         response = httpx.post(f"{url}/api/jobs", data={"uri": "s3://videos/walk.mp4"}, timeout=30)

@@ -18,6 +18,7 @@ import cv2
 import httpx
 import numpy as np
 import pytest
+from tiers import tier
 import yaml
 from k8s_schema import validate
 
@@ -162,6 +163,7 @@ def append(tag):
 
 
 @pytest.fixture(params=["posegraph", "kserve"])
+@tier("servers")
 def router(request, kserve_router, tmp_path):
     """Starts a graph router, posegraph's and KServe's own (each test runs with both); `.kind` says
     which, where the two differ on purpose (docs/graph.md, "posegraph's router and KServe's")."""
@@ -318,6 +320,7 @@ def test_router_refuses_graphs_it_cannot_run_like_kserve():
 # ---- end to end: `posegraph up`, the client, failures ---------------------------------------------
 
 @pytest.fixture(scope="module")
+@tier("servers")
 def local_graph(checkpoints):
     from posegraph.config import load_profile
     from posegraph.embedded import archives_for_profile, default_pipeline, start_local_graph
@@ -397,7 +400,7 @@ def test_metrics_move(local_graph, astronaut):
             before, "posegraph_router_step_seconds_count", step=stage) + 1
 
 
-def test_a_stage_going_down_is_a_clear_error(checkpoints, astronaut):
+def test_a_stage_going_down_is_a_clear_error(checkpoints, astronaut, starts_servers):
     """Its own graph: this test kills a stage."""
     from posegraph.client import GraphClient, GraphError
     from posegraph.config import load_profile

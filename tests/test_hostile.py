@@ -53,6 +53,7 @@ import cv2
 import httpx
 import numpy as np
 import pytest
+from tiers import tier
 
 LIMIT = 1 << 20          # POSEGRAPH_MAX_REQUEST_BYTES for every server here: a 2 MB body is over it
 READ_TIMEOUT_S = 3       # POSEGRAPH_READ_TIMEOUT_S for the KServe stage servers
@@ -89,6 +90,7 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
+@tier("servers")
 def stack(checkpoints, tmp_path_factory):
     from services import free_port, stop_process, wait_for_port
 

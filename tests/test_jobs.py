@@ -16,6 +16,7 @@ import cv2
 import httpx
 import numpy as np
 import pytest
+from tiers import tier
 
 from posegraph.jobs.store import open_store
 from posegraph.samples import synthetic_clip_frames, write_clip
@@ -24,6 +25,7 @@ FRAMES = 24
 
 
 @pytest.fixture(scope="module")
+@tier("servers")
 def postgres():
     from services import postgres_server
 
@@ -32,6 +34,7 @@ def postgres():
 
 
 @pytest.fixture(scope="module")
+@tier("servers")
 def graph(checkpoints):
     from posegraph.config import load_profile
     from posegraph.embedded import archives_for_profile, default_pipeline, start_local_graph
@@ -137,7 +140,7 @@ def test_sqlite_and_local_files_with_a_stride(graph, clip, tmp_path):
     assert again.returncode == 0 and "already succeeded" in again.stdout
 
 
-def test_the_embedded_graph_runs_the_job_by_itself(checkpoints, clip, tmp_path):
+def test_the_embedded_graph_runs_the_job_by_itself(checkpoints, clip, tmp_path, starts_servers):
     """`--graph local`: no endpoint given; the runner starts the graph for the job and stops it."""
     result = job("--video", clip, "--checkpoints", checkpoints, "--results", f"sqlite:///{tmp_path / 'r.db'}",
                  "--output", tmp_path / "out", "--max-frames", "6", "--job-id", "embedded")
@@ -222,7 +225,7 @@ def test_unreachable_video_uri_fails_clearly(graph, s3, tmp_path):
     assert unreachable_graph.returncode != 0 and "no such file" in unreachable_graph.stderr
 
 
-def test_a_video_with_nobody_in_it(checkpoints, tmp_path):
+def test_a_video_with_nobody_in_it(checkpoints, tmp_path, starts_servers):
     from posegraph.config import load_profile
     from posegraph.embedded import archives_for_profile, default_pipeline, start_local_graph
 

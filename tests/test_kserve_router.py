@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import httpx
 import pytest
+from tiers import tier
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "graph-t0ken"
@@ -49,6 +50,7 @@ def test_the_router_binary_differs_from_kserves_only_in_its_listen_address(kserv
 
 
 @pytest.fixture(scope="module", params=["kserve", "torchserve"])
+@tier("servers")
 def graphs(request, checkpoints, kserve_router):
     """Three token-protected stage servers of one runtime behind KServe's router, and posegraph's
     router started on the same servers with the same spec."""

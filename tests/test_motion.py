@@ -89,7 +89,7 @@ def test_the_lift3d_stage_smooths_tracks_not_single_frames(checkpoints):
     assert np.allclose(lifted["savgol"][:, 0], 0)  # still root-relative
 
 
-def test_served_lift3d_smooths_exactly_as_in_process(checkpoints):
+def test_served_lift3d_smooths_exactly_as_in_process(checkpoints, starts_servers):
     """One place: the stage server built from the profile's archive gives the in-process numbers."""
     import httpx
 

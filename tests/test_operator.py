@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from tiers import loopback
 import services
 import yaml
 from k8s_schema import validate
@@ -159,6 +160,7 @@ def test_the_chart_can_give_runners_an_environment_secret(monkeypatch):
 # ---- the operator, running ------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
+@loopback
 def cluster(tmp_path_factory):
     from kmock_cluster import KMockCluster
 

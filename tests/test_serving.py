@@ -15,6 +15,7 @@ import cv2
 import httpx
 import numpy as np
 import pytest
+from tiers import tier
 import yaml
 
 from posegraph.embedded import start_stage_server
@@ -51,16 +52,19 @@ def _servers(archives, runtime):
 
 
 @pytest.fixture(scope="module")
+@tier("servers")
 def torchserve(archives):
     yield from _servers(archives, "torchserve")
 
 
 @pytest.fixture(scope="module")
+@tier("servers")
 def kserve(archives):
     yield from _servers(archives, "kserve")
 
 
 @pytest.fixture(params=["torchserve", "kserve"])
+@tier("servers")
 def servers(request):
     return request.getfixturevalue(request.param)
 
@@ -297,7 +301,7 @@ def test_stage_servers_split_batches_over_the_threads_they_are_given(archives, t
 
 
 @pytest.mark.parametrize("runtime", ["torchserve", "kserve"])
-def test_bearer_token_when_configured(runtime, archives, astronaut):
+def test_bearer_token_when_configured(runtime, archives, astronaut, starts_servers):
     server = start_stage_server("detect", archives / "detect", runtime=runtime,
                                 env={"POSEGRAPH_AUTH_TOKEN": "s3cret-token"}).wait_ready()
     try:
@@ -309,7 +313,7 @@ def test_bearer_token_when_configured(runtime, archives, astronaut):
         server.stop()
 
 
-def test_kserve_runtime_serves_without_torch_or_openmmlab(archives, tmp_path, astronaut):
+def test_kserve_runtime_serves_without_torch_or_openmmlab(archives, tmp_path, astronaut, starts_servers):
     """The KServe image needs neither PyTorch nor mm*: run the server with them unimportable."""
     blocker = tmp_path / "block"
     blocker.mkdir()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiers import tier
 
 from posegraph.jobs.ranges import DEFAULT_OVERLAP, Stitcher, plan_ranges, range_job_id
 from posegraph.samples import synthetic_clip_frames, write_clip
@@ -77,6 +78,7 @@ def profile(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+@tier("servers")
 def graph(checkpoints):
     """One embedded graph for every job here (each job would otherwise start its own)."""
     from posegraph.config import load_profile
@@ -87,7 +89,7 @@ def graph(checkpoints):
 
 
 def job_options(clip, graph, profile, tmp_path, name, **extra):
-    from posegraph.jobs.runner import JobOptions
+    from posegraph.jobs.options import JobOptions
 
     return JobOptions(video=str(clip), results=f"sqlite:///{tmp_path / (name + '.db')}",
                       output=str(tmp_path / name) + "/", graph=graph.endpoint, profile=str(profile),
@@ -146,6 +148,7 @@ def unsplit(clip, graph, profile, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+@tier("servers")
 def postgres():
     from services import postgres_server
 

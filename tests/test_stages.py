@@ -332,7 +332,7 @@ def test_checkpoint_from_file_s3_and_http_uris(checkpoints, astronaut, s3_env, t
 
 
 def test_checkpoint_over_https_with_a_trusted_and_an_untrusted_certificate(checkpoints, astronaut, tmp_path,
-                                                                           monkeypatch):
+                                                                           monkeypatch, starts_servers):
     from services import https_file_server
 
     served = tmp_path / "www"
@@ -361,7 +361,7 @@ def test_unreadable_checkpoint_uris_fail_clearly(s3_env, checkpoints, monkeypatc
             DetectStage().load(f"{base}/none.pth")
 
 
-def test_onnx_models_serve_without_torch_or_openmmlab(checkpoints, astronaut, tmp_path):
+def test_onnx_models_serve_without_torch_or_openmmlab(checkpoints, astronaut, tmp_path, starts_servers):
     """An exported .onnx (what model archives carry) runs with torch and mm* unimportable."""
     from posegraph.engine import load_network
     from posegraph.zoo import get_model

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tiers import tier
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PASSWORD = "ui-test-" + uuid.uuid4().hex[:8]
@@ -25,6 +26,7 @@ MAX_UPLOAD_MB = 5
 
 
 @pytest.fixture(scope="module")
+@tier("servers")
 def ui(tmp_path_factory, checkpoints):
     """`posegraph ui` as a newcomer runs it, plus a password (the chart's default guard)."""
     from services import free_port, stop_process, wait_for_port
@@ -45,6 +47,7 @@ def ui(tmp_path_factory, checkpoints):
 
 
 @pytest.fixture(scope="module")
+@tier("browser")
 def browser():
     if CHROMIUM is None:
         pytest.skip("no chromium on PATH: `make test` installs Debian's chromium (needs root or sudo for apt)")

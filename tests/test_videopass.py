@@ -48,8 +48,9 @@ def assert_same_persons(a: dict, b: dict, where: str) -> None:
                                        err_msg=f"{where} person {i}: {key}")
 
 
-def test_in_process_and_through_the_local_graph_give_the_same_documents(pipeline, checkpoints, clip, tmp_path):
-    from posegraph.jobs.runner import JobOptions, JobRunner
+def test_in_process_and_through_the_local_graph_give_the_same_documents(pipeline, checkpoints, clip, tmp_path, starts_servers):
+    from posegraph.jobs.options import JobOptions
+    from posegraph.jobs.runner import JobRunner
     from posegraph.pipeline import run_input
 
     run_input(pipeline, str(clip), tmp_path / "run", show_progress=False)
@@ -98,10 +99,11 @@ def test_tracks_are_lifted_once_each_as_the_tracker_lets_them_go(pipeline, clip)
     assert all(p.keypoints3d is not None for d in sink.docs for p in d.persons or [])
 
 
-def test_requests_in_flight_change_nothing_in_the_results(checkpoints, clip, tmp_path):
+def test_requests_in_flight_change_nothing_in_the_results(checkpoints, clip, tmp_path, starts_servers):
     """Several graph requests at once (job run --in-flight) give exactly the documents of one
     request at a time: results are taken in frame order."""
-    from posegraph.jobs.runner import JobOptions, JobRunner
+    from posegraph.jobs.options import JobOptions
+    from posegraph.jobs.runner import JobRunner
 
     outputs = {}
     for in_flight in (1, 3):

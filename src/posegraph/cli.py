@@ -10,12 +10,15 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__, processes
+from . import __version__, fetchpolicy, processes
 from .errors import PosegraphError, UsageError
-from .jobs.ranges import DEFAULT_OVERLAP
-from .names import JOB_GRAPH_RETRIES, RUNTIMES, STAGES
+from .jobs import options as job_options
+from .names import RUNTIMES, STAGES
 
 log = logging.getLogger("posegraph")
+# Commands that answer requests: they (or the servers they start) install a served fetch policy;
+# every other command reads what its user names (posegraph.fetchpolicy).
+NETWORK_SERVICES = {"serve", "up", "ui"}
 
 
 def _profile_args(p: argparse.ArgumentParser) -> None:
@@ -121,45 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     job = sub.add_parser("job", help="video jobs: a video → 3D poses in a results store + rendered video")
     jsub = job.add_subparsers(dest="job_command", required=True, metavar="ACTION")
     jrun = jsub.add_parser("run", help="run (or resume) a job")
-    jrun.add_argument("--video", required=True, help="s3://, https:// or a local path")
-    jrun.add_argument("--graph", default="local", help="graph URL, or 'local' to start the embedded graph")
-    jrun.add_argument("--lift3d", default=None, help="lift3d's URL (default: tracks go through the graph)")
-    jrun.add_argument("--results", default="sqlite:///posegraph-jobs/results.db",
-                      help="sqlite:///path.db or postgresql://user@host/db (password: $PGPASSWORD)")
-    jrun.add_argument("--output", default="posegraph-jobs/output/",
-                      help="where the rendered video, plot and frames.jsonl go: s3://bucket/prefix/ or a directory")
-    jrun.add_argument("--stride", type=int, default=1, help="process every N-th frame")
-    jrun.add_argument("--batch", type=int, default=8, help="frame documents per graph request")
-    jrun.add_argument("--in-flight", type=int, default=2,
-                      help="graph requests at once (default 2: encoding, decoding and lifting overlap with "
-                           "inference; results are taken in frame order, so they do not change)")
-    jrun.add_argument("--workers", type=int, default=1,
-                      help="split the video into this many contiguous ranges, run as as many processes on one "
-                           "graph; tracks are stitched across the ranges, then lifted whole")
-    jrun.add_argument("--ranges", type=int, default=1,
-                      help="the job is split into this many ranges and this process runs one (--range-index); "
-                           "what each pod of a PoseJob with spec.parallelism runs")
-    jrun.add_argument("--range-index", type=int, default=None,
-                      help="which range, 0-based (default: $JOB_COMPLETION_INDEX, set in an Indexed Job)")
-    jrun.add_argument("--range-only", action="store_true", help=argparse.SUPPRESS)  # --workers' processes
-    jrun.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP,
-                      help=f"frames each range reads before its own, for tracking (default {DEFAULT_OVERLAP})")
-    jrun.add_argument("--max-frames", type=int, default=None)
-    jrun.add_argument("--job-id", default=None, help="default: derived from the video and stride (reruns resume)")
-    jrun.add_argument("--no-render", action="store_true", help="skip the overlay video and plot")
-    jrun.add_argument("--no-motion", action="store_true", help="skip the BVH files and joint angles under motion/")
-    jrun.add_argument("--video-format", choices=["webm", "mp4"], default="webm")
-    jrun.add_argument("--frame-format", choices=["jpeg", "png"], default="jpeg",
-                      help="how frames go to the graph: jpeg (default), or png, lossless at ~10x the bytes")
-    jrun.add_argument("--retries", type=int, default=JOB_GRAPH_RETRIES,
-                      help="retries of a failing graph call (with backoff: 1, 2, 4, … s)")
-    jrun.add_argument("--progress-file", default=None, help="keep a JSON progress report here")
-    jrun.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus job gauges here")
-    jrun.add_argument("--report-posejob", default=None, help="NAMESPACE/NAME: patch that PoseJob's status.progress")
-    jrun.add_argument("--token", default=None, help="bearer token for the graph (default $POSEGRAPH_AUTH_TOKEN)")
-    jrun.add_argument("--quiet", action="store_true")
-    jrun.add_argument("--profile", default="cpu", help="profile of the local graph")
-    jrun.add_argument("--checkpoints", type=Path, default=None, help="checkpoints of the local graph")
+    job_options.add_arguments(jrun)
     jstatus = jsub.add_parser("status", help="a job's row from the results store")
     jstatus.add_argument("--results", default="sqlite:///posegraph-jobs/results.db")
     jstatus.add_argument("--job-id", required=True)
@@ -400,7 +365,7 @@ def cmd_call(args) -> int:
 
 
 def cmd_job(args) -> int:
-    from .jobs.runner import JobOptions, JobRunner
+    from .jobs.runner import JobRunner
     from .names import SUCCEEDED
     from .jobs.store import open_store
 
@@ -414,15 +379,7 @@ def cmd_job(args) -> int:
         print(json.dumps(row, indent=2, default=str))
         return 0
     processes.exit_on_sigterm()
-    options = JobOptions(
-        video=args.video, results=args.results, output=args.output, graph=args.graph, lift3d=args.lift3d,
-        stride=args.stride, batch=args.batch, max_frames=args.max_frames, job_id=args.job_id,
-        render=not args.no_render, motion=not args.no_motion, retries=args.retries, video_format=args.video_format,
-        frame_format=args.frame_format, in_flight=args.in_flight, workers=args.workers, ranges=args.ranges,
-        range_index=args.range_index, range_only=args.range_only, overlap=args.overlap,
-        progress_file=args.progress_file, metrics_port=args.metrics_port, report_posejob=args.report_posejob,
-        profile=args.profile, checkpoints=str(args.checkpoints) if args.checkpoints else None, token=args.token,
-        quiet=args.quiet)
+    options = job_options.from_args(args)
     summary = JobRunner(options).run()
     if summary.get("range_done"):
         print(f"job {summary['job_id']}: {summary['range_done']} done; the last range to finish merges, lifts and "
@@ -499,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"run": cmd_run, "models": cmd_models, "schema": cmd_schema, "demo": cmd_demo, "serve": cmd_serve,
                 "graph": cmd_graph, "up": cmd_up, "call": cmd_call, "job": cmd_job, "db": cmd_db, "ui": cmd_ui,
                 "export": cmd_export}
+    if args.command not in NETWORK_SERVICES:
+        fetchpolicy.install(fetchpolicy.FetchPolicy.command_line())
     try:
         return handlers[args.command](args)
     except PosegraphError as exc:

@@ -47,7 +47,8 @@ def _photo_through_graph(graph, photo: Path, out: Path) -> bool:
 
 def run_demo(args) -> int:
     from .embedded import start_embedded_graph
-    from .jobs.runner import JobOptions, JobRunner
+    from .jobs.options import JobOptions
+    from .jobs.runner import JobRunner
 
     started = time.perf_counter()
     profile = load_profile(args.profile, args.overrides)

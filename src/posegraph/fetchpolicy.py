@@ -12,8 +12,10 @@ An entry is ``s3://bucket[/prefix]``, ``https://host[:port][/path]``, ``http://h
 or ``file:///directory``. A host given by name must resolve to public addresses only (loopback,
 link-local — the metadata service at 169.254.169.254 —, private and reserved ranges are refused,
 after DNS and at every redirect); a host given as an IP literal in the list is allowed as it is.
-Used from the command line (``posegraph run``, ``job run``, a library), the policy allows
-anything: the user is the operator there.
+Used from the command line (``posegraph run``, ``job run``, ...), the policy allows anything: the
+user is the operator there, and the CLI installs ``FetchPolicy.command_line()``. A process that
+installs nothing (a library user's, or a new entry point that forgot) allows inline data only: a
+forgotten policy is a refused URI with a message, never a server that reads what a request names.
 
 A URI the policy refuses is refused before any connection or file access, with a message that
 says what is allowed and how to allow more.
@@ -88,6 +90,11 @@ class FetchPolicy:
         if entries == ["*"]:
             return cls(anything=True, origin=origin)
         return cls(tuple(_parse_source(e) for e in entries), origin=origin)
+
+    @classmethod
+    def command_line(cls) -> "FetchPolicy":
+        """What a user's own command reads: anything it names (the user is the operator)."""
+        return cls(anything=True, origin="the command line")
 
     @classmethod
     def served(cls, allow: str | None = None) -> "FetchPolicy":
@@ -170,9 +177,10 @@ def _shorten(uri: str) -> str:
     return repr(uri if len(uri) <= 200 else uri[:200] + "…")
 
 
-# The policy of this process. A library or the CLI reads what its user names; a network service
-# installs a served policy before it answers anything (stage servers, the UI).
-_current = FetchPolicy(anything=True, origin="the command line")
+# The policy of this process: refuse (inline data only) until someone installs one. The CLI installs
+# the command line's for the commands a user runs on their own data; a network service installs a
+# served policy before it answers anything (stage servers, the UI); a library user calls install().
+_current = FetchPolicy(origin="posegraph.fetchpolicy.install() (no policy is installed in this process)")
 
 
 def install(policy: FetchPolicy) -> FetchPolicy:

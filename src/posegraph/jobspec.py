@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from .graph.spec import Resources, Strict
+from .jobs.options import FRAME_FORMATS, VIDEO_FORMATS, JobOptions
 from .uri import is_remote_video_uri
 from .names import (
     POSEJOB_FAILED,
@@ -59,12 +60,19 @@ class Results(Strict):
         ..., description="a Secret with the results DSN and the database password (never in the spec)")
 
 
+_RUNNER = JobOptions(video="")  # the runner's defaults (posegraph job run), stated once there
+
+
 class Options(Strict):
-    stride: int = Field(1, ge=1)
-    batch: int = Field(8, ge=1)
-    maxFrames: int | None = Field(None, ge=1)
-    render: bool = True
-    videoFormat: Literal["webm", "mp4"] = "webm"
+    """The runner's options a PoseJob may set (posegraph.jobs.options: the same names, snake_case)."""
+    stride: int = Field(_RUNNER.stride, ge=1)
+    batch: int = Field(_RUNNER.batch, ge=1)
+    maxFrames: int | None = Field(_RUNNER.max_frames, ge=1)
+    render: bool = _RUNNER.render
+    videoFormat: Literal[VIDEO_FORMATS] = _RUNNER.video_format
+    inFlight: int = Field(_RUNNER.in_flight, ge=1, le=16, description="graph requests at once")
+    frameFormat: Literal[FRAME_FORMATS] = Field(
+        _RUNNER.frame_format, description="how frames travel to the graph: jpeg, or png (lossless, ~10x the bytes)")
 
 
 class PoseJobSpec(Strict):

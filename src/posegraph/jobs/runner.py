@@ -24,7 +24,8 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+import dataclasses
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -39,56 +40,12 @@ from ..tracking import Tracker
 from ..uri import fetch_to_cache, write_bytes
 from ..video import VideoReader, open_video_writer
 from ..videopass import FrameResult, GraphFrames, GraphLift, lift_tracks, run_video, video_frames
+from .options import TOKEN_ENV, JobOptions
 from .progress import Progress
 from .ranges import DEFAULT_OVERLAP, FrameRange, plan_ranges, range_job_id
 from .store import FrameRow, PersonRow, ResultsStore, open_store, stored_frame_document
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class JobOptions:
-    video: str
-    results: str
-    output: str
-    graph: str = "local"  # "local" or the graph's URL
-    lift3d: str | None = None  # lift3d's URL; default: tracks go through the graph too
-    stride: int = 1
-    batch: int = 8
-    max_frames: int | None = None
-    job_id: str | None = None
-    render: bool = True
-    motion: bool = True  # BVH, joint angles CSV and their plots under <output>/motion/
-    retries: int = JOB_GRAPH_RETRIES
-    video_format: str = "webm"  # webm (VP8, plays in browsers) or mp4 (mp4v)
-    # Graph requests at once. 2 by default: with nothing else running on 2 cores, 2 in flight gave
-    # 1.01x to 1.71x the frames/s of 1 in each of 10 rows of bench/video.py (1 to 4 persons a
-    # frame, flip test on and off, 2026-12-01; docs/jobs.md), for up to ~270 MB more in pose2d's server.
-    in_flight: int = 2
-    frame_format: str = "jpeg"  # how frames travel to the graph: jpeg, or png (lossless, ~10x the bytes)
-    progress_file: str | None = None
-    metrics_port: int | None = None
-    report_posejob: str | None = None  # namespace/name: patch its status.progress (in a cluster)
-    # A job split into ranges (posegraph.jobs.ranges): ``workers`` > 1 runs them here as that many
-    # processes; ``ranges`` > 1 with ``range_index`` (default $JOB_COMPLETION_INDEX, an Indexed
-    # Job's) runs one of them. The range that finishes last merges, lifts and renders, unless
-    # ``range_only`` (the local coordinator does that itself, with its progress bar).
-    workers: int = 1
-    ranges: int = 1
-    range_index: int | None = None
-    range_only: bool = False
-    overlap: int = DEFAULT_OVERLAP
-    profile: str = "cpu"  # for --graph local
-    checkpoints: str | None = None  # for --graph local
-    token: str | None = None
-    quiet: bool = False
-
-    def resolved_job_id(self) -> str:
-        if self.job_id:
-            return self.job_id
-        # Deterministic: the same command resumes the same job.
-        key = json.dumps([self.video, self.stride, self.max_frames], sort_keys=True)
-        return "job-" + hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
 def _join(prefix: str, name: str) -> str:
@@ -97,16 +54,7 @@ def _join(prefix: str, name: str) -> str:
 
 class JobRunner:
     def __init__(self, options: JobOptions) -> None:
-        if options.stride < 1 or options.batch < 1 or options.in_flight < 1:
-            raise BadInput("--stride, --batch and --in-flight must be ≥ 1")
-        if options.workers < 1 or options.ranges < 1 or options.overlap < 0:
-            raise BadInput("--workers and --ranges must be ≥ 1, --overlap ≥ 0")
-        if options.workers > 1 and options.ranges > 1:
-            raise BadInput("--workers N splits the job into N ranges itself: leave out --ranges")
-        if options.video_format not in {"webm", "mp4"}:
-            raise BadInput("--video-format must be webm or mp4")
-        if options.frame_format not in {"jpeg", "png"}:
-            raise BadInput("--frame-format must be jpeg or png")
+        options.validate()
         self.o = options
         self.job_id = options.resolved_job_id()
         self.store: ResultsStore | None = None
@@ -300,10 +248,12 @@ class JobRunner:
             logs = Path(tempfile.mkdtemp(prefix=f"posegraph-{self.job_id}-ranges-"))
             stack.callback(shutil.rmtree, logs, ignore_errors=True)
             workers = {}
+            env = {**os.environ, **({TOKEN_ENV: self.o.token} if self.o.token else {})}
             try:
                 for index in left:
-                    workers[index] = processes.spawn([sys.executable, "-m", "posegraph", "job", "run",
-                                                      *self._range_args(index)], log=logs / f"range-{index}.log")
+                    workers[index] = processes.spawn([sys.executable, "-m", "posegraph",
+                                                      *self._range_options(index).argv()],
+                                                     log=logs / f"range-{index}.log", env=env)
                 totals = self.store.range_progress(self.job_id)
                 self.progress.start(total=self.store.job(self.job_id)["frames_total"],
                                     done=totals["frames_done"] + totals["frames_failed"], phase=RUNNING)
@@ -325,20 +275,12 @@ class JobRunner:
         self._lift_merged(stack, reader.info)
         return self._finish(local, reader)
 
-    def _range_args(self, index: int) -> list[str]:
-        o = self.o
-        args = ["--video", o.video, "--graph", o.graph, "--results", o.results, "--output", o.output,
-                "--stride", str(o.stride), "--batch", str(o.batch), "--job-id", self.job_id,
-                "--ranges", str(self.split), "--range-index", str(index), "--range-only", "--quiet",
-                "--overlap", str(o.overlap), "--frame-format", o.frame_format, "--in-flight", str(o.in_flight),
-                "--retries", str(o.retries), "--profile", o.profile]
-        if o.lift3d:
-            args += ["--lift3d", o.lift3d]
-        if o.max_frames:
-            args += ["--max-frames", str(o.max_frames)]
-        if o.token:
-            args += ["--token", o.token]
-        return args
+    def _range_options(self, index: int) -> JobOptions:
+        """What the process of range ``index`` runs: this job's options, on this job's graph (started
+        once, here), for that range only."""
+        return dataclasses.replace(self.o, job_id=self.job_id, workers=1, ranges=self.split, range_index=index,
+                                   range_only=True, quiet=True, progress_file=None, metrics_port=None,
+                                   report_posejob=None)
 
     def _finish(self, local: Path, reader: VideoReader) -> dict[str, Any]:
         """Outputs rebuilt from the store (whatever was interrupted before), then the job's status."""

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..graph.kserve_objects import render
 from ..graph.spec import STAGE_NAMES, PosePipeline, parse_pipeline
+from ..jobs.options import JobOptions
 from ..jobspec import (  # noqa: F401 - InvalidPoseJob is re-exported (handlers, tests)
     DEFAULT_RUNNER_SERVICE_ACCOUNT,
     InvalidPoseJob,
@@ -139,17 +140,14 @@ def posejob_job(body: dict[str, Any], graph_url: str, *, image: str = JOB_IMAGE)
     name, namespace = meta["name"], meta.get("namespace")
     spec = validate_posejob(body["spec"])
     options, secret = spec.options, spec.results.secretRef
-    args = ["job", "run", "--quiet", "--video", spec.video, "--graph", graph_url,
-            "--results", "$(POSEGRAPH_RESULTS)", "--output", spec.output.prefix,
-            "--stride", str(options.stride), "--batch", str(options.batch),
-            "--job-id", posejob_store_id(namespace, name), "--report-posejob", f"{namespace}/{name}",
-            "--video-format", options.videoFormat, "--metrics-port", "9100"]
-    if options.maxFrames:
-        args += ["--max-frames", str(options.maxFrames)]
-    if not options.render:
-        args.append("--no-render")
-    if spec.parallelism > 1:  # each pod's range: $JOB_COMPLETION_INDEX, set by the Indexed Job
-        args += ["--ranges", str(spec.parallelism)]
+    # The database DSN comes from the Secret, expanded by the kubelet: never in the Job's manifest.
+    args = JobOptions(
+        video=spec.video, graph=graph_url, results="$(POSEGRAPH_RESULTS)", output=spec.output.prefix,
+        stride=options.stride, batch=options.batch, max_frames=options.maxFrames, render=options.render,
+        video_format=options.videoFormat, in_flight=options.inFlight, frame_format=options.frameFormat,
+        job_id=posejob_store_id(namespace, name), report_posejob=f"{namespace}/{name}", metrics_port=9100,
+        # Each pod's range is $JOB_COMPLETION_INDEX, set by the Indexed Job.
+        ranges=spec.parallelism, quiet=True).argv()
     resources = (spec.resources.model_dump(exclude_none=True) if spec.resources else None) or RUNNER_RESOURCES
     labels = {"app.kubernetes.io/part-of": "posegraph", "app.kubernetes.io/component": "job-runner",
               LABEL_POSEJOB: name}

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import processes
+from ..jobs.options import TOKEN_ENV, JobOptions
 from ..names import API_GROUP, API_GROUP_VERSION, API_VERSION, POSEJOBS, posejob_store_id
 from ..uri import is_remote_video_uri
 
@@ -40,8 +41,8 @@ class LocalLauncher:
     mode = "local"
 
     def __init__(self, *, graph: str, lift3d: str | None, results: str, output_dir: Path,
-                 token: str | None = None) -> None:
-        self.graph, self.lift3d, self.results = graph, lift3d, results
+                 token: str | None = None, profile: str = "cpu") -> None:
+        self.graph, self.lift3d, self.results, self.profile = graph, lift3d, results, profile
         self.output_dir = Path(output_dir)
         self.token = token
         self._processes: dict[str, subprocess.Popen] = {}
@@ -64,20 +65,20 @@ class LocalLauncher:
     def start(self, request: JobRequest) -> None:
         out = Path(self.output_of(request.job_id))
         out.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "posegraph", "job", "run", "--quiet", "--video", request.video,
-               "--graph", self.graph, "--results", self.results, "--output", str(out) + "/",
-               "--job-id", request.job_id, "--stride", str(request.stride)]
-        if self.lift3d:
-            cmd += ["--lift3d", self.lift3d]
-        if request.max_frames:
-            cmd += ["--max-frames", str(request.max_frames)]
+        cmd = [sys.executable, "-m", "posegraph", *self.options(request).argv()]
         env = dict(os.environ)
         if self.token:
-            env["POSEGRAPH_AUTH_TOKEN"] = self.token
+            env[TOKEN_ENV] = self.token
         process = processes.spawn(cmd, log=out / "runner.log", append=True, env=env)
         with self._lock:
             self._processes[request.job_id] = process
         log.info("job %s: runner pid %d", request.job_id, process.pid)
+
+    def options(self, request: JobRequest) -> JobOptions:
+        """The runner's options: the UI's graph, store and profile, the request's video and choices."""
+        return JobOptions(video=request.video, graph=self.graph, lift3d=self.lift3d, results=self.results,
+                          output=self.output_of(request.job_id), job_id=request.job_id, stride=request.stride,
+                          max_frames=request.max_frames, profile=self.profile, quiet=True)
 
     def describe(self, job_id: str) -> dict[str, Any]:
         """What the store cannot know yet: a runner that died before writing anything."""

@@ -53,7 +53,7 @@ def run_ui(args) -> int:
             else:
                 graph, lift3d = _embedded_graph(args, stack)
             launcher = LocalLauncher(graph=graph, lift3d=lift3d, results=results, output_dir=data / "jobs",
-                                     token=os.environ.get("POSEGRAPH_AUTH_TOKEN"))
+                                     token=os.environ.get("POSEGRAPH_AUTH_TOKEN"), profile=args.profile)
         settings = UISettings(graph=graph, results=results, launcher=launcher, data_dir=data,
                               max_upload_bytes=int(args.max_upload_mb * 1e6), password=password,
                               graph_token=os.environ.get("POSEGRAPH_AUTH_TOKEN"),
