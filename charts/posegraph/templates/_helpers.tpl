@@ -118,3 +118,12 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end }}
+
+{{/* The web UI's name (its Deployment, Service, ServiceAccount, Role) and its auth Secret's. */}}
+{{- define "posegraph.uiName" -}}
+{{ printf "%s-ui" (include "posegraph.fullname" .) }}
+{{- end }}
+
+{{- define "posegraph.uiAuthSecret" -}}
+{{ .Values.ui.auth.existingSecret | default (printf "%s-ui-auth" (include "posegraph.fullname" .)) }}
+{{- end }}

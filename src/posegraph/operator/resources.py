@@ -27,6 +27,7 @@ from ..names import (
     API_VERSION,
     LABEL_POSEJOB,
     PARTIAL,
+    PORTS,
     POSEJOB_FAILED,
     POSEJOB_PARTIAL,
     POSEJOB_PENDING,
@@ -145,7 +146,7 @@ def posejob_job(body: dict[str, Any], graph_url: str, *, image: str = JOB_IMAGE)
         video=spec.video, graph=graph_url, results="$(POSEGRAPH_RESULTS)", output=spec.output.prefix,
         stride=options.stride, batch=options.batch, max_frames=options.maxFrames, render=options.render,
         video_format=options.videoFormat, in_flight=options.inFlight, frame_format=options.frameFormat,
-        job_id=posejob_store_id(namespace, name), report_posejob=f"{namespace}/{name}", metrics_port=9100,
+        job_id=posejob_store_id(namespace, name), report_posejob=f"{namespace}/{name}", metrics_port=PORTS["runnerMetrics"],
         # Each pod's range is $JOB_COMPLETION_INDEX, set by the Indexed Job.
         ranges=spec.parallelism, quiet=True).argv()
     resources = (spec.resources.model_dump(exclude_none=True) if spec.resources else None) or RUNNER_RESOURCES
@@ -164,7 +165,7 @@ def posejob_job(body: dict[str, Any], graph_url: str, *, image: str = JOB_IMAGE)
             {"name": "POSEGRAPH_CACHE", "value": "/tmp/posegraph"},
         ],
         **({"envFrom": [{"secretRef": {"name": RUNNER_ENV_SECRET, "optional": True}}]} if RUNNER_ENV_SECRET else {}),
-        "ports": [{"name": "metrics", "containerPort": 9100}],
+        "ports": [{"name": "metrics", "containerPort": PORTS["runnerMetrics"]}],
         "resources": resources,
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},

@@ -128,7 +128,7 @@ which no pod selector reaches: CIDRs and ports. */}}
       podSelector:
         {{- include "posegraph.np.objectStorePods" . | nindent 8 }}
   ports:
-    - {port: 8333, protocol: TCP}
+    - {port: {{ include "posegraph.port.objectStore" $ }}, protocol: TCP}
 {{- end }}
 {{- end }}
 
@@ -153,7 +153,7 @@ which no pod selector reaches: CIDRs and ports. */}}
       podSelector:
         {{- include "posegraph.np.componentPods" (list . "postgresql") | nindent 8 }}
   ports:
-    - {port: 5432, protocol: TCP}
+    - {port: {{ include "posegraph.port.postgresql" $ }}, protocol: TCP}
 {{- end }}
 {{- end }}
 
