@@ -430,7 +430,7 @@ def cmd_ui(args) -> int:
 
 def cmd_export(args) -> int:
     from .jobs.store import open_store
-    from .motion.export import export_job
+    from .jobs.export import export_job
 
     if args.results.startswith("sqlite:///") and not Path(args.results[len("sqlite:///"):]).expanduser().is_file():
         raise UsageError(f"no results store at {args.results[len('sqlite:///'):]} (--results)")

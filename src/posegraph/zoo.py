@@ -49,7 +49,9 @@ _POSE_NORM = dict(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), t
 def _rtmdet(name, url, cfg, *, input_size, arch, score_thr=0.05, nms_iou=0.6, max_per_img=100, nms_pre=1000):
     params = dict(_DET_NORM, input_size=input_size, score_thr=score_thr, nms_iou=nms_iou,
                   max_per_img=max_per_img, nms_pre=nms_pre)
-    return ModelSpec(name, "detect", "rtmdet", arch, url, cfg, params)
+    # The strides are the catalogue's fact (the detect stage decodes with them, without torch); the
+    # network is given them rather than importing the catalogue (nets know nothing above them).
+    return ModelSpec(name, "detect", "rtmdet", {**arch, "strides": RTMDET_STRIDES}, url, cfg, params)
 
 
 def _rtmpose(variant, deepen, widen, url):
@@ -131,6 +133,6 @@ def get_model(name: str) -> ModelSpec:
 
 def build_network(spec: ModelSpec, **overrides):
     """Instantiate the (untrained) torch network for ``spec``. Needs torch."""
-    from .nets import build
+    from .nets import build  # here, not at the top: torch, which the serving images do not have
 
     return build(spec.family, {**spec.arch, **overrides})

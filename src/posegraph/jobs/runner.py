@@ -352,7 +352,7 @@ class JobRunner:
     def _motion_outputs(self) -> tuple[dict[str, str], list[str]]:
         """BVH per track, joint angles (CSV, a plot per track) under <output>/motion/ (docs/motion.md)."""
         from ..errors import UsageError
-        from ..motion.export import export_job
+        from .export import export_job
 
         work = Path(tempfile.mkdtemp(prefix=f"posegraph-{self.job_id}-motion-"))
         outputs, notes = {}, []

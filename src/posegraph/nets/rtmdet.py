@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..zoo import RTMDET_STRIDES as STRIDES
 from .common import conv_module_factory
 from .cspnext import CSPNeXt, CSPNeXtPAFPN
 
@@ -20,6 +19,7 @@ class RTMDetSepBNHead(nn.Module):
     def __init__(
         self,
         *,
+        strides: tuple[int, ...],
         num_classes: int,
         in_channels: int,
         feat_channels: int,
@@ -34,11 +34,12 @@ class RTMDetSepBNHead(nn.Module):
         conv = conv_module_factory(use_depthwise)
         self.exp_on_reg = exp_on_reg
         self.num_classes = num_classes
+        self.strides = tuple(strides)
         self.cls_convs = nn.ModuleList()
         self.reg_convs = nn.ModuleList()
         self.rtm_cls = nn.ModuleList()
         self.rtm_reg = nn.ModuleList()
-        for _ in STRIDES:
+        for _ in self.strides:
             cls_convs, reg_convs = nn.ModuleList(), nn.ModuleList()
             for i in range(stacked_convs):
                 chn = in_channels if i == 0 else feat_channels
@@ -51,14 +52,14 @@ class RTMDetSepBNHead(nn.Module):
             self.rtm_reg.append(nn.Conv2d(feat_channels, 4, pred_kernel_size, padding=pad))
         if share_conv:
             # "SepBN": the conv weights are shared across levels, the norms are not.
-            for n in range(len(STRIDES)):
+            for n in range(len(self.strides)):
                 for i in range(stacked_convs):
                     self.cls_convs[n][i].conv = self.cls_convs[0][i].conv
                     self.reg_convs[n][i].conv = self.reg_convs[0][i].conv
 
     def forward(self, feats):
         scores, dists = [], []
-        for idx, (x, stride) in enumerate(zip(feats, STRIDES)):
+        for idx, (x, stride) in enumerate(zip(feats, self.strides)):
             cls_feat, reg_feat = x, x
             for layer in self.cls_convs[idx]:
                 cls_feat = layer(cls_feat)
@@ -77,6 +78,7 @@ class RTMDet(nn.Module):
     def __init__(
         self,
         *,
+        strides: tuple[int, ...],
         deepen_factor: float,
         widen_factor: float,
         neck_in_channels: list[int],
@@ -104,6 +106,7 @@ class RTMDet(nn.Module):
             eps=eps,
         )
         self.bbox_head = RTMDetSepBNHead(
+            strides=strides,
             num_classes=num_classes,
             in_channels=neck_out_channels,
             feat_channels=neck_out_channels,

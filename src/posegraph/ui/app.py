@@ -36,7 +36,7 @@ from ..frame import COCO17, H36M17, FrameDocument
 from ..imageio import decode_image, image_ref
 from ..jobs.store import ResultsStore, open_store
 from ..keypoints import COCO_LEFT, COCO_SKELETON, H36M_LEFT, H36M_SKELETON
-from ..motion import export
+from ..jobs import export
 from ..names import FAILED, QUEUED, RUNNING
 from ..uri import fetch_to_cache, is_remote_video_uri
 from ..video import VideoReader, sniff_container

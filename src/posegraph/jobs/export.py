@@ -22,7 +22,9 @@ import numpy as np
 
 from ..errors import UsageError
 from ..keypoints import COCO17, H36M17
-from .angles import ANGLES, joint_angles, plot_track_angles, stored_angle
+from ..motion.angles import ANGLES, joint_angles, plot_track_angles, stored_angle
+from ..motion.bvh import TrackTooShort, export_track_bvh
+from .store import stored_frame_document
 
 FORMATS = ("bvh", "csv", "angles", "jsonl")
 FINISHED = ("succeeded", "partial")
@@ -96,7 +98,6 @@ def angles_csv(tracks: list[TrackAngles]) -> str:
 
 
 def frames_jsonl(store, job: dict[str, Any], chunk: int = 512) -> Iterator[str]:
-    from ..jobs.store import stored_frame_document
 
     last = job.get("last_frame")
     for start in range(0, (last if last is not None else -1) + 1, chunk):
@@ -109,7 +110,6 @@ def frames_jsonl(store, job: dict[str, Any], chunk: int = 512) -> Iterator[str]:
 
 def track_bvh(store, job: dict[str, Any], track_id: int, path: Path) -> None:
     """One track as BVH; UsageError (one line) when it is too short to solve rotations."""
-    from .bvh import TrackTooShort, export_track_bvh
 
     rows = [r for r in store.track_rows(job["job_id"], track_id) if r["keypoints3d"] is not None]
     try:
