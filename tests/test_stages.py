@@ -367,9 +367,10 @@ def test_onnx_models_serve_without_torch_or_openmmlab(checkpoints, astronaut, tm
     from posegraph.zoo import get_model
 
     load_network(get_model("rtmdet-nano-person"), str(checkpoints / "rtmdet-nano-person.pth"))
+    from posegraph.engine import export_fingerprint
     from posegraph.uri import cache_dir
 
-    exported = sorted(cache_dir("onnx").glob("rtmdet-nano-person-*.onnx"))[0]
+    exported = sorted(cache_dir("onnx").glob(f"rtmdet-nano-person-*-{export_fingerprint()}.onnx"))[0]
     onnx_path = tmp_path / "detect.onnx"
     shutil.copy(exported, onnx_path)
     image_path = tmp_path / "a.png"

@@ -9,6 +9,9 @@ a ``.onnx`` file (what model archives carry) is loaded directly.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib.metadata
 import logging
 import os
 import time
@@ -25,9 +28,32 @@ from .zoo import ModelSpec
 
 log = logging.getLogger(__name__)
 
-# Bump when the exported graph changes for the same checkpoint.
+# Bump when the exported graph changes for the same checkpoint in a way export_fingerprint() cannot
+# see (a change of the exporter's own behaviour, say).
 EXPORT_VERSION = "1"
 ONNX_OPSET = 17
+# The code an export runs: the networks, how a checkpoint becomes one, and how it is traced.
+_EXPORT_CODE = ("nets", "engine.py", "zoo.py", "checkpoints.py")
+
+
+@functools.cache
+def export_fingerprint() -> str:
+    """EXPORT_VERSION, the content of the code an export runs and torch's version: the ONNX and
+    archive caches are keyed by it with the checkpoint's hash, so an edit to a network can never be
+    served an export of the code before it (the tests keep those caches across sessions)."""
+    root = Path(__file__).parent
+    digest = hashlib.sha256(f"{EXPORT_VERSION}|{ONNX_OPSET}|{_torch_version()}".encode())
+    for entry in _EXPORT_CODE:
+        for path in sorted((root / entry).rglob("*.py")) if (root / entry).is_dir() else [root / entry]:
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _torch_version() -> str:
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
 
 
 @dataclass
@@ -263,7 +289,7 @@ def exported_onnx(spec: ModelSpec, checkpoint_uri: str, *, variant: str | None =
     ckpt = load_state_dict(str(checkpoint_uri))
     digest = file_sha256(ckpt.local_path)[:20]
     suffix = f"-{variant}" if variant else ""
-    onnx_path = cache_dir("onnx") / f"{spec.name}{suffix}-{digest}-v{EXPORT_VERSION}.onnx"
+    onnx_path = cache_dir("onnx") / f"{spec.name}{suffix}-{digest}-{export_fingerprint()}.onnx"
     if not onnx_path.is_file():
         if on_export:
             on_export(spec.name)

@@ -18,16 +18,22 @@ from ..names import STAGES
 from ..uri import cache_dir, file_sha256, local_path, s3_client, split_s3
 
 
+def _code_digest(function) -> str:
+    """The content of the module that writes the layout (its config.properties, the stage config)."""
+    return hashlib.sha256(Path(function.__code__.co_filename).read_bytes()).hexdigest()[:12]
+
+
 def _build_cached_archive(stage: str, checkpoint: str, settings) -> Path:
     from dataclasses import asdict
 
-    from ..engine import EXPORT_VERSION
+    from ..engine import export_fingerprint
     from ..serving.archive import ArchiveOptions, build_archive
 
     path = local_path(checkpoint)
     ident = file_sha256(path) if path is not None and path.is_file() else checkpoint
     key = hashlib.sha256(json.dumps([ident, settings.model_dump(exclude={"checkpoint"}), __version__,
-                                     EXPORT_VERSION, asdict(ArchiveOptions())], sort_keys=True).encode()).hexdigest()[:16]
+                                     export_fingerprint(), asdict(ArchiveOptions()),
+                                     _code_digest(build_archive)], sort_keys=True).encode()).hexdigest()[:16]
     layout = cache_dir("archives") / f"{stage}-{key}"
     if not (layout / "model-store" / f"{stage}.mar").is_file():
         tmp = Path(tempfile.mkdtemp(dir=layout.parent, prefix=f".{stage}-"))
