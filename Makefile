@@ -2,7 +2,7 @@
 VENV ?= .venv
 PYTEST_ARGS ?=
 
-.PHONY: demo test images cluster cluster-down generate bootstrap-run bootstrap-test clean
+.PHONY: demo test test-fast images cluster cluster-down generate bootstrap-run bootstrap-venv-test bootstrap-test clean
 
 # Main job on the embedded default: a bundled photo and a clip made from it, end to end.
 demo: bootstrap-run
@@ -12,6 +12,12 @@ demo: bootstrap-run
 # runs them.
 test: bootstrap-test images
 	POSEGRAPH_FULL_SUITE=1 $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The unit tier, the command to run while developing: no Go build, no images, no servers, no
+# control plane, no browser (tests/tiers.py; a fast test that opens a socket fails). `make test`
+# runs it too, with everything else.
+test-fast: bootstrap-venv-test
+	$(VENV)/bin/python -m pytest -m fast $(PYTEST_ARGS)
 
 # Every image the chart and KServe run, built with Docker and cached (scripts/build_images.py,
 # docs/images.md); starts Debian's dockerd for the build when no engine answers. Needs root
@@ -37,11 +43,13 @@ generate:
 bootstrap-run:
 	@scripts/bootstrap.sh run
 
+bootstrap-venv-test:
+	@scripts/bootstrap.sh test
+
 # The control plane (etcd, kube-apiserver, kube-controller-manager), KServe's router and KServe's
 # manager (tests/test_kserve_controller.py) are built from Go modules once and cached by version
 # outside the venv: a second run only checks that they are there.
-bootstrap-test:
-	@scripts/bootstrap.sh test
+bootstrap-test: bootstrap-venv-test
 	@scripts/control-plane.sh build
 	@scripts/control-plane.sh build-kserve
 

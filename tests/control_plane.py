@@ -289,11 +289,9 @@ class OperatorProcess:
     """`python -m posegraph.operator` as a local process with the args and env of the chart's
     operator Deployment in `namespace` and a token of its ServiceAccount (so the chart's
     ClusterRole decides what it may do, not cluster-admin); as tests/test_kube_apiserver.py runs it,
-    for a release in any namespace. `python` replaces the image's interpreter: a test may give a
-    `-c` program that runs the same main (tests/test_kserve_controller.py does, see there why)."""
+    for a release in any namespace."""
 
-    def __init__(self, control_plane: ControlPlane, dynamic, namespace: str, workdir: Path,
-                 python: list[str] | None = None) -> None:
+    def __init__(self, control_plane: ControlPlane, dynamic, namespace: str, workdir: Path) -> None:
         import sys
 
         from services import free_port
@@ -307,7 +305,7 @@ class OperatorProcess:
         self.kubeconfig = control_plane.token_kubeconfig(namespace, pod["serviceAccountName"],
                                                           workdir / "kubeconfig-operator")
         assert container["command"][:3] == ["python", "-m", "posegraph.operator"], container["command"]
-        self.command = [sys.executable, *(python or container["command"][1:])]
+        self.command = [sys.executable, *container["command"][1:]]
         self.command += [a for a in container["args"] if not a.startswith(("--liveness", "--metrics-port"))]
         self.command += [f"--liveness=http://127.0.0.1:{free_port()}/healthz", "--metrics-port=0"]
         self.env = {**os.environ, "KUBECONFIG": str(self.kubeconfig),

@@ -1,5 +1,6 @@
 """A Kubernetes API for tests: kmock's emulator on a loopback port, in a background thread, plus a
-kubeconfig that points at it (the one exception to "no mocks": no API server can run here)."""
+kubeconfig that points at it: the operator's fast unit tier (the one exception to "no mocks"; the
+real API server is tests/control_plane.py's)."""
 
 from __future__ import annotations
 

@@ -53,7 +53,7 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from tiers import tier
+from tiers import missing, tier
 
 LIMIT = 1 << 20          # POSEGRAPH_MAX_REQUEST_BYTES for every server here: a 2 MB body is over it
 READ_TIMEOUT_S = 3       # POSEGRAPH_READ_TIMEOUT_S for the KServe stage servers
@@ -85,7 +85,7 @@ class Stack:
 
     def url(self, name: str) -> str:
         if name == "router:kserve" and self.kserve_router is None:
-            pytest.skip(f"KServe's router is not built, so it is not tested here: {self.kserve_router_missing}")
+            missing(f"KServe's router is not built, so it is not tested here: {self.kserve_router_missing}")
         return self.urls[name]
 
 

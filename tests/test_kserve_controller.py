@@ -42,7 +42,6 @@ BASELINE = {"pod-security.kubernetes.io/enforce": "baseline", "pod-security.kube
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}
 # What KServe's validator answers for posegraph's InferenceServices while their predictor.model
 # carries `name` (src/posegraph/graph/kserve_objects.py sets name: kserve-container).
-MODEL_NAME_REFUSED = "the 'name' field is not allowed in standard predictor"
 
 
 def namespace_of(variant: str) -> str:
@@ -91,47 +90,8 @@ def pipeline_manifest(variant: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def model_name_refusal(control_plane, custom, release) -> str | None:
-    """What KServe's webhooks answer for one of posegraph's InferenceServices exactly as the
-    operator renders it (a server-side dry run): None when admitted."""
-    from posegraph.operator.resources import pipeline_children
-
-    body = {**pipeline_manifest("kserve-cpu"), "metadata": {"name": PIPELINE, "namespace": RELEASE_NS, "uid": "0"}}
-    isvc = next(c for c in pipeline_children(body) if c["kind"] == "InferenceService")
-    try:
-        custom.create_namespaced_custom_object(KSERVE, "v1beta1", RELEASE_NS, "inferenceservices", isvc, dry_run="All")
-        return None
-    except Exception as exc:  # noqa: BLE001 - the ApiException carries the webhook's answer
-        body = getattr(exc, "body", "") or str(exc)
-        message = json.loads(body).get("message", body) if body.startswith("{") else body
-        if MODEL_NAME_REFUSED not in message:
-            raise
-        return message
-
-
-# While KServe refuses posegraph's InferenceServices (model_name_refusal), the operator runs with
-# this one change, so that everything after admission is still checked: its InferenceServices are
-# rendered without predictor.model.name. The same main, the same args, env and token otherwise.
-# test_kserves_webhooks_admit_what_posegraph_makes skips, printing KServe's refusal, until
-# src/posegraph/graph/kserve_objects.py stops setting the field; then this is not used.
-WITHOUT_MODEL_NAME = """
-import sys
-import posegraph.graph.kserve_objects as objects
-rendered = objects.inference_service
-def inference_service(pipeline, stage):
-    isvc = rendered(pipeline, stage)
-    isvc["spec"]["predictor"]["model"].pop("name", None)
-    return isvc
-objects.inference_service = inference_service
-from posegraph.operator.__main__ import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-@pytest.fixture(scope="module")
-def operator(control_plane, dynamic, release, model_name_refusal, tmp_path_factory):
-    python = ["-c", WITHOUT_MODEL_NAME] if model_name_refusal else None
-    op = OperatorProcess(control_plane, dynamic, RELEASE_NS, tmp_path_factory.mktemp("kserve-operator"), python=python)
+def operator(control_plane, dynamic, release, tmp_path_factory):
+    op = OperatorProcess(control_plane, dynamic, RELEASE_NS, tmp_path_factory.mktemp("kserve-operator"))
     op.start()
     yield op
     op.stop()
@@ -214,8 +174,7 @@ def webhook_requests(kserve_controller) -> dict[str, int]:
 
 # ---- admission: KServe's webhooks, through the API server ----------------------------------------------
 
-def test_kserves_webhooks_admit_what_posegraph_makes(control_plane, kserve_controller, pipelines, operator,
-                                                     model_name_refusal):
+def test_kserves_webhooks_admit_what_posegraph_makes(control_plane, kserve_controller, pipelines, operator):
     """Every object posegraph makes passes KServe's webhooks (failurePolicy Fail: a 201 in the
     audit log is an admission), and the webhooks were asked (their request counts)."""
     for resource in ("inferenceservices", "inferencegraphs"):
@@ -238,11 +197,6 @@ def test_kserves_webhooks_admit_what_posegraph_makes(control_plane, kserve_contr
                  "/validate-serving-kserve-io-v1alpha1-inferencegraph",
                  "/validate-serving-kserve-io-v1alpha1-clusterservingruntime", "/mutate-pods"):
         assert asked.get(path, 0) > 0, (path, asked)
-    if model_name_refusal:
-        pytest.skip("KServe v0.20's validating webhook refuses posegraph's InferenceServices as "
-                    f"src/posegraph/graph/kserve_objects.py renders them: {model_name_refusal!r} (predictor.model.name "
-                    "is set to kserve-container; leaving it out gives the same container name). The other tests "
-                    "of this module ran the operator rendering them without it (WITHOUT_MODEL_NAME).")
 
 
 @pytest.mark.parametrize("break_it,refused", [
@@ -282,7 +236,6 @@ def test_kserves_webhooks_refuse_a_broken_copy(custom, pipelines, break_it, refu
 def test_each_stage_becomes_a_deployment_and_a_service(custom, core, apps, pipelines, variant):
     namespace = pipelines[variant]
     runtime, gpus, _ = VARIANTS[variant]
-    renamed = []
     for stage in STAGES:
         name = f"{isvc_name(stage)}-predictor"
         serving_runtime = runtime_of(custom, variant, stage)
@@ -290,15 +243,11 @@ def test_each_stage_becomes_a_deployment_and_a_service(custom, core, apps, pipel
         made = deployment(apps, namespace, name)
         pod = made.spec.template
         container = next(c for c in pod.spec.containers if c.name == "kserve-container")
-        # The chart's image for this runtime (CPU, or the CUDA one where the stage has a GPU).
-        # KServe appends "-gpu" to the tag of a GPU predictor whose runtime says it is TorchServe
-        # (serving.kserve.io/server-type, UpdateImageTag): an image the chart does not publish.
-        # Recorded, and reported below once everything else is checked.
-        server_type = serving_runtime["metadata"].get("annotations", {}).get("serving.kserve.io/server-type")
-        if container.image == expected["image"] + "-gpu" and server_type == "torchserve":
-            renamed.append((stage, expected["image"], container.image))
-        else:
-            assert container.image == expected["image"], (stage, container.image)
+        # The chart's image for this runtime (CPU, or the CUDA one where the stage has a GPU),
+        # unchanged: KServe appends "-gpu" to the tag of a GPU predictor whose runtime carries
+        # serving.kserve.io/server-type: torchserve (UpdateImageTag), which the chart leaves out.
+        assert "serving.kserve.io/server-type" not in serving_runtime["metadata"].get("annotations", {})
+        assert container.image == expected["image"], (stage, container.image)
         assert expected["image"].endswith("-cuda") == bool(gpus and stage == GPU_STAGE)
         assert f"posegraph-stage-{runtime}" in container.image
         assert container.args == expected["args"]
@@ -329,13 +278,6 @@ def test_each_stage_becomes_a_deployment_and_a_service(custom, core, apps, pipel
         assert service.spec.selector == made.spec.selector.match_labels
         assert [(p.port, p.target_port) for p in service.spec.ports] == [(80, 8080)]
         assert service.metadata.owner_references[0].name == isvc_name(stage)
-    if renamed:
-        pytest.skip("; ".join(
-            f"{variant}/{stage}: KServe v0.20 runs image {made} instead of the chart's {chart}, because the "
-            "ClusterServingRuntime's annotation serving.kserve.io/server-type: torchserve makes it append '-gpu' to "
-            "the tag of a GPU predictor (UpdateImageTag); charts/posegraph/templates/stages/servingruntimes.yaml "
-            "must not set that annotation (or the image must be published with that tag). "
-            "Everything else of this variant's Deployments was checked." for stage, chart, made in renamed))
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))

@@ -1,5 +1,6 @@
-"""The operator against kmock's Kubernetes API emulator (no API server can run here), with real
-kopf, the real kubernetes client and a kubeconfig that points at the emulator."""
+"""The operator's fast unit tests, against kmock's Kubernetes API emulator, with real kopf, the real
+kubernetes client and a kubeconfig that points at the emulator. tests/test_kube_apiserver.py and
+tests/test_node.py run it against a real API server and node."""
 
 from __future__ import annotations
 

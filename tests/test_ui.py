@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tiers import tier
+from tiers import missing, tier
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PASSWORD = "ui-test-" + uuid.uuid4().hex[:8]
@@ -50,7 +50,7 @@ def ui(tmp_path_factory, checkpoints):
 @tier("browser")
 def browser():
     if CHROMIUM is None:
-        pytest.skip("no chromium on PATH: `make test` installs Debian's chromium (needs root or sudo for apt)")
+        missing("no chromium on PATH: `make test` installs Debian's chromium (needs root or sudo for apt)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

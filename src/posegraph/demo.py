@@ -1,9 +1,10 @@
 """``posegraph demo``: the README's main job, on the embedded default.
 
-It makes its own inputs from a photo that ships in a package. It gets checkpoints: the official
-ones if reachable, otherwise random ones, with a loud notice. It starts the local graph (stage
-servers + router, as ``posegraph up``), sends the photo through the graph, and runs a short clip
-in process. Then it prints where the results are.
+It makes its own inputs from a photo that ships in a package and a clip made from it. It gets
+checkpoints: the official ones if reachable, otherwise random ones, with a loud notice. It starts
+the local graph (stage servers + router, as ``posegraph up``), sends the photo through it, then
+runs the clip as a video job through the same graph (results in SQLite, a rendered video, motion
+files). Then it prints where the results are, and how to see them in the web UI.
 """
 
 from __future__ import annotations
