@@ -80,3 +80,19 @@ def test_the_architecture_page_names_every_module_in_the_contracts_order():
     listed = [m.group(1) for m in re.finditer(r"(?<![\w.])([a-z_0-9]+)(?:\.py|/)(?=[\s|]|$)", block)
               if m.group(1) != "posegraph"]
     assert listed == in_contract, "docs/architecture.md's layout differs from the layers contract"
+
+
+def test_no_function_is_long_without_a_reason():
+    """Functions over 60 lines say why, in a `# Long on purpose:` comment just above them."""
+    import ast
+
+    long = []
+    for path in sorted((ROOT / "src" / "posegraph").rglob("*.py")):
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                if not lines[first - 2].strip().startswith("# Long on purpose:"):
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} "
+                                f"({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, "split these, or say why not:\n" + "\n".join(long)

@@ -35,7 +35,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"posegraph {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run(sub)
+    _add_demo(sub)
+    _add_models(sub)
+    _add_serve(sub)
+    _add_graph(sub)
+    _add_up(sub)
+    _add_call(sub)
+    _add_job(sub)
+    _add_export(sub)
+    _add_db(sub)
+    _add_ui(sub)
+    _add_schema(sub)
+    return parser
 
+
+def _add_run(sub) -> None:
     run = sub.add_parser("run", help="run the pipeline in this process on an image or a video")
     run.add_argument("input", help="image or video: a path, file://, s3:// or https:// URI")
     run.add_argument("--out", type=Path, default=Path("posegraph-out"), help="output directory")
@@ -45,11 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
     _profile_args(run)
 
+
+def _add_demo(sub) -> None:
     demo = sub.add_parser("demo", help="the quick tour: a bundled photo and a clip made from it, end to end")
     demo.add_argument("--out", type=Path, default=Path("posegraph-demo"), help="output directory")
     demo.add_argument("--frames", type=int, default=36, help="length of the synthetic clip")
     _profile_args(demo)
 
+
+def _add_models(sub) -> None:
     models = sub.add_parser("models", help="list, download or create model checkpoints")
     msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     mlist = msub.add_parser("list", help="the model catalogue and what is present locally")
@@ -83,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("dir", type=Path)
     push.add_argument("target", help="s3://bucket/prefix/<stage>/")
 
+
+def _add_serve(sub) -> None:
     serve = sub.add_parser("serve", help="serve one stage archive on 127.0.0.1 (KServe v1 protocol)")
     serve.add_argument("stage", choices=STAGES)
     serve.add_argument("--runtime", choices=RUNTIMES, default="torchserve")
@@ -93,11 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sources a request's image.uri may name: s3://bucket/prefix/, https://host, file:///dir "
                          "(comma-separated; default $POSEGRAPH_FETCH_ALLOW, else inline image data only)")
 
+
+def _add_graph(sub) -> None:
     graph = sub.add_parser("graph", help="the KServe objects of a pipeline spec")
     gsub = graph.add_subparsers(dest="graph_command", required=True, metavar="ACTION")
     render = gsub.add_parser("render", help="print the InferenceServices and the InferenceGraph as YAML")
     render.add_argument("spec", type=Path, help="a PosePipeline YAML (see examples/pipeline.yaml)")
 
+
+def _add_up(sub) -> None:
     up = sub.add_parser("up", help="run the graph on this machine: three stage servers and the router")
     up.add_argument("spec", type=Path, nargs="?", default=None,
                     help="a PosePipeline YAML; without it, the embedded default from the profile's checkpoints")
@@ -113,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "(comma-separated; default $POSEGRAPH_FETCH_ALLOW, else inline image data only)")
     _profile_args(up)
 
+
+def _add_call(sub) -> None:
     call = sub.add_parser("call", help="send an image through a graph endpoint and print the frame document")
     call.add_argument("image", help="a local image, or an s3:// / https:// URI the server reads")
     call.add_argument("--endpoint", required=True, help="the graph URL (local router or a cluster's InferenceGraph)")
@@ -121,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--token", default=None, help="bearer token (default: $POSEGRAPH_AUTH_TOKEN)")
     call.add_argument("--timeout", type=float, default=120.0)
 
+
+def _add_job(sub) -> None:
     job = sub.add_parser("job", help="video jobs: a video → 3D poses in a results store + rendered video")
     jsub = job.add_subparsers(dest="job_command", required=True, metavar="ACTION")
     jrun = jsub.add_parser("run", help="run (or resume) a job")
@@ -129,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     jstatus.add_argument("--results", default="sqlite:///posegraph-jobs/results.db")
     jstatus.add_argument("--job-id", required=True)
 
+
+def _add_export(sub) -> None:
     export = sub.add_parser("export", help="a finished job's motion as files: BVH, CSV, joint angles, JSON Lines")
     export.add_argument("--results", default="sqlite:///posegraph-jobs/results.db")
     export.add_argument("--job-id", required=True)
@@ -137,11 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
                              "track; angles: angles.csv and a plot per track; jsonl: every frame's document")
     export.add_argument("--out", type=Path, required=True, help="directory (created)")
 
+
+def _add_db(sub) -> None:
     db = sub.add_parser("db", help="the results store")
     dsub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     migrate = dsub.add_parser("migrate", help="create or update the schema")
     migrate.add_argument("--results", required=True, help="sqlite:///path.db or postgresql://user@host/db")
 
+
+def _add_ui(sub) -> None:
     ui = sub.add_parser("ui", help="the web UI: upload photos and videos, watch jobs, see 2D and 3D skeletons")
     ui.add_argument("--port", type=int, default=8088, help="HTTP port (default 8088)")
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
@@ -165,9 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cluster mode: the Secret PoseJobs name for the results store")
     _profile_args(ui)
 
+
+def _add_schema(sub) -> None:
     schema = sub.add_parser("schema", help="write the frame/track document JSON Schemas")
     schema.add_argument("--out", type=Path, default=Path("docs/schemas"))
-    return parser
 
 
 def cmd_run(args) -> int:

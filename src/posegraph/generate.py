@@ -87,6 +87,7 @@ comes from this ServiceAccount too (on EKS: annotate it for IRSA, eks.amazonaws.
 _LABELS = "labels: {{app.kubernetes.io/name: posegraph, app.kubernetes.io/component: {component}}}"
 
 
+# Long on purpose: mostly the literal text of the three files it writes.
 def rbac_files() -> dict[str, str]:
     from .operator.rbac import JOB_RUNNER_RULES, OPERATOR_RULES, UI_RULES, rules_yaml
 

@@ -115,6 +115,7 @@ def _write_jsonl(path: Path, docs: list[FrameDocument], source: str) -> None:
     tmp.replace(path)
 
 
+# Long on purpose: the one in-process path of `posegraph run`, photo and video, read top to bottom.
 def run_input(
     pipeline: Pipeline,
     source: str,

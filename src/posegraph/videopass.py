@@ -229,6 +229,7 @@ def lift_tracks(tracks: Sequence[TrackDocument], lift: Lift, sink: Sink, *, lift
     return spent
 
 
+# Long on purpose: the one video loop (mmpose's inferencers' shape): its order is its contract.
 def run_video(frames: Iterable[Frame], detect_and_pose: DetectAndPose, lift: Lift, sink: Sink, tracker: Tracker,
               *, batch_frames: int = 8, lift_batch: int = 8, in_flight: int = 1,
               progress: Callable[[int], None] | None = None) -> float:

@@ -419,6 +419,7 @@ class ResultsStore:
                     "frames_failed": one("(SELECT * FROM frames WHERE status = 'failed')"),
                     "persons": one("persons")}
 
+    # Long on purpose: one transaction; split, its steps could be called outside it.
     def merge_ranges(self, parent_id: str) -> dict[str, int]:
         """Every range's owned frames and persons moved into the parent, tracks stitched across the
         boundaries (ranges.Stitcher), the ranges' rows deleted: one transaction, so a merge killed

@@ -135,6 +135,7 @@ def validate_posejob(spec: dict[str, Any]) -> PoseJobSpec:
     return parse_posejob(dict(spec))
 
 
+# Long on purpose: the Job manifest as one literal, as kubectl would show it.
 def posejob_job(body: dict[str, Any], graph_url: str, *, image: str = JOB_IMAGE) -> dict[str, Any]:
     """The batch/v1 Job that runs one PoseJob. The database password comes from the Secret."""
     meta = body["metadata"]

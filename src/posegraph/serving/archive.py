@@ -142,6 +142,7 @@ def config_properties(model_name: str, options: ArchiveOptions, *, inference: st
     return "".join(f"{k}={v}\n" for k, v in lines.items())
 
 
+# Long on purpose: the archive's steps in the order a reader checks them against KServe's layout.
 def build_archive(stage: str, checkpoint_uri: str, out_dir: Path, *, settings: StageSettings | dict | None = None,
                   options: ArchiveOptions | None = None) -> Path:
     """Export ``checkpoint_uri`` for ``stage`` and write the KServe TorchServe layout into ``out_dir``."""
