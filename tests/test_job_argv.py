@@ -136,3 +136,15 @@ def test_the_operators_job_runs_every_posejob_option():
                                                       body["spec"]["output"]["prefix"])
     assert (back.results, back.report_posejob, back.ranges, back.quiet) == ("$(POSEGRAPH_RESULTS)", f"poses/{name}",
                                                                            4, True)
+
+
+def test_a_local_graph_is_the_callers_to_start(clip_path, tmp_path):
+    """`--graph local` is started by whoever runs the job (posegraph job run, the UI: both through
+    embedded.graph_on_demand), not by the runner: a runner given none says so, in one line."""
+    from posegraph.errors import UsageError
+    from posegraph.jobs.runner import JobRunner
+
+    options = JobOptions(video=str(clip_path), graph="local", results=f"sqlite:///{tmp_path / 'r.db'}",
+                         output=str(tmp_path / "out") + "/", quiet=True)
+    with pytest.raises(UsageError, match="graph_on_demand"):
+        JobRunner(options).run()

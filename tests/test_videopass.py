@@ -50,13 +50,15 @@ def assert_same_persons(a: dict, b: dict, where: str) -> None:
 
 def test_in_process_and_through_the_local_graph_give_the_same_documents(pipeline, checkpoints, clip, tmp_path, starts_servers):
     from posegraph.jobs.options import JobOptions
+    from posegraph.embedded import graph_on_demand
     from posegraph.jobs.runner import JobRunner
     from posegraph.pipeline import run_input
 
     run_input(pipeline, str(clip), tmp_path / "run", show_progress=False)
     summary = JobRunner(JobOptions(
         video=str(clip), results=f"sqlite:///{tmp_path / 'results.db'}", output=str(tmp_path / "job") + "/",
-        graph="local", checkpoints=str(checkpoints), frame_format="png", quiet=True)).run()
+        graph="local", checkpoints=str(checkpoints), frame_format="png", quiet=True),
+        local_graph=graph_on_demand("cpu", checkpoints)).run()
     assert summary["status"] == "succeeded", summary
 
     in_process, served = read_jsonl(tmp_path / "run" / "frames.jsonl"), read_jsonl(tmp_path / "job" / "frames.jsonl")
@@ -103,6 +105,7 @@ def test_requests_in_flight_change_nothing_in_the_results(checkpoints, clip, tmp
     """Several graph requests at once (job run --in-flight) give exactly the documents of one
     request at a time: results are taken in frame order."""
     from posegraph.jobs.options import JobOptions
+    from posegraph.embedded import graph_on_demand
     from posegraph.jobs.runner import JobRunner
 
     outputs = {}
@@ -110,7 +113,8 @@ def test_requests_in_flight_change_nothing_in_the_results(checkpoints, clip, tmp
         out = tmp_path / f"in-flight-{in_flight}"
         summary = JobRunner(JobOptions(
             video=str(clip), results=f"sqlite:///{tmp_path / f'{in_flight}.db'}", output=str(out) + "/",
-            graph="local", checkpoints=str(checkpoints), batch=4, in_flight=in_flight, quiet=True)).run()
+            graph="local", checkpoints=str(checkpoints), batch=4, in_flight=in_flight, quiet=True),
+            local_graph=graph_on_demand("cpu", checkpoints)).run()
         assert summary["status"] == "succeeded", summary
         outputs[in_flight] = read_jsonl(out / "frames.jsonl")
     assert sorted(outputs[1]) == sorted(outputs[3]) == list(range(24))

@@ -415,8 +415,10 @@ def cmd_job(args) -> int:
         print(json.dumps(row, indent=2, default=str))
         return 0
     processes.exit_on_sigterm()
+    from .embedded import graph_on_demand
+
     options = job_options.from_args(args)
-    summary = JobRunner(options).run()
+    summary = JobRunner(options, local_graph=graph_on_demand(options.profile, options.checkpoints)).run()
     if summary.get("range_done"):
         print(f"job {summary['job_id']}: {summary['range_done']} done; the last range to finish merges, lifts and "
               "renders")

@@ -11,12 +11,13 @@ hands back a ``LocalGraph`` whose endpoint takes the same requests as a cluster'
 """
 
 from .archives import archives_for_pipeline, archives_for_profile
-from .graph import LocalGraph, default_pipeline, local_graph_spec, start_embedded_graph, start_local_graph
+from .graph import (LocalGraph, default_pipeline, graph_on_demand, local_graph_spec, start_embedded_graph,
+                    start_local_graph)
 from .routers import KSERVE_VERSION, ROUTERS, check_router, kserve_router_binary, router_ready, start_router
 from .servers import StageServer, free_port, start_stage_server
 
 __all__ = [
     "KSERVE_VERSION", "ROUTERS", "LocalGraph", "StageServer", "archives_for_pipeline", "archives_for_profile",
-    "check_router", "default_pipeline", "free_port", "kserve_router_binary", "local_graph_spec", "router_ready",
+    "check_router", "default_pipeline", "free_port", "graph_on_demand", "kserve_router_binary", "local_graph_spec", "router_ready",
     "start_embedded_graph", "start_local_graph", "start_router", "start_stage_server",
 ]

@@ -11,12 +11,14 @@ import signal
 import socket
 import subprocess
 import tempfile
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from .. import processes
-from ..checkpoints import ensure_checkpoints
-from ..config import Profile
+from ..checkpoints import default_checkpoint_dir, ensure_checkpoints
+from ..config import Profile, load_profile
 from ..errors import UsageError
 from ..graph.kserve_objects import inference_graph, to_dict
 from ..graph.spec import PosePipeline, parse_pipeline
@@ -78,6 +80,22 @@ def start_embedded_graph(profile: Profile, checkpoint_dir: Path) -> LocalGraph:
     ensure_checkpoints(profile, checkpoint_dir)
     layouts = archives_for_profile(profile, checkpoint_dir)
     return start_local_graph(default_pipeline(layouts, "kserve"), layouts)
+
+
+def graph_on_demand(profile: str, checkpoints: str | Path | None, overrides: list[str] | None = None,
+                    *, announce: bool = False) -> Callable[[ExitStack], tuple[str, str]]:
+    """What ``--graph local`` means, for the commands that take it (``job run``, ``ui``): a
+    function that starts the embedded graph in the caller's stack, when it is first needed (a job
+    already done starts nothing), and returns (graph endpoint, lift3d's URL)."""
+    def start(stack: ExitStack) -> tuple[str, str]:
+        if announce:
+            print("starting the embedded graph: stage archives (exported once, then cached), three stage servers "
+                  "and a router on 127.0.0.1 …", flush=True)
+        directory = Path(checkpoints) if checkpoints else default_checkpoint_dir()
+        graph = stack.enter_context(start_embedded_graph(load_profile(profile, overrides or []), directory))
+        return graph.endpoint, graph.servers["lift3d"].predict_url
+
+    return start
 
 
 def start_local_graph(pipeline: PosePipeline, layouts: dict[str, Path], *, port: int | None = None,

@@ -27,12 +27,12 @@ from contextlib import ExitStack
 import dataclasses
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from ..client import GraphClient
-from ..errors import BadInput, PosegraphError
+from ..errors import BadInput, PosegraphError, UsageError
 from ..frame import FrameDocument, TrackDocument, TrackFrame
 from ..motion.angles import joint_angles
 from ..names import FAILED, INTERRUPTED, JOB_GRAPH_RETRIES, PARTIAL, RUNNING, SUCCEEDED, utc_now
@@ -53,8 +53,12 @@ def _join(prefix: str, name: str) -> str:
 
 
 class JobRunner:
-    def __init__(self, options: JobOptions) -> None:
+    def __init__(self, options: JobOptions,
+                 local_graph: Callable[[ExitStack], tuple[str, str]] | None = None) -> None:
+        """``local_graph``: what starts the graph when ``options.graph`` is "local" (the caller's:
+        posegraph.embedded.graph_on_demand for the CLI), given this run's stack."""
         options.validate()
+        self.local_graph = local_graph
         self.o = options
         self.job_id = options.resolved_job_id()
         self.store: ResultsStore | None = None
@@ -65,16 +69,15 @@ class JobRunner:
 
     # -- the graph ---------------------------------------------------------------------------------------
     def _graph(self, stack: ExitStack) -> tuple[str, str | None]:
-        """(graph endpoint, lift3d URL or None). ``local`` starts the embedded graph for this job."""
+        """(graph endpoint, lift3d URL or None). ``local``: the caller's ``local_graph`` starts it
+        (``posegraph job run`` gives embedded.graph_on_demand), once, when first needed."""
         if self.o.graph != "local":
             return self.o.graph, self.o.lift3d
-        from ..checkpoints import default_checkpoint_dir
-        from ..config import load_profile
-        from ..embedded import start_embedded_graph
-
-        directory = Path(self.o.checkpoints) if self.o.checkpoints else default_checkpoint_dir()
-        graph = stack.enter_context(start_embedded_graph(load_profile(self.o.profile), directory))
-        return graph.endpoint, self.o.lift3d or graph.servers["lift3d"].predict_url
+        if self.local_graph is None:
+            raise UsageError("--graph local: this caller starts no local graph; give JobRunner "
+                             "local_graph=posegraph.embedded.graph_on_demand(profile, checkpoints), or a graph URL")
+        endpoint, lift3d_url = self.local_graph(stack)
+        return endpoint, self.o.lift3d or lift3d_url
 
     def _clients(self, stack: ExitStack) -> tuple[GraphClient, GraphClient]:
         """(graph client, lift3d client), made once per run."""

@@ -9,6 +9,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from .. import processes
+from ..embedded import graph_on_demand
 from ..fetchpolicy import FetchPolicy
 from ..errors import UsageError
 
@@ -51,7 +52,8 @@ def run_ui(args) -> int:
             if args.graph and args.graph != "local":
                 graph, lift3d = args.graph, args.lift3d
             else:
-                graph, lift3d = _embedded_graph(args, stack)
+                start = graph_on_demand(args.profile, args.checkpoints, args.overrides, announce=True)
+                graph, lift3d = start(stack)
             launcher = LocalLauncher(graph=graph, lift3d=lift3d, results=results, output_dir=data / "jobs",
                                      token=os.environ.get("POSEGRAPH_AUTH_TOKEN"), profile=args.profile)
         settings = UISettings(graph=graph, results=results, launcher=launcher, data_dir=data,
@@ -68,18 +70,6 @@ def run_ui(args) -> int:
 
         run_server(app, host=args.host, port=args.port, on_listening=announce, log_level="warning")
     return 0
-
-
-def _embedded_graph(args, stack: ExitStack) -> tuple[str, str]:
-    from ..checkpoints import default_checkpoint_dir
-    from ..config import load_profile
-    from ..embedded import start_embedded_graph
-
-    print("starting the embedded graph: stage archives (exported once, then cached), three stage servers "
-          "and a router on 127.0.0.1 …", flush=True)
-    profile = load_profile(args.profile, args.overrides)
-    graph = stack.enter_context(start_embedded_graph(profile, args.checkpoints or default_checkpoint_dir()))
-    return graph.endpoint, graph.servers["lift3d"].predict_url
 
 
 def _redact(dsn: str) -> str:
