@@ -15,41 +15,34 @@ re-done from the store, so the outputs are complete whatever was interrupted.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
 import dataclasses
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 
 from ..client import GraphClient
 from ..errors import BadInput, PosegraphError, UsageError
-from ..frame import FrameDocument, TrackDocument, TrackFrame
-from ..motion.angles import joint_angles
-from ..names import FAILED, INTERRUPTED, JOB_GRAPH_RETRIES, PARTIAL, RUNNING, SUCCEEDED, utc_now
+from ..names import FAILED, INTERRUPTED, PARTIAL, RUNNING, SUCCEEDED, utc_now
 from ..tracking import Tracker
-from ..uri import fetch_to_cache, write_bytes
-from ..video import VideoReader, open_video_writer
-from ..videopass import FrameResult, GraphFrames, GraphLift, lift_tracks, run_video, video_frames
+from ..uri import fetch_to_cache
+from ..video import VideoReader
+from ..videopass import GraphFrames, GraphLift, lift_tracks, run_video, video_frames
 from .options import TOKEN_ENV, JobOptions
 from .progress import Progress
-from .ranges import DEFAULT_OVERLAP, FrameRange, plan_ranges, range_job_id
-from .store import FrameRow, PersonRow, ResultsStore, open_store, stored_frame_document
+from .outputs import motion_outputs, render_outputs
+from .ranges import FrameRange, plan_ranges, range_job_id
+from .sink import StoreSink
+from .store import ResultsStore, open_store
 
 log = logging.getLogger(__name__)
-
-
-def _join(prefix: str, name: str) -> str:
-    return prefix.rstrip("/") + "/" + name
 
 
 class JobRunner:
@@ -291,8 +284,8 @@ class JobRunner:
         outputs = {}
         if self.o.render:
             self.progress.report(phase="rendering", force=True)
-            outputs = self._render_and_upload(local, info)
-        motion, motion_notes = self._motion_outputs() if self.o.motion else ({}, [])
+            outputs = render_outputs(self.store, self.job_id, self.o, local, info, random_weights=self.random_weights)
+        motion, motion_notes = motion_outputs(self.store, self.job_id, self.o.output) if self.o.motion else ({}, [])
         outputs.update(motion)
         row = self.store.job(self.job_id)
         counts = self.store.counts(self.job_id)
@@ -313,69 +306,6 @@ class JobRunner:
         self.progress.report(phase=status, force=True, outputs=outputs)
         return self._summary()
 
-    # -- outputs -----------------------------------------------------------------------------------------
-    def _render_and_upload(self, video: Path, info) -> dict[str, str]:
-        """Overlay video, 3D plot and frames.jsonl, rebuilt from the store, then uploaded."""
-        from ..render import draw_overlay, plot_3d, poses_for_plot
-
-        o = self.o
-        work = Path(tempfile.mkdtemp(prefix=f"posegraph-{self.job_id}-"))
-        overlay_path = work / f"overlay.{o.video_format}"
-        writer = open_video_writer(overlay_path, info.fps / o.stride, (info.width, info.height))
-        random_weights = self.random_weights
-        docs_for_plot: list[FrameDocument] = []
-        chunk = 256
-        frames_cache: dict[int, dict] = {}
-        jsonl = open(work / "frames.jsonl", "w")
-        with VideoReader(video) as reader:
-            for index, pixels in reader.frames(stride=o.stride, max_frames=o.max_frames):
-                if index not in frames_cache:
-                    frames_cache = self.store.frame_results(self.job_id, index, index + chunk * o.stride)
-                frame = frames_cache.get(index)
-                if frame is None:
-                    continue
-                doc = stored_frame_document(index, frame, width=info.width, height=info.height, video_uri=o.video)
-                writer.write(draw_overlay(pixels, doc, random_weights=random_weights))
-                jsonl.write(json.dumps(doc.to_json(), separators=(",", ":")) + "\n")
-                if doc.persons:
-                    docs_for_plot.append(FrameDocument(frame_index=index, persons=[
-                        p for p in doc.persons if p.keypoints3d is not None and p.track_id is not None]))
-        writer.release()
-        jsonl.close()
-        plot_3d(poses_for_plot(docs_for_plot, by_track=True), work / "pose3d.png",
-                title=f"{Path(o.video).name}: 3D poses (job {self.job_id})", random_weights=random_weights)
-        outputs = {}
-        types = {".webm": "video/webm", ".mp4": "video/mp4", ".png": "image/png", ".jsonl": "application/jsonl"}
-        for path in (overlay_path, work / "pose3d.png", work / "frames.jsonl"):
-            target = _join(o.output, path.name)
-            write_bytes(target, path.read_bytes(), content_type=types[path.suffix])
-            outputs[path.stem] = target
-        return outputs
-
-    def _motion_outputs(self) -> tuple[dict[str, str], list[str]]:
-        """BVH per track, joint angles (CSV, a plot per track) under <output>/motion/ (docs/motion.md)."""
-        from ..errors import UsageError
-        from .export import export_job
-
-        work = Path(tempfile.mkdtemp(prefix=f"posegraph-{self.job_id}-motion-"))
-        outputs, notes = {}, []
-        types = {".bvh": "application/octet-stream", ".csv": "text/csv", ".png": "image/png"}
-        try:
-            for fmt in ("bvh", "angles"):
-                try:
-                    done = export_job(self.store, self.job_id, fmt, work, finishing=True)
-                except UsageError as exc:  # e.g. no track long enough for BVH: the job still succeeds
-                    notes.append(str(exc))
-                    continue
-                for path in done.files:
-                    write_bytes(_join(self.o.output, f"motion/{path.name}"), path.read_bytes(),
-                                content_type=types[path.suffix])
-                outputs["angles" if fmt == "angles" else "motion"] = _join(
-                    self.o.output, "motion/angles.csv" if fmt == "angles" else "motion/")
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        return outputs, notes
-
     def _summary(self, already_done: bool = False) -> dict[str, Any]:
         store = self.store if self.store is not None else open_store(self.o.results)
         row = store.job(self.job_id)
@@ -383,77 +313,3 @@ class JobRunner:
                                        "tracks", "outputs", "note", "error")}
         summary["already_done"] = already_done
         return summary
-
-
-
-class StoreSink:
-    """The video pass's sink for a job: each batch of frames, persons, track extents and the
-    tracker's state committed in one transaction (the resume point); finished tracks read back
-    from the store for lifting, their 3D poses and joint angles written to it."""
-
-    def __init__(self, runner: JobRunner, width: int, height: int, *, job_id: str | None = None,
-                 lift: bool = True) -> None:
-        """``job_id``: a range's row (default: the runner's job); ``lift=False``: a range's tracks
-        wait for the merge, to be lifted whole."""
-        self.runner, self.store, self.job_id = runner, runner.store, job_id or runner.job_id
-        self.width, self.height, self.lift = width, height, lift
-        self._rows: dict[int, list[dict[str, Any]]] = {}
-
-    def add(self, results: list[FrameResult], tracker: Tracker) -> None:
-        frames, persons, extents = [], [], {}
-        for result in results:
-            index, timestamp, doc = result.frame.index, result.frame.timestamp_s, result.doc
-            if doc is None:
-                frames.append(FrameRow(index, timestamp, "failed", result.error, 0))
-                continue
-            frames.append(FrameRow(index, timestamp, "ok", None, len(doc.persons or [])))
-            for p_index, person in enumerate(doc.persons or []):
-                persons.append(PersonRow(index, p_index, person.track_id, person.score, person.bbox,
-                                         person.keypoints2d, person.keypoints3d))
-                first, last = extents.get(person.track_id, (index, index))
-                extents[person.track_id] = (min(first, index), max(last, index))
-        from ..videopass import random_weights_in
-
-        if not self.runner.random_weights and random_weights_in(r.doc for r in results if r.doc is not None):
-            self.runner.random_weights = True
-            self.store.update_job(self.job_id, random_weights=True)
-        self.store.commit_batch(self.job_id, frames, persons, [(k, a, b) for k, (a, b) in extents.items()],
-                                last_frame=results[-1].frame.index, tracker_state=tracker.state())
-        if self.job_id != self.runner.job_id:  # a range: the job's progress is every range's
-            totals = self.store.range_progress(self.runner.job_id)
-            self.runner.progress.report(done=totals["frames_done"] + totals["frames_failed"],
-                                        persons=totals["persons"], failed=totals["frames_failed"])
-            return
-        row = self.store.job(self.job_id)
-        self.runner.progress.report(done=row["frames_done"] + row["frames_failed"], persons=row["persons"],
-                                    tracks=row["tracks"], failed=row["frames_failed"])
-
-    def finished_tracks(self, live: set[int]) -> list[TrackDocument]:
-        if not self.lift:
-            return []
-        tracks = []
-        for track_id in self.store.unlifted_tracks(self.job_id):
-            if track_id in live:
-                continue
-            rows = self.store.track_frames(self.job_id, track_id)
-            if not rows:
-                continue
-            self._rows[track_id] = rows
-            tracks.append(TrackDocument(track_id=track_id, width=self.width, height=self.height, frames=[
-                TrackFrame(frame_index=r["frame_index"], bbox=r["bbox"], score=r["score"],
-                           keypoints2d=r["keypoints2d"]) for r in rows]))
-        return tracks
-
-    def lifted(self, tracks: list[TrackDocument]) -> None:
-        for doc in tracks:
-            rows = self._rows.pop(doc.track_id)
-            angles = joint_angles(np.asarray([f.keypoints3d for f in doc.frames]))
-            self.store.write_lifted(self.job_id, doc.track_id, [
-                (r["frame_index"], r["person_index"], f.keypoints3d) for r, f in zip(rows, doc.frames)], angles)
-
-    def lift_failed(self, tracks: list[TrackDocument], error: str) -> None:
-        # Recorded, and tried again after the next batch (a graph that recovers lifts it then).
-        for doc in tracks:
-            log.error("track %d could not be lifted: %s", doc.track_id, error)
-            self.store.update_track_error(self.job_id, doc.track_id, error)
-            self._rows.pop(doc.track_id, None)

@@ -1,0 +1,90 @@
+"""The video pass's sink for a job (videopass.Sink): what a run hands to the results store."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..frame import TrackDocument, TrackFrame
+from ..motion.angles import joint_angles
+from ..tracking import Tracker
+from ..videopass import FrameResult, random_weights_in
+from .store import FrameRow, PersonRow
+
+if TYPE_CHECKING:
+    from .runner import JobRunner
+
+log = logging.getLogger(__name__)
+
+
+class StoreSink:
+    """The video pass's sink for a job: each batch of frames, persons, track extents and the
+    tracker's state committed in one transaction (the resume point); finished tracks read back
+    from the store for lifting, their 3D poses and joint angles written to it."""
+
+    def __init__(self, runner: JobRunner, width: int, height: int, *, job_id: str | None = None,
+                 lift: bool = True) -> None:
+        """``job_id``: a range's row (default: the runner's job); ``lift=False``: a range's tracks
+        wait for the merge, to be lifted whole."""
+        self.runner, self.store, self.job_id = runner, runner.store, job_id or runner.job_id
+        self.width, self.height, self.lift = width, height, lift
+        self._rows: dict[int, list[dict[str, Any]]] = {}
+
+    def add(self, results: list[FrameResult], tracker: Tracker) -> None:
+        frames, persons, extents = [], [], {}
+        for result in results:
+            index, timestamp, doc = result.frame.index, result.frame.timestamp_s, result.doc
+            if doc is None:
+                frames.append(FrameRow(index, timestamp, "failed", result.error, 0))
+                continue
+            frames.append(FrameRow(index, timestamp, "ok", None, len(doc.persons or [])))
+            for p_index, person in enumerate(doc.persons or []):
+                persons.append(PersonRow(index, p_index, person.track_id, person.score, person.bbox,
+                                         person.keypoints2d, person.keypoints3d))
+                first, last = extents.get(person.track_id, (index, index))
+                extents[person.track_id] = (min(first, index), max(last, index))
+        if not self.runner.random_weights and random_weights_in(r.doc for r in results if r.doc is not None):
+            self.runner.random_weights = True
+            self.store.update_job(self.job_id, random_weights=True)
+        self.store.commit_batch(self.job_id, frames, persons, [(k, a, b) for k, (a, b) in extents.items()],
+                                last_frame=results[-1].frame.index, tracker_state=tracker.state())
+        if self.job_id != self.runner.job_id:  # a range: the job's progress is every range's
+            totals = self.store.range_progress(self.runner.job_id)
+            self.runner.progress.report(done=totals["frames_done"] + totals["frames_failed"],
+                                        persons=totals["persons"], failed=totals["frames_failed"])
+            return
+        row = self.store.job(self.job_id)
+        self.runner.progress.report(done=row["frames_done"] + row["frames_failed"], persons=row["persons"],
+                                    tracks=row["tracks"], failed=row["frames_failed"])
+
+    def finished_tracks(self, live: set[int]) -> list[TrackDocument]:
+        if not self.lift:
+            return []
+        tracks = []
+        for track_id in self.store.unlifted_tracks(self.job_id):
+            if track_id in live:
+                continue
+            rows = self.store.track_frames(self.job_id, track_id)
+            if not rows:
+                continue
+            self._rows[track_id] = rows
+            tracks.append(TrackDocument(track_id=track_id, width=self.width, height=self.height, frames=[
+                TrackFrame(frame_index=r["frame_index"], bbox=r["bbox"], score=r["score"],
+                           keypoints2d=r["keypoints2d"]) for r in rows]))
+        return tracks
+
+    def lifted(self, tracks: list[TrackDocument]) -> None:
+        for doc in tracks:
+            rows = self._rows.pop(doc.track_id)
+            angles = joint_angles(np.asarray([f.keypoints3d for f in doc.frames]))
+            self.store.write_lifted(self.job_id, doc.track_id, [
+                (r["frame_index"], r["person_index"], f.keypoints3d) for r, f in zip(rows, doc.frames)], angles)
+
+    def lift_failed(self, tracks: list[TrackDocument], error: str) -> None:
+        # Recorded, and tried again after the next batch (a graph that recovers lifts it then).
+        for doc in tracks:
+            log.error("track %d could not be lifted: %s", doc.track_id, error)
+            self.store.update_track_error(self.job_id, doc.track_id, error)
+            self._rows.pop(doc.track_id, None)
