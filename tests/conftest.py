@@ -133,6 +133,19 @@ def checkpoints(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+@tier("servers")
+def embedded_graph(checkpoints):
+    """One embedded graph (the cpu profile: three KServe-runtime stage servers and posegraph's
+    router) for the whole session, for the tests that only send it work; a test that stops or
+    reconfigures a server starts its own."""
+    from posegraph.config import load_profile
+    from posegraph.embedded import start_embedded_graph
+
+    with start_embedded_graph(load_profile("cpu"), checkpoints) as graph:
+        yield graph
+
+
+@pytest.fixture(scope="session")
 def astronaut():
     from posegraph.samples import astronaut_bgr
 

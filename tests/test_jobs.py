@@ -34,14 +34,8 @@ def postgres():
 
 
 @pytest.fixture(scope="module")
-@tier("servers")
-def graph(checkpoints):
-    from posegraph.config import load_profile
-    from posegraph.embedded import archives_for_profile, default_pipeline, start_local_graph
-
-    layouts = archives_for_profile(load_profile("cpu"), checkpoints)
-    with start_local_graph(default_pipeline(layouts, "kserve"), layouts) as g:
-        yield g
+def graph(embedded_graph):
+    return embedded_graph  # the session's: these jobs only send it work
 
 
 @pytest.fixture(scope="module")

@@ -78,14 +78,9 @@ def profile(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-@tier("servers")
-def graph(checkpoints):
-    """One embedded graph for every job here (each job would otherwise start its own)."""
-    from posegraph.config import load_profile
-    from posegraph.embedded import start_embedded_graph
-
-    with start_embedded_graph(load_profile("cpu"), checkpoints) as started:
-        yield started
+def graph(embedded_graph):
+    """One embedded graph for every job here (each job would otherwise start its own): the session's."""
+    return embedded_graph
 
 
 def job_options(clip, graph, profile, tmp_path, name, **extra):

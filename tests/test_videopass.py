@@ -48,9 +48,9 @@ def assert_same_persons(a: dict, b: dict, where: str) -> None:
                                        err_msg=f"{where} person {i}: {key}")
 
 
-def test_in_process_and_through_the_local_graph_give_the_same_documents(pipeline, checkpoints, clip, tmp_path, starts_servers):
+def test_in_process_and_through_the_local_graph_give_the_same_documents(pipeline, checkpoints, clip, tmp_path,
+                                                                            embedded_graph):
     from posegraph.jobs.options import JobOptions
-    from posegraph.embedded import graph_on_demand
     from posegraph.jobs.runner import JobRunner
     from posegraph.pipeline import run_input
 
@@ -58,7 +58,7 @@ def test_in_process_and_through_the_local_graph_give_the_same_documents(pipeline
     summary = JobRunner(JobOptions(
         video=str(clip), results=f"sqlite:///{tmp_path / 'results.db'}", output=str(tmp_path / "job") + "/",
         graph="local", checkpoints=str(checkpoints), frame_format="png", quiet=True),
-        local_graph=graph_on_demand("cpu", checkpoints)).run()
+        local_graph=lambda stack: (embedded_graph.endpoint, embedded_graph.servers["lift3d"].predict_url)).run()
     assert summary["status"] == "succeeded", summary
 
     in_process, served = read_jsonl(tmp_path / "run" / "frames.jsonl"), read_jsonl(tmp_path / "job" / "frames.jsonl")
@@ -101,11 +101,10 @@ def test_tracks_are_lifted_once_each_as_the_tracker_lets_them_go(pipeline, clip)
     assert all(p.keypoints3d is not None for d in sink.docs for p in d.persons or [])
 
 
-def test_requests_in_flight_change_nothing_in_the_results(checkpoints, clip, tmp_path, starts_servers):
+def test_requests_in_flight_change_nothing_in_the_results(checkpoints, clip, tmp_path, embedded_graph):
     """Several graph requests at once (job run --in-flight) give exactly the documents of one
     request at a time: results are taken in frame order."""
     from posegraph.jobs.options import JobOptions
-    from posegraph.embedded import graph_on_demand
     from posegraph.jobs.runner import JobRunner
 
     outputs = {}
@@ -114,7 +113,7 @@ def test_requests_in_flight_change_nothing_in_the_results(checkpoints, clip, tmp
         summary = JobRunner(JobOptions(
             video=str(clip), results=f"sqlite:///{tmp_path / f'{in_flight}.db'}", output=str(out) + "/",
             graph="local", checkpoints=str(checkpoints), batch=4, in_flight=in_flight, quiet=True),
-            local_graph=graph_on_demand("cpu", checkpoints)).run()
+            local_graph=lambda stack: (embedded_graph.endpoint, embedded_graph.servers["lift3d"].predict_url)).run()
         assert summary["status"] == "succeeded", summary
         outputs[in_flight] = read_jsonl(out / "frames.jsonl")
     assert sorted(outputs[1]) == sorted(outputs[3]) == list(range(24))
