@@ -5,6 +5,7 @@
 * operators/rbac/ and charts/posegraph/templates/_rbac_rules.tpl: the operator's and the job
   runner's RBAC rules (``posegraph.operator.rbac``);
 * charts/posegraph/templates/_ports.tpl: the pods' ports (``posegraph.names.PORTS``);
+* charts/posegraph/values.schema.json: the descriptions of the values documented in values.yaml;
 * docs/schemas/: the frame and track documents' JSON Schemas (``posegraph.frame``).
 
 Each file says where it comes from; tests/test_generated.py regenerates them all and fails on any
@@ -26,6 +27,8 @@ CRD_DIRS = ("operators/crds", "charts/posegraph/crds")
 RBAC_DIR = "operators/rbac"
 CHART_RBAC_RULES = "charts/posegraph/templates/_rbac_rules.tpl"
 CHART_PORTS = "charts/posegraph/templates/_ports.tpl"
+CHART_VALUES = "charts/posegraph/values.yaml"
+CHART_VALUES_SCHEMA = "charts/posegraph/values.schema.json"
 
 
 def header(module: str, about: str = "") -> str:
@@ -165,6 +168,50 @@ def ports_file() -> dict[str, str]:
     return {CHART_PORTS: header("posegraph.names.PORTS") + defines + "\n"}
 
 
+def values_documentation(text: str) -> dict[tuple[str, ...], str]:
+    """The chart's values documented in values.yaml, by key path: the ``# --`` comment block right
+    above a key (helm-docs' convention) is that key's description. Plain comments are headings."""
+    described: dict[tuple[str, ...], str] = {}
+    stack: list[tuple[int, str]] = []
+    comment: list[str] | None = None
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("# --"):
+            comment = [stripped[4:].strip()]
+        elif stripped.startswith("#"):
+            if comment is not None:
+                comment.append(stripped[1:].strip())
+        elif stripped and not stripped.startswith("-") and ":" in stripped:
+            indent = len(line) - len(line.lstrip())
+            key = stripped.split(":", 1)[0].strip().strip('"')
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            stack.append((indent, key))
+            if comment:
+                described[tuple(k for _, k in stack)] = " ".join(comment)
+            comment = None
+        elif not stripped:
+            comment = None
+    return described
+
+
+def values_schema_file() -> dict[str, str]:
+    """values.schema.json with each documented key's description taken from values.yaml: the
+    values are documented once, where a user reads them, and `helm show values`, the schema and
+    editors that read it say the same. The rest of the schema (types, bounds) is written by hand;
+    both are read from this source tree (generate is run from a checkout)."""
+    root = Path(__file__).resolve().parents[2]
+    schema = json.loads((root / CHART_VALUES_SCHEMA).read_text())
+    for path, description in values_documentation((root / CHART_VALUES).read_text()).items():
+        node = schema
+        for key in path:
+            node = node.get("properties", {}).get(key)
+            if node is None:
+                raise SystemExit(f"{CHART_VALUES}: {'.'.join(path)} is not in {CHART_VALUES_SCHEMA}")
+        node["description"] = description
+    return {CHART_VALUES_SCHEMA: json.dumps(schema, indent=2, ensure_ascii=False) + "\n"}
+
+
 def schema_files() -> dict[str, str]:
     """docs/schemas/: JSON (no comment header), as `posegraph schema` writes it."""
     from .frame import json_schemas
@@ -183,7 +230,7 @@ def write_schemas(out: Path) -> list[Path]:
 
 def files() -> dict[str, str]:
     """Every generated file: path relative to the repository root → its text."""
-    return {**crd_files(), **rbac_files(), **ports_file(), **{f"{SCHEMAS_DIR}/{n}": t for n, t in schema_files().items()}}
+    return {**crd_files(), **rbac_files(), **ports_file(), **values_schema_file(), **{f"{SCHEMAS_DIR}/{n}": t for n, t in schema_files().items()}}
 
 
 def write(root: Path) -> list[Path]:
