@@ -96,3 +96,26 @@ def test_no_function_is_long_without_a_reason():
                     long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} "
                                 f"({node.end_lineno - node.lineno + 1} lines)")
     assert not long, "split these, or say why not:\n" + "\n".join(long)
+
+
+def test_imports_inside_functions_say_why():
+    """A function-level import of a posegraph module hides a layer (grimp sees it; a reader does
+    not): each one says why it is not at the top, in a `# lazy:` comment just above it (cli.py
+    says it once, for all of its commands)."""
+    import ast
+
+    unexplained = []
+    for path in sorted((ROOT / "src" / "posegraph").rglob("*.py")):
+        text = path.read_text()
+        if path.name == "cli.py" and "\n# lazy: each command imports" in text:
+            continue
+        lines = text.splitlines()
+        for function in ast.walk(ast.parse(text)):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(function):
+                if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("posegraph")):
+                    above = [line.strip() for line in lines[max(0, node.lineno - 4):node.lineno - 1]]
+                    if not any(line.startswith("# lazy:") for line in above):
+                        unexplained.append(f"{path.relative_to(ROOT)}:{node.lineno} {lines[node.lineno - 1].strip()}")
+    assert not unexplained, "move to the top, or say why not (# lazy: ...):\n" + "\n".join(unexplained)

@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import FetchError, PosegraphError, UsageError
+from .imageio import network_input
 from .names import STAGES
 from .uri import cache_dir, download, fetch_to_cache
 from .zoo import ModelSpec
+from .zoo import build_network
+from .zoo import get_model
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +149,7 @@ def _calibration_batch(spec: ModelSpec, generator):
     if spec.family in {"rtmdet", "rtmpose"}:
         import cv2
 
-        from .imageio import network_input
+        # lazy: scikit-image (the bundled photo), needed only to calibrate random weights
         from .samples import astronaut_bgr
 
         img = astronaut_bgr()
@@ -196,7 +199,6 @@ def _calibrate(net, spec: ModelSpec, generator) -> None:
 
 def write_random(spec: ModelSpec, dest: Path, *, seed: int = 0) -> Path:
     torch = require_torch()
-    from .zoo import build_network
 
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -246,7 +248,6 @@ def resolve_checkpoint(model: str, explicit: str | None, directory: Path | None)
 def ensure_checkpoints(profile, directory: Path) -> None:
     """Every stage of the profile has a checkpoint: present, downloaded from the official zoo, or,
     when that fails (offline), randomly initialised, which is said loudly here and on every result."""
-    from .zoo import get_model
 
     for stage in STAGES:
         settings = profile.stage_settings(stage)

@@ -17,6 +17,9 @@ import numpy as np
 
 from .errors import BadInput, PosegraphError
 from .frame import FrameDocument, ImageRef, TrackDocument, parse_document
+from .imageio import decode_image, inline_image
+from .imageio import encode_image
+from .uri import local_path
 
 
 class GraphError(PosegraphError):
@@ -90,19 +93,16 @@ class GraphClient:
             ref = ImageRef(uri=image)
         else:
             if isinstance(image, np.ndarray):
-                from .imageio import encode_image
 
                 data = encode_image(image, "jpeg")
             elif isinstance(image, bytes):
                 data = image
             else:
-                from .uri import local_path
 
                 path = local_path(str(image))
                 if path is None or not path.is_file():
                     raise BadInput(f"{image}: no such file")
                 data = path.read_bytes()
-            from .imageio import decode_image, inline_image
 
             pixels = decode_image(data, what=str(image)[:80] if not isinstance(image, np.ndarray) else "image")
             ref = inline_image(data)

@@ -14,16 +14,18 @@ import time
 from pathlib import Path
 
 from .checkpoints import default_checkpoint_dir
+from .client import GraphClient
 from .config import load_profile
+from .embedded import start_embedded_graph
+from .jobs.options import JobOptions
+from .jobs.runner import JobRunner
+from .render import draw_overlay, plot_3d, poses_for_plot
 from .samples import synthetic_clip_frames, write_astronaut, write_clip
 
 
 def _photo_through_graph(graph, photo: Path, out: Path) -> bool:
     """The photo through the graph; returns whether any stage ran on random weights."""
     import cv2
-
-    from .client import GraphClient
-    from .render import draw_overlay, plot_3d, poses_for_plot
 
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -47,10 +49,6 @@ def _photo_through_graph(graph, photo: Path, out: Path) -> bool:
 
 
 def run_demo(args) -> int:
-    from .embedded import start_embedded_graph
-    from .jobs.options import JobOptions
-    from .jobs.runner import JobRunner
-
     started = time.perf_counter()
     profile = load_profile(args.profile, args.overrides)
     directory = Path(args.checkpoints) if args.checkpoints else default_checkpoint_dir()

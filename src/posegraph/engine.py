@@ -22,9 +22,11 @@ from typing import Any, Callable
 import numpy as np
 
 from .checkpoints import load_state_dict, require_torch
+from .errors import PosegraphError
 from .errors import UsageError
 from .uri import cache_dir, fetch_to_cache, file_sha256
 from .zoo import ModelSpec
+from .zoo import build_network
 
 log = logging.getLogger(__name__)
 
@@ -192,9 +194,6 @@ class TorchNetwork(Network):
 
 
 def build_torch_module(spec: ModelSpec, state_dict: dict, **arch_overrides):
-    from .errors import PosegraphError
-    from .zoo import build_network
-
     net = build_network(spec, **arch_overrides)
     expected = net.state_dict()
     missing = [k for k in expected if k not in state_dict]

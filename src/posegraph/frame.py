@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from .errors import BadInput
 from .keypoints import COCO17, H36M17  # noqa: F401 - the joint names are part of the frame contract
 
 FRAME_SCHEMA = "posegraph/frame/v1"
@@ -186,8 +187,6 @@ def _too_deep_extra(doc: Document) -> str | None:
 def parse_document(payload: Any, *, where: str = "document") -> Document:
     """Validate one JSON object as a frame or track document (by its ``schema`` field)."""
     from pydantic import ValidationError
-
-    from .errors import BadInput
 
     if not isinstance(payload, dict):
         raise BadInput(f"{where} must be a JSON object, got {type(payload).__name__}")

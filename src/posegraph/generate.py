@@ -21,6 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from .frame import json_schemas
+from .names import PORTS
+from .operator.crds import DESCRIPTIONS, SOURCES, crds
+from .operator.rbac import JOB_RUNNER_RULES, OPERATOR_RULES, UI_RULES, rules_yaml
 
 SCHEMAS_DIR = "docs/schemas"
 CRD_DIRS = ("operators/crds", "charts/posegraph/crds")
@@ -69,8 +73,6 @@ def to_yaml(document: dict[str, Any]) -> str:
 # ---- the generated files ---------------------------------------------------------------------------------
 
 def crd_files() -> dict[str, str]:
-    from .operator.crds import DESCRIPTIONS, SOURCES, crds
-
     out = {}
     for plural, crd in crds().items():
         text = header(SOURCES[plural], DESCRIPTIONS[plural]) + to_yaml(crd)
@@ -92,8 +94,6 @@ _LABELS = "labels: {{app.kubernetes.io/name: posegraph, app.kubernetes.io/compon
 
 # Long on purpose: mostly the literal text of the three files it writes.
 def rbac_files() -> dict[str, str]:
-    from .operator.rbac import JOB_RUNNER_RULES, OPERATOR_RULES, UI_RULES, rules_yaml
-
     module = "posegraph.operator.rbac"
     operator_labels = _LABELS.format(component="operator")
     operator = header(module, _OPERATOR_ABOUT) + f"""\
@@ -162,7 +162,6 @@ Role (templates/jobrunner/role.yaml) and of the UI's Role (templates/ui/role.yam
 
 def ports_file() -> dict[str, str]:
     """The pods' ports (posegraph.names.PORTS) as the chart's named templates: posegraph.port.<name>."""
-    from .names import PORTS
 
     defines = "\n".join(f'{{{{- define "posegraph.port.{name}" -}}}}{port}{{{{- end }}}}' for name, port in PORTS.items())
     return {CHART_PORTS: header("posegraph.names.PORTS") + defines + "\n"}
@@ -214,7 +213,6 @@ def values_schema_file() -> dict[str, str]:
 
 def schema_files() -> dict[str, str]:
     """docs/schemas/: JSON (no comment header), as `posegraph schema` writes it."""
-    from .frame import json_schemas
 
     return {name: json.dumps(schema, indent=2) + "\n" for name, schema in json_schemas().items()}
 

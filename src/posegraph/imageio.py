@@ -10,8 +10,10 @@ import os
 import cv2
 import numpy as np
 
+from . import fetchpolicy
 from .errors import BadInput, FetchError, MissingInput
 from .frame import FrameDocument, ImageRef
+from .uri import read_bytes
 
 # A 50-megapixel frame is far above what the detector looks at (≤ 640²) and keeps a
 # hostile or mistaken upload from taking gigabytes of memory in every stage.
@@ -71,8 +73,6 @@ def pixels_of(doc: FrameDocument, *, stage: str) -> np.ndarray:
     if image.data is not None:
         pixels = decode_base64_image(image.data)
     else:
-        from . import fetchpolicy
-        from .uri import read_bytes
 
         try:
             data = read_bytes(image.uri, max_bytes=MAX_IMAGE_BYTES, policy=fetchpolicy.current())

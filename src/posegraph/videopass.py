@@ -23,8 +23,10 @@ from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
+from .client import GraphError
 from .errors import PosegraphError
 from .frame import FrameDocument, StageRecord, TrackDocument
+from .imageio import image_ref
 from .tracking import Tracker, apply_tracks, tracks_from_frames
 
 log = logging.getLogger(__name__)
@@ -80,7 +82,6 @@ class InProcessFrames:
 def with_retries(call: Callable[[list], list], retries: int) -> Callable[[list], list]:
     """``call`` retried with backoff on network errors and 5xx; a 4xx is an answer, not retried.
     The first wait is $POSEGRAPH_RETRY_BASE_S (1 s), doubled each time."""
-    from .client import GraphError
 
     def retrying(docs: list) -> list:
         delay = float(os.environ.get("POSEGRAPH_RETRY_BASE_S", "1"))
@@ -110,8 +111,6 @@ class GraphFrames:
         self.image_format = image_format
 
     def _document(self, frame: Frame) -> FrameDocument:
-        from .imageio import image_ref
-
         # per_track_3d: the graph ends after pose2d; tracks are lifted whole (GraphLift)
         return FrameDocument(image=image_ref(frame.pixels, self.image_format, quality=90),
                              width=int(frame.pixels.shape[1]), height=int(frame.pixels.shape[0]),

@@ -133,6 +133,7 @@ def get_model(name: str) -> ModelSpec:
 
 def build_network(spec: ModelSpec, **overrides):
     """Instantiate the (untrained) torch network for ``spec``. Needs torch."""
-    from .nets import build  # here, not at the top: torch, which the serving images do not have
+    # lazy: the networks import torch, which the serving images do not have
+    from .nets import build
 
     return build(spec.family, {**spec.arch, **overrides})

@@ -11,10 +11,14 @@ import tempfile
 from pathlib import Path
 
 from .. import __version__
+from ..checkpoints import resolve_checkpoint
 from ..config import Profile
+from ..engine import export_fingerprint
 from ..errors import PosegraphError, UsageError
 from ..graph.spec import PosePipeline
 from ..names import STAGES
+from ..serving.archive import ArchiveOptions, build_archive
+from ..uri import _describe
 from ..uri import cache_dir, file_sha256, local_path, s3_client, split_s3
 
 
@@ -25,9 +29,6 @@ def _code_digest(function) -> str:
 
 def _build_cached_archive(stage: str, checkpoint: str, settings) -> Path:
     from dataclasses import asdict
-
-    from ..engine import export_fingerprint
-    from ..serving.archive import ArchiveOptions, build_archive
 
     path = local_path(checkpoint)
     ident = file_sha256(path) if path is not None and path.is_file() else checkpoint
@@ -46,7 +47,6 @@ def _build_cached_archive(stage: str, checkpoint: str, settings) -> Path:
 
 def archives_for_profile(profile: Profile, checkpoint_dir: Path | None) -> dict[str, Path]:
     """Archive layouts for the embedded default, built once from the profile's checkpoints."""
-    from ..checkpoints import resolve_checkpoint
 
     layouts = {}
     for stage in STAGES:
@@ -65,7 +65,6 @@ def _download_prefix(uri: str) -> Path:
         pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
     except Exception as exc:
-        from ..uri import _describe
 
         raise PosegraphError(f"cannot list {uri}: {_describe(exc)}") from None
     if not keys:

@@ -25,6 +25,7 @@ from ..names import (
     LABEL_PIPELINE,
     LABEL_STAGE,
 )
+from ..fetchpolicy import ENV
 from .spec import STAGE_NAMES, PosePipeline, StageDeployment
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -79,7 +80,6 @@ def _env(pipeline: PosePipeline, stage_spec: StageDeployment) -> list[dict[str, 
         env.append({"name": "POSEGRAPH_AUTH_TOKEN",
                     "valueFrom": {"secretKeyRef": {"key": ref.key, "name": ref.name}}})
     if pipeline.spec.fetchAllow:
-        from ..fetchpolicy import ENV
 
         env.append({"name": ENV, "value": ",".join(pipeline.spec.fetchAllow)})
     return env

@@ -37,6 +37,7 @@ from ..names import (
     STAGES,
     inference_service_name,
 )
+from ..fetchpolicy import FetchPolicy
 
 STAGE_NAMES = STAGES
 API_VERSION = API_GROUP_VERSION
@@ -173,8 +174,6 @@ class PipelineSpec(Strict):
     @field_validator("fetchAllow")
     @classmethod
     def _fetch_sources(cls, value):
-        from ..fetchpolicy import FetchPolicy
-
         FetchPolicy.parse(" ".join(value), origin="spec.fetchAllow")  # a bad entry fails the spec, not a pod
         return value
 

@@ -16,6 +16,8 @@ import os
 import time
 from pathlib import Path
 from typing import Any
+from .. import k8s_config
+from ..names import API_GROUP, API_VERSION, POSEJOBS
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +84,6 @@ class Progress:
     def _patch_posejob(self) -> None:
         """Best effort: a progress report that cannot be delivered must not stop the job."""
         try:
-            from .. import k8s_config
-            from ..names import API_GROUP, API_VERSION, POSEJOBS
 
             client = k8s_config.client()
             namespace, name = self.posejob

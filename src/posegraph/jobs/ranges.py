@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Sequence
+from ..tracking import iou_matrix
 
 # Sampled frames each range reads before the first frame it owns. Tracking's max_gap is 2
 # (profiles): 2·(max_gap + 1) = 6 is the least that converges; 8 leaves a margin for a person
@@ -86,8 +87,6 @@ class Stitcher:
     def begin_range(self, warmup: Sequence[tuple[int, int, list[float]]]) -> None:
         """``warmup``: (frame index, local track id, bbox) of the range's warmup persons."""
         import numpy as np  # here, not at the top: the CLI reads DEFAULT_OVERLAP and starts fast
-
-        from ..tracking import iou_matrix
 
         self.local = {}
         taken: set[int] = set()

@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+from .. import processes
 from ..client import GraphClient
+from ..config import load_profile
 from ..errors import BadInput, PosegraphError, UsageError
 from ..names import FAILED, INTERRUPTED, PARTIAL, RUNNING, SUCCEEDED, utc_now
 from ..tracking import Tracker
@@ -36,8 +38,8 @@ from ..uri import fetch_to_cache
 from ..video import VideoReader
 from ..videopass import GraphFrames, GraphLift, lift_tracks, run_video, video_frames
 from .options import TOKEN_ENV, JobOptions
-from .progress import Progress
 from .outputs import motion_outputs, render_outputs
+from .progress import Progress
 from .ranges import FrameRange, plan_ranges, range_job_id
 from .sink import StoreSink
 from .store import ResultsStore, open_store
@@ -134,8 +136,6 @@ class JobRunner:
         return total
 
     def _tracker(self, state: dict | None) -> Tracker:
-        from ..config import load_profile
-
         t = load_profile(self.o.profile).tracking
         return Tracker.from_state(state, threshold=t.threshold, use_oks=t.method == "oks", max_gap=t.max_gap)
 
@@ -231,7 +231,6 @@ class JobRunner:
     def _coordinate(self, stack: ExitStack, job: dict[str, Any]) -> dict[str, Any]:
         """``--workers N``: the ranges as N processes of ``posegraph job run`` on one graph (started
         here once when it is the local one), their progress added up; then merge, lift, render."""
-        from .. import processes
 
         o = self.o
         local = fetch_to_cache(o.video)

@@ -27,7 +27,10 @@ from typing import Any, Iterator
 
 from ..errors import PosegraphError, UsageError
 from ..frame import FrameDocument, ImageRef
+from ..motion.angles import ANGLES
+from ..motion.angles import ANGLES, stored_angle
 from ..names import utc_now
+from .ranges import Stitcher
 
 SCHEMA = [
     # version 1
@@ -345,7 +348,6 @@ class ResultsStore:
                                       "AND person_index = ?"),
                             [(_dump(k3), job_id, f, p) for f, p, k3 in rows])
             if angles is not None:
-                from ..motion.angles import ANGLES, stored_angle
 
                 self._exec(cur, "DELETE FROM joint_angles WHERE job_id = ? AND track_id = ?", (job_id, track_id))
                 cur.executemany(self._sql(
@@ -358,7 +360,6 @@ class ResultsStore:
 
     def joint_angles(self, job_id: str, track_id: int) -> tuple[list[int], dict[str, list[float | None]]]:
         """One track's frame numbers and its angles per frame (empty when none were stored)."""
-        from ..motion.angles import ANGLES
 
         with self.transaction() as cur:
             rows = self._exec(cur, f"SELECT frame_index, {', '.join(ANGLES)} FROM joint_angles "
@@ -426,7 +427,6 @@ class ResultsStore:
         half-way leaves the ranges as they were. Returns counts (already merged: {}).
 
         Rows are read a chunk of frames at a time: memory follows the chunk, not the video."""
-        from .ranges import Stitcher
 
         chunk = 512
         with self.transaction() as cur:

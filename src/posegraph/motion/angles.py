@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import charts
 from ..keypoints import H36M17
 
 J = {name: i for i, name in enumerate(H36M17)}
@@ -68,7 +69,6 @@ def joint_angles(keypoints3d: np.ndarray) -> dict[str, np.ndarray]:
 def plot_track_angles(frame_index: list[int], angles: dict[str, np.ndarray], path, *, title: str = "",
                       seen: set[int] | None = None, random_weights: bool = False):
     """Angles over time for one track; frames in the track's span where it was not seen are shaded."""
-    from .. import charts
 
     frames = np.asarray(frame_index)
     groups = (("knee and elbow flexion", ("left_knee", "right_knee", "left_elbow", "right_elbow")),

@@ -12,18 +12,22 @@ from typing import Any
 
 def build(family: str, arch: dict[str, Any]):
     if family == "rtmdet":
+        # lazy: each network's module imports torch; serving images have none
         from .rtmdet import RTMDet
 
         return RTMDet(**arch)
     if family == "rtmpose":
+        # lazy: each network's module imports torch; serving images have none
         from .rtmpose import RTMPose
 
         return RTMPose(**arch)
     if family == "videopose3d":
+        # lazy: each network's module imports torch; serving images have none
         from .videopose3d import VideoPose3D
 
         return VideoPose3D(**arch)
     if family == "motionbert":
+        # lazy: each network's module imports torch; serving images have none
         from .motionbert import MotionBERT
 
         return MotionBERT(**arch)

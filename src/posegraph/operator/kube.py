@@ -6,6 +6,7 @@ import logging
 import threading
 from typing import Any
 
+from .. import k8s_config
 from ..names import INFERENCEGRAPHS, INFERENCESERVICES
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,6 @@ class Kube:
     def _apis(self):
         with self._lock:
             if self._custom is None:
-                from .. import k8s_config
 
                 client = k8s_config.client()
                 self._custom = client.CustomObjectsApi()

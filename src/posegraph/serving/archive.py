@@ -30,9 +30,14 @@ from typing import Any
 import yaml
 
 from .. import __version__
+from ..engine import exported_onnx
 from ..errors import PosegraphError, UsageError
 from ..names import STAGES
 from ..stages import STAGE_CLASSES, StageSettings
+from ..uri import _describe
+from ..uri import cache_dir
+from ..uri import file_sha256, local_path
+from ..uri import s3_client, split_s3
 
 ARCHIVE_FORMAT = "posegraph/archive/v1"
 HANDLER_SOURCE = '''"""TorchServe entry point of a posegraph stage archive: all logic lives in the posegraph package."""
@@ -146,8 +151,6 @@ def config_properties(model_name: str, options: ArchiveOptions, *, inference: st
 def build_archive(stage: str, checkpoint_uri: str, out_dir: Path, *, settings: StageSettings | dict | None = None,
                   options: ArchiveOptions | None = None) -> Path:
     """Export ``checkpoint_uri`` for ``stage`` and write the KServe TorchServe layout into ``out_dir``."""
-    from ..engine import exported_onnx
-    from ..uri import file_sha256, local_path
 
     if stage not in STAGE_CLASSES:
         raise UsageError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
@@ -268,7 +271,6 @@ def unpack(mar: Path, dest: Path | None = None) -> UnpackedArchive:
     mar = Path(mar)
     key = hashlib.sha256(f"{mar.resolve()}:{mar.stat().st_mtime_ns}".encode()).hexdigest()[:16]
     if dest is None:
-        from ..uri import cache_dir
 
         dest = cache_dir("unpacked") / f"{mar.stem}-{key}"
     if not (dest / "stage.yaml").is_file():
@@ -281,7 +283,6 @@ def unpack(mar: Path, dest: Path | None = None) -> UnpackedArchive:
 
 def push(model_dir: Path, target: str) -> list[str]:
     """Upload a KServe layout directory to ``s3://bucket/prefix/`` (config/ and model-store/)."""
-    from ..uri import s3_client, split_s3
 
     if not target.startswith("s3://"):
         raise UsageError(f"push target must be s3://bucket/prefix/, not {target!r}")
@@ -297,7 +298,6 @@ def push(model_dir: Path, target: str) -> list[str]:
         try:
             client.upload_file(str(path), bucket, key)
         except Exception as exc:
-            from ..uri import _describe
 
             raise PosegraphError(f"cannot upload {path} to s3://{bucket}/{key}: {_describe(exc)}") from None
         uploaded.append(f"s3://{bucket}/{key}")

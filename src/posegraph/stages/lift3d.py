@@ -17,10 +17,12 @@ from typing import Sequence
 
 import numpy as np
 
+from ..engine import load_network
 from ..errors import MissingInput
 from ..frame import FrameDocument, TrackDocument
 from ..keypoints import coco_to_h36m
 from ..motion.smoothing import SmoothingSettings, smooth
+from ..uri import local_path
 from .base import Stage, StageSettings
 
 
@@ -69,13 +71,11 @@ class Lift3dStage(Stage):
     def _load_extra(self, uri: str, **kwargs) -> None:
         if self.spec.family != "videopose3d":
             return
-        from ..engine import load_network
 
         if uri.endswith(".onnx"):
             # An archive may carry the window layout beside the sequence one; without it,
             # every track uses the sequence layout (same numbers, slower for single frames).
             window = uri[: -len(".onnx")] + ".window.onnx"
-            from ..uri import local_path
 
             path = local_path(window)
             if path is None or not path.is_file():

@@ -20,10 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import k8s_config
 from .. import processes
 from ..jobs.options import TOKEN_ENV, JobOptions
 from ..names import API_GROUP, API_GROUP_VERSION, API_VERSION, POSEJOBS, posejob_store_id
 from ..uri import is_remote_video_uri
+from ..uri import s3_client, split_s3
 
 log = logging.getLogger(__name__)
 
@@ -127,15 +129,12 @@ class KubernetesLauncher:
     def upload(self, request: JobRequest) -> str:
         uri = self.video_uri(request)
         if uri != request.video:
-            from ..uri import s3_client, split_s3
 
             bucket, key = split_s3(uri)
             s3_client().upload_file(request.video, bucket, key)
         return uri
 
     def start(self, request: JobRequest) -> None:
-        from .. import k8s_config
-
         video = self.upload(request)
         body = {
             "apiVersion": API_GROUP_VERSION,
@@ -155,7 +154,6 @@ class KubernetesLauncher:
 
     def describe(self, name: str) -> dict[str, Any]:
         """The PoseJob's own status: says why a job waits (e.g. for its pipeline) before it runs."""
-        from .. import k8s_config
 
         try:
             posejob = k8s_config.client().CustomObjectsApi().get_namespaced_custom_object(

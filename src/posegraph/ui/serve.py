@@ -9,9 +9,13 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from .. import processes
+from ..asgi import run_server
 from ..embedded import graph_on_demand
-from ..fetchpolicy import FetchPolicy
 from ..errors import UsageError
+from ..fetchpolicy import FetchPolicy
+from ..jobs.store import redact
+from .app import UISettings, create_app
+from .launchers import KubernetesLauncher, LocalLauncher
 
 
 def _password(args) -> str | None:
@@ -28,10 +32,6 @@ def _is_loopback(host: str) -> bool:
 
 
 def run_ui(args) -> int:
-    from ..asgi import run_server
-    from .app import UISettings, create_app
-    from .launchers import KubernetesLauncher, LocalLauncher
-
     password = _password(args)
     if not password and not _is_loopback(args.host) and not args.no_auth:
         raise UsageError(f"--host {args.host} exposes the UI beyond this machine: set POSEGRAPH_UI_PASSWORD "
@@ -73,6 +73,4 @@ def run_ui(args) -> int:
 
 
 def _redact(dsn: str) -> str:
-    from ..jobs.store import redact
-
     return redact(dsn)
