@@ -18,29 +18,37 @@ fi
 # shellcheck disable=SC1091
 . "$venv/bin/activate"
 
-fingerprint=$(cat pyproject.toml requirements/*.txt scripts/bootstrap.sh | sha256sum | cut -c1-16)
+# The images' pins are the venv's constraints: what the tests run is what the images carry
+# (tests/test_images.py checks it). Without them a fresh machine took the newest boto3, a day
+# after the images had pinned the one before, and the check failed.
+# (pip refuses extras in a constraint: psycopg[binary] constrains psycopg.)
+image_pins=(-c "$venv/image-pins.txt")
+fingerprint=$(cat pyproject.toml requirements/*.txt operators/requirements.txt model-servers/requirements-*.txt \
+              scripts/bootstrap.sh | sha256sum | cut -c1-16)
 stamp="$venv/.bootstrap-$mode-$fingerprint"
 if [ -f "$stamp" ]; then
   exit 0
 fi
 started=$(date +%s)
+sed -e 's/\[[^]]*\]//' operators/requirements.txt model-servers/requirements-kserve.txt \
+    model-servers/requirements-torchserve.txt > "$venv/image-pins.txt"
 
 case "$mode" in
   run)
     step "PyTorch (requirements/torch.txt: the one build for run and test)"
     pip_install -r requirements/torch.txt
     step "posegraph"
-    pip_install -e ".[models,serve,postgres,operator,ui]"
+    pip_install -e ".[models,serve,postgres,operator,ui]" "${image_pins[@]}"
     scripts/vendor-ui.sh
     ;;
   test)
     step "PyTorch (requirements/torch.txt: the one build for run and test)"
     pip_install -r requirements/torch.txt
     step "posegraph with test tools"
-    pip_install -e ".[models,serve,postgres,operator,ui,test]"
+    pip_install -e ".[models,serve,postgres,operator,ui,test]" "${image_pins[@]}"
     scripts/vendor-ui.sh
     step "OpenMMLab reference stack (for the fidelity tests only)"
-    pip_install -r requirements/mm-reference-deps.txt
+    pip_install -r requirements/mm-reference-deps.txt "${image_pins[@]}"
     pip_install --no-deps -r requirements/mm-reference.txt
     pip_install --force-reinstall --no-deps --no-build-isolation --no-binary xtcocotools "xtcocotools==1.14.3"
     step "helm 3 + helm 4 and kubectl (chart tests)"

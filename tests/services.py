@@ -7,6 +7,7 @@ import contextlib
 import functools
 import http.server
 import json
+import random
 import shutil
 import signal
 import socket
@@ -22,6 +23,34 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_ports_with_grpc(names: tuple[str, ...], offset: int = 10000) -> dict[str, int]:
+    """A free port p for each name, with p + offset free too and below 65536: SeaweedFS puts each
+    server's gRPC on its port + 10000 and refuses to start when that passes 65535 (a fresh CI run
+    drew 55921 from the kernel's ephemeral range, 32768-60999, and every S3 test errored)."""
+    chosen: dict[str, int] = {}
+    taken: set[int] = set()
+    for name in names:
+        for _ in range(500):
+            port = random.randrange(20000, 65536 - offset)
+            if {port, port + offset} & taken or not (_is_free(port) and _is_free(port + offset)):
+                continue
+            chosen[name] = port
+            taken |= {port, port + offset}
+            break
+        else:
+            raise RuntimeError(f"no free port pair (p, p + {offset}) for {name} on 127.0.0.1")
+    return chosen
 
 
 def wait_for_port(port: int, timeout: float = 60.0, proc: subprocess.Popen | None = None, log: Path | None = None):
@@ -121,7 +150,7 @@ def s3_server(workdir: Path):
         "name": "test", "credentials": [{"accessKey": access, "secretKey": secret}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
     }]}))
-    ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
+    ports = free_ports_with_grpc(("master", "volume", "filer", "s3"))
     log = workdir / "weed.log"
     cmd = [
         weed, "mini", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={workdir / 'data'}",

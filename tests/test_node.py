@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -49,7 +50,9 @@ def machine_state(directory: Path | None = None) -> dict:
     state = {
         "links": sorted(os.listdir("/sys/class/net")),
         "iptables rules": rules, "iptables policies": policies,
-        "ipsets": sorted(subprocess.run(["ipset", "list", "-n"], capture_output=True, text=True).stdout.split()),
+        # No ipset yet on a fresh machine (the cluster's `up` installs it): then there are no sets.
+        "ipsets": sorted(subprocess.run(["ipset", "list", "-n"], capture_output=True, text=True).stdout.split())
+        if shutil.which("ipset") else [],
         "sysctls": {k: Path("/proc/sys", *k.split(".")).read_text().strip() for k in cluster_module.SYSCTLS},
         "kubepods cgroups": sorted(str(p) for p in Path("/sys/fs/cgroup").glob("*/kubepods")),
     }
