@@ -652,9 +652,6 @@ state = "{root}/state"
         if (nodedir / "kube-router").exists() and "ipsets" in state:
             run([nodedir / "kube-router", "--cleanup-config", "--run-router=false", "--run-service-proxy=false"],
                 check=False, timeout=60)
-            for name in run(["ipset", "list", "-n"], check=False).stdout.decode().split():
-                if name not in state["ipsets"]:   # kube-router's, should its cleanup have left one
-                    run(["ipset", "destroy", name], check=False)
         self.unmount()
         for link in (POD_BRIDGE, NODE_BRIDGE):
             if Path(f"/sys/class/net/{link}").exists():
@@ -666,6 +663,13 @@ state = "{root}/state"
         remove_cgroups()
         if "iptables" in state:
             restore_iptables(state["iptables"])
+        if "ipsets" in state:
+            # kube-router's sets that its cleanup left: only now, with the iptables rules that used
+            # them restored away, can they be destroyed (a set a rule refers to cannot; a fresh
+            # machine's run left nine KUBE-SRC/KUBE-DST sets when this ran before the restore).
+            for name in run(["ipset", "list", "-n"], check=False).stdout.decode().split():
+                if name not in state["ipsets"]:
+                    run(["ipset", "destroy", name], check=False)
         for key, value in state.get("sysctls", {}).items():
             Path("/proc/sys", *key.split(".")).write_text(value)
         for path in (self.dir / "pids",):

@@ -78,9 +78,17 @@ def profile(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def graph(embedded_graph):
-    """One embedded graph for every job here (each job would otherwise start its own): the session's."""
-    return embedded_graph
+@tier("servers")
+def graph(checkpoints):
+    """One embedded graph for every job here (each job would otherwise start its own). Not the
+    session's: on it, after the other modules' jobs, a resumed split job's pose scores once differed
+    from the unsplit job's by 8e-3 (the tolerance is 1e-4; a `make test` of 2026-12-06). Not
+    understood yet; on a graph of its own the test had passed in every run before."""
+    from posegraph.config import load_profile
+    from posegraph.embedded import start_embedded_graph
+
+    with start_embedded_graph(load_profile("cpu"), checkpoints) as started:
+        yield started
 
 
 def job_options(clip, graph, profile, tmp_path, name, **extra):

@@ -382,6 +382,8 @@ def test_onnx_models_serve_without_torch_or_openmmlab(checkpoints, astronaut, tm
                 if name.split('.')[0] in {{'torch', 'mmcv', 'mmdet', 'mmpose', 'mmengine'}}:
                     raise ImportError('blocked: ' + name)
         sys.meta_path.insert(0, Block())
+        from posegraph import fetchpolicy
+        fetchpolicy.install(fetchpolicy.FetchPolicy.command_line())  # a library reads its own files
         from posegraph.stages import DetectStage
         from posegraph.frame import FrameDocument
         doc = FrameDocument(image={{'uri': {image_path.as_uri()!r}}})
