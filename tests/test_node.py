@@ -451,8 +451,13 @@ def test_an_archive_that_is_not_there_is_named_on_the_pipeline(node):
     assert events[0]["message"].startswith("stage ")
     # and it is the URI that failed, not the credentials
     pod = kubectl_json(node, "-n", NS, "get", "pods", "-l", "posegraph.io/pipeline=no-archive,component=predictor")["items"][0]
-    log = node.kubectl("-n", NS, "logs", pod["metadata"]["name"], "-c", "storage-initializer", check=False).stdout.decode()
-    assert "No model found in nothing-here/" in log, log[-1000:]
+    # The initializer restarts (CrashLoopBackOff): the instance running now may not have reached its
+    # error yet (a CI run of 2026-12-07 read one 1 ms in), so the one before it is read too.
+    def logs() -> str:
+        return "".join(node.kubectl("-n", NS, "logs", pod["metadata"]["name"], "-c", "storage-initializer", *flag,
+                                    check=False).stdout.decode() for flag in ((), ("--previous",)))
+    wait_for("'No model found in nothing-here/' in the storage initializer's log",
+             lambda: "No model found in nothing-here/" in logs(), timeout=120)
     node.kubectl("-n", NS, "delete", "posepipeline", "no-archive")
 
 
