@@ -15,9 +15,10 @@ test: bootstrap-test images
 
 # The unit tier, the command to run while developing: no Go build, no images, no servers, no
 # control plane, no browser (tests/tiers.py; a fast test that opens a socket fails). `make test`
-# runs it too, with everything else.
+# runs it too, with everything else. One worker per core, a test module to a worker (its module
+# fixtures made once): on this 2-core machine 3 min 39 s instead of 5 min 12 s, measured 2026-12-07.
 test-fast: bootstrap-venv-test
-	$(VENV)/bin/python -m pytest -m fast $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -m fast -n auto --dist loadfile $(PYTEST_ARGS)
 
 # Every image the chart and KServe run, built with Docker and cached (scripts/build_images.py,
 # docs/images.md); starts Debian's dockerd for the build when no engine answers. Needs root

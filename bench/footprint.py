@@ -19,11 +19,11 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from posegraph.checkpoints import write_random
+from posegraph.models.checkpoints import write_random
 from posegraph.config import load_profile
 from posegraph.serving.archive import build_archive
 from posegraph.embedded import start_stage_server
-from posegraph.zoo import get_model
+from posegraph.models.zoo import get_model
 
 SETS = {
     "kserve runtime, ONNX (posegraph image)": [

@@ -28,14 +28,14 @@ import cv2
 import httpx
 import numpy as np
 
-from posegraph.checkpoints import write_random
+from posegraph.models.checkpoints import write_random
 from posegraph.config import load_profile
 from posegraph.frame import parse_document
 from posegraph.embedded import archives_for_profile, default_pipeline, start_local_graph, start_router
 from posegraph.pipeline import Pipeline
-from posegraph.samples import astronaut_bgr
+from posegraph.media.samples import astronaut_bgr
 from posegraph.embedded import free_port
-from posegraph.zoo import get_model
+from posegraph.models.zoo import get_model
 
 
 def main() -> None:
@@ -65,7 +65,7 @@ def main() -> None:
 
     def in_process_json():
         doc = parse_document(json.loads(request)["instances"][0])
-        from posegraph.imageio import pixels_of
+        from posegraph.media.imageio import pixels_of
 
         pixels_of(doc, stage="detect")
         pipeline.detect_and_pose([doc])

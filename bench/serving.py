@@ -29,15 +29,15 @@ import cv2
 import httpx
 import numpy as np
 
-from posegraph.checkpoints import write_random
+from posegraph.models.checkpoints import write_random
 from posegraph.config import load_profile
 from posegraph.frame import parse_document
-from posegraph.samples import astronaut_bgr
+from posegraph.media.samples import astronaut_bgr
 from posegraph.serving.archive import ArchiveOptions, build_archive
 from posegraph.embedded import start_stage_server
 from posegraph.names import STAGES as STAGE_ORDER
 from posegraph.stages import STAGE_CLASSES
-from posegraph.zoo import get_model
+from posegraph.models.zoo import get_model
 
 
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from posegraph.checkpoints import write_random
+from posegraph.models.checkpoints import write_random
 from posegraph.frame import FrameDocument, Person
-from posegraph.samples import astronaut_bgr, synthetic_clip_frames
+from posegraph.media.samples import astronaut_bgr, synthetic_clip_frames
 from posegraph.stages import DetectStage, Lift3dStage, Pose2dStage
-from posegraph.zoo import get_model
+from posegraph.models.zoo import get_model
 
 
 def median_ms(fn, repeat: int) -> float:

@@ -134,10 +134,10 @@ def main() -> None:
                                                        "comma-separated; 1 in flight each")
     args = parser.parse_args()
 
-    from posegraph.checkpoints import write_random
+    from posegraph.models.checkpoints import write_random
     from posegraph.config import load_profile
-    from posegraph.samples import synthetic_clip_frames, write_clip
-    from posegraph.zoo import get_model
+    from posegraph.media.samples import synthetic_clip_frames, write_clip
+    from posegraph.models.zoo import get_model
 
     import onnxruntime as ort
 
@@ -166,7 +166,7 @@ def main() -> None:
     from posegraph.jobs.options import JobOptions
     from posegraph.jobs.runner import JobRunner
     from posegraph.pipeline import Pipeline
-    from posegraph.video import VideoReader
+    from posegraph.media.video import VideoReader
 
     def median(runs: list[dict]) -> dict:
         """The run with the median frames/s (its other numbers with it), and every run's frames/s."""

@@ -576,7 +576,7 @@ state = "{root}/state"
     def push_archives(self, checkpoints: Path | None = None, prefix: str = "s3://posegraph-models/demo/") -> None:
         """As `make demo` does: the official checkpoints when they download, random ones otherwise
         (said loudly); each stage archived and pushed where the chart's pipeline reads it."""
-        from posegraph.checkpoints import default_checkpoint_dir, ensure_checkpoints
+        from posegraph.models.checkpoints import default_checkpoint_dir, ensure_checkpoints
         from posegraph.config import load_profile
         from posegraph.embedded import archives_for_profile
         from posegraph.serving.archive import push

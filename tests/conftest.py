@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from posegraph import fetchpolicy
+
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
 import containers as _containers  # noqa: E402,F401 - reads the real cache directory before isolation
@@ -93,6 +95,10 @@ def isolated_environment(tmp_path_factory):
     _keep_exports_across_sessions(root / "cache")
     os.environ["POSEGRAPH_CHECKPOINTS"] = str(root / "no-checkpoints-here")
     os.environ["KUBECONFIG"] = str(root / "kubeconfig-none")
+    # Tests run posegraph in this process as the command line runs it, on files of their own: the
+    # command line's fetch policy (the process default refuses every URI; tests/test_fetch_policy.py
+    # checks that default in a fresh process, and the served policies where servers install them).
+    fetchpolicy.install(fetchpolicy.FetchPolicy.command_line())
     for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
         os.environ.pop(name, None)
     yield
@@ -104,7 +110,7 @@ def _keep_exports_across_sessions(cache: Path) -> None:
     checkpoint's hash and the content of the exporting code (engine.export_fingerprint), so a
     warm session exports nothing and an edited network is exported afresh. Exports of code that
     is no longer there, and archives made more than a week ago, are removed."""
-    from posegraph.engine import export_fingerprint
+    from posegraph.models.engine import export_fingerprint
 
     kept = _containers.REAL_CACHE / "tests"
     fingerprint = export_fingerprint()
@@ -127,8 +133,27 @@ def checkpoints(tmp_path_factory) -> Path:
     `posegraph models init --random` (the real command)."""
     from posegraph.cli import main
 
+    from posegraph.models.engine import export_fingerprint
+
     directory = tmp_path_factory.mktemp("checkpoints")
-    assert main(["models", "init", "--random", str(directory)]) == 0
+    # Seeded, so the same every session: made once per exporting code (export_fingerprint covers
+    # the catalogue, the networks and the writer) and copied, not remade (17 s and 528 MB each
+    # session, and each worker of `make test-fast`'s two; test_cli runs the command itself).
+    kept = _containers.REAL_CACHE / "tests" / f"checkpoints-{export_fingerprint()}"
+    if not (kept / "complete").is_file():
+        shutil.rmtree(kept, ignore_errors=True)
+        making = kept.with_name(f".{kept.name}.{os.getpid()}")
+        assert main(["models", "init", "--random", str(making)]) == 0
+        (making / "complete").write_text("made by `posegraph models init --random`\n")
+        try:
+            making.rename(kept)
+        except OSError:  # another session made it first
+            shutil.rmtree(making, ignore_errors=True)
+    for stale in kept.parent.glob("checkpoints-*"):
+        if stale != kept:
+            shutil.rmtree(stale, ignore_errors=True)
+    for made in kept.glob("*.pth"):
+        shutil.copyfile(made, directory / made.name)
     return directory
 
 
@@ -147,21 +172,21 @@ def embedded_graph(checkpoints):
 
 @pytest.fixture(scope="session")
 def astronaut():
-    from posegraph.samples import astronaut_bgr
+    from posegraph.media.samples import astronaut_bgr
 
     return astronaut_bgr()
 
 
 @pytest.fixture(scope="session")
 def clip_frames():
-    from posegraph.samples import synthetic_clip_frames
+    from posegraph.media.samples import synthetic_clip_frames
 
     return synthetic_clip_frames(16)
 
 
 @pytest.fixture(scope="session")
 def clip_path(tmp_path_factory, clip_frames) -> Path:
-    from posegraph.samples import write_clip
+    from posegraph.media.samples import write_clip
 
     return write_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", clip_frames)
 

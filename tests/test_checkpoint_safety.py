@@ -30,7 +30,7 @@ def _hostile_checkpoint(tmp_path: Path, marker: Path) -> Path:
 
 
 def test_a_checkpoint_that_runs_code_is_refused_and_nothing_runs(tmp_path, monkeypatch):
-    from posegraph.checkpoints import UNSAFE_ENV, load_state_dict
+    from posegraph.models.checkpoints import UNSAFE_ENV, load_state_dict
     from posegraph.errors import PosegraphError
 
     monkeypatch.delenv(UNSAFE_ENV, raising=False)
@@ -48,7 +48,7 @@ def test_the_unsafe_flag_is_explicit_and_says_the_risk(tmp_path):
     marker = tmp_path / "ran"
     path = _hostile_checkpoint(tmp_path, marker)
     code = ("import logging; logging.basicConfig(level=logging.WARNING); "
-            f"from posegraph.checkpoints import load_state_dict; print(sorted(load_state_dict({str(path)!r}).state_dict))")
+            f"from posegraph.models.checkpoints import load_state_dict; print(sorted(load_state_dict({str(path)!r}).state_dict))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             env={**os.environ, "POSEGRAPH_UNSAFE_UNPICKLE": "1"})
     assert result.returncode == 0, result.stderr
@@ -59,7 +59,7 @@ def test_the_unsafe_flag_is_explicit_and_says_the_risk(tmp_path):
 
 def test_mmengine_style_meta_with_numpy_loads_as_data(tmp_path):
     """What official mmengine checkpoints keep in meta (numpy arrays and scalars) loads safely."""
-    from posegraph.checkpoints import load_state_dict
+    from posegraph.models.checkpoints import load_state_dict
 
     path = tmp_path / "official-like.pth"
     meta = {"epoch": 420, "seed": np.int64(7), "hist": np.arange(4, dtype=np.float32), "lr": np.float64(1e-3),

@@ -132,7 +132,7 @@ def test_not_an_image_or_video(checkpoints, tmp_path):
 
 def test_truncated_video_keeps_what_decodes_and_says_so(checkpoints, clip_frames, tmp_path):
     """An AVI cut in half still decodes its first frames: those are processed, the user is told."""
-    from posegraph.samples import write_clip
+    from posegraph.media.samples import write_clip
 
     full = tmp_path / "full.avi"
     writer = cv2.VideoWriter(str(full), cv2.VideoWriter_fourcc(*"MJPG"), 12, (640, 480))
@@ -200,7 +200,7 @@ def test_models_fetch_downloads_the_official_paths(tmp_path, checkpoints, starts
     """Against a mirror laid out like download.openmmlab.com (a real HTTP server)."""
     from services import http_file_server
 
-    from posegraph.zoo import ZOO_HOST, get_model
+    from posegraph.models.zoo import ZOO_HOST, get_model
 
     spec = get_model("rtmpose-t")
     mirror = tmp_path / "mirror"

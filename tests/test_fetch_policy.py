@@ -166,7 +166,7 @@ def test_a_served_stage_refuses_every_uri_by_default_without_touching_it(checkpo
             assert response.status_code == 403, (uri, response.status_code, response.text)
             assert "not allowed here" in response.text and "inline image data only" in response.text, response.text
         assert web.requests == before, "a refused URI was fetched"
-        from posegraph.imageio import image_ref
+        from posegraph.media.imageio import image_ref
 
         ok = _post(server, image_ref(astronaut).model_dump(exclude_none=True))
         assert ok.status_code == 200, ok.text  # inline data is what a served stage reads

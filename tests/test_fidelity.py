@@ -14,7 +14,7 @@ import pytest
 
 from posegraph.frame import FrameDocument, Person, TrackDocument, TrackFrame
 from posegraph.stages import DetectStage, Lift3dStage, Pose2dStage
-from posegraph.zoo import MODELS
+from posegraph.models.zoo import MODELS
 
 BACKENDS = ["torch", "onnxruntime"]
 
@@ -106,8 +106,8 @@ def test_network_equals_mm_network(name, reference_models, checkpoints):
     """Same checkpoint, same input tensor → same raw outputs, for every catalogue model."""
     import torch
 
-    from posegraph.checkpoints import load_state_dict
-    from posegraph.engine import build_torch_module, export_spec
+    from posegraph.models.checkpoints import load_state_dict
+    from posegraph.models.engine import build_torch_module, export_spec
 
     reference = reference_models(name)
     loaded = load_state_dict(str(checkpoints / f"{name}.pth"))
@@ -132,7 +132,7 @@ def test_network_equals_mm_network(name, reference_models, checkpoints):
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_onnx_export_equals_torch(name, checkpoints):
     """The served ONNX model computes the torch network's function (dynamic batch/length)."""
-    from posegraph.engine import load_network
+    from posegraph.models.engine import load_network
 
     spec = MODELS[name]
     uri = str(checkpoints / f"{name}.pth")
@@ -297,7 +297,7 @@ def test_pipeline_on_photo_and_clip_equals_mm_chain(backend, overrides, referenc
     # The clip, through the real video path: decode, detect + 2D per frame, track, lift each track.
     import cv2
 
-    from posegraph.video import VideoReader
+    from posegraph.media.video import VideoReader
 
     with VideoReader(clip_path) as reader:
         docs = pipeline.video(reader, max_frames=8)

@@ -19,7 +19,7 @@ import pytest
 from tiers import tier
 
 from posegraph.jobs.store import open_store
-from posegraph.samples import synthetic_clip_frames, write_clip
+from posegraph.media.samples import synthetic_clip_frames, write_clip
 
 FRAMES = 24
 

@@ -188,7 +188,7 @@ def s3(node):
 @pytest.fixture(scope="module")
 def clip_in_store(node):
     """A 32-frame clip of the bundled photo in the in-cluster object store."""
-    from posegraph.samples import synthetic_clip_frames, write_clip
+    from posegraph.media.samples import synthetic_clip_frames, write_clip
 
     path = Path(tempfile.mkdtemp()) / "clip.mp4"
     write_clip(path, synthetic_clip_frames(32))
@@ -349,7 +349,7 @@ def _progress(node, name: str) -> int:
 @pytest.fixture(scope="module")
 def long_clip(node):
     """A clip long enough to act on a job while it runs (96 frames: ~40 s of graph calls here)."""
-    from posegraph.samples import synthetic_clip_frames, write_clip
+    from posegraph.media.samples import synthetic_clip_frames, write_clip
 
     path = Path(tempfile.mkdtemp()) / "long.mp4"
     write_clip(path, synthetic_clip_frames(96))

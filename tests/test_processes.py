@@ -153,7 +153,7 @@ def test_sigkilled_up_leaves_no_stage_server_or_router(checkpoints):
 
 
 def test_sigkilled_job_run_leaves_no_stage_server_or_router(checkpoints, tmp_path):
-    from posegraph.samples import synthetic_clip_frames, write_clip
+    from posegraph.media.samples import synthetic_clip_frames, write_clip
 
     video = write_clip(tmp_path / "long.mp4", synthetic_clip_frames(240))
     proc = start("job", "run", "--video", str(video), "--graph", "local", "--checkpoints", str(checkpoints),

@@ -21,7 +21,7 @@ import pytest
 from tiers import tier
 
 from posegraph.jobs.ranges import DEFAULT_OVERLAP, Stitcher, plan_ranges, range_job_id
-from posegraph.samples import synthetic_clip_frames, write_clip
+from posegraph.media.samples import synthetic_clip_frames, write_clip
 
 FRAMES = 32
 

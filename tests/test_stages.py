@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
 import base64
+import json
 import shutil
 import struct
 import subprocess
@@ -19,7 +18,7 @@ import pytest
 
 from posegraph.errors import BadInput, FetchError, MissingInput
 from posegraph.frame import FrameDocument, Person, TrackDocument, TrackFrame
-from posegraph.imageio import image_ref
+from posegraph.media.imageio import image_ref
 from posegraph.stages import DetectStage, Lift3dStage, Pose2dStage
 
 
@@ -234,9 +233,9 @@ def test_track_lifting_equals_lifting_each_window(stages, checkpoints):
     243-frame window with replicated edges (VideoPose3D's two layouts)."""
     import torch
 
-    from posegraph.checkpoints import load_state_dict
-    from posegraph.engine import build_torch_module
-    from posegraph.zoo import get_model
+    from posegraph.models.checkpoints import load_state_dict
+    from posegraph.models.engine import build_torch_module
+    from posegraph.models.zoo import get_model
 
     track = _track(9)
     # The two layouts compute the same network: compare them unsmoothed (smoothing: test_motion.py).
@@ -282,7 +281,7 @@ def test_long_tracks_are_lifted_whole(checkpoints, model, frames):
 
 
 def test_random_weights_are_announced_once_and_marked_on_documents(checkpoints, astronaut, capsys, caplog):
-    from posegraph import checkpoints as ck
+    from posegraph.models import checkpoints as ck
 
     ck._warned.discard("rtmpose-s")
     stage = Pose2dStage({"model": "rtmpose-s"}).load(str(checkpoints / "rtmpose-s.pth"))
@@ -363,11 +362,11 @@ def test_unreadable_checkpoint_uris_fail_clearly(s3_env, checkpoints, monkeypatc
 
 def test_onnx_models_serve_without_torch_or_openmmlab(checkpoints, astronaut, tmp_path, starts_servers):
     """An exported .onnx (what model archives carry) runs with torch and mm* unimportable."""
-    from posegraph.engine import load_network
-    from posegraph.zoo import get_model
+    from posegraph.models.engine import load_network
+    from posegraph.models.zoo import get_model
 
     load_network(get_model("rtmdet-nano-person"), str(checkpoints / "rtmdet-nano-person.pth"))
-    from posegraph.engine import export_fingerprint
+    from posegraph.models.engine import export_fingerprint
     from posegraph.uri import cache_dir
 
     exported = sorted(cache_dir("onnx").glob(f"rtmdet-nano-person-*-{export_fingerprint()}.onnx"))[0]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from posegraph.samples import synthetic_clip_frames, write_clip
+from posegraph.media.samples import synthetic_clip_frames, write_clip
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_in_process_and_through_the_local_graph_give_the_same_documents(pipeline
 def test_tracks_are_lifted_once_each_as_the_tracker_lets_them_go(pipeline, clip):
     """Lifting does not wait for the video's end: a track the tracker has dropped is lifted after
     that batch, and every track exactly once."""
-    from posegraph.video import VideoReader
+    from posegraph.media.video import VideoReader
     from posegraph.videopass import InProcessFrames, InProcessLift, MemorySink, run_video, video_frames
 
     calls: list[tuple[int, list[int]]] = []

@@ -237,8 +237,8 @@ def _report(result, *, as_json: bool = False) -> None:
 
 
 def cmd_models(args) -> int:
-    from .checkpoints import checkpoint_path, default_checkpoint_dir, fetch_official, write_random
-    from .zoo import MODELS, get_model
+    from .models.checkpoints import checkpoint_path, default_checkpoint_dir, fetch_official, write_random
+    from .models.zoo import MODELS, get_model
 
     if args.models_command == "list":
         directory = args.dir or default_checkpoint_dir()
@@ -279,8 +279,8 @@ def cmd_models(args) -> int:
 
 
 def cmd_archive(args) -> int:
-    from .checkpoints import resolve_checkpoint
     from .config import load_profile
+    from .models.checkpoints import resolve_checkpoint
     from .serving.archive import ArchiveOptions, build_archive
 
     profile = load_profile(args.profile, args.overrides)
@@ -334,8 +334,14 @@ def cmd_graph(args) -> int:
 
 def cmd_up(args) -> int:
     from .config import load_profile
-    from .embedded import (archives_for_pipeline, archives_for_profile, check_router, default_pipeline,
-                              kserve_router_binary, start_local_graph)
+    from .embedded import (
+        archives_for_pipeline,
+        archives_for_profile,
+        check_router,
+        default_pipeline,
+        kserve_router_binary,
+        start_local_graph,
+    )
     from .graph.spec import load_pipeline
 
     check_router(args.router)  # before archives are built: a missing binary is said at once
@@ -344,7 +350,7 @@ def cmd_up(args) -> int:
         pipeline = load_pipeline(args.spec)
         layouts = archives_for_pipeline(pipeline)
     else:
-        from .checkpoints import default_checkpoint_dir, ensure_checkpoints
+        from .models.checkpoints import default_checkpoint_dir, ensure_checkpoints
 
         profile = load_profile(args.profile, args.overrides)
         directory = args.checkpoints or default_checkpoint_dir()
@@ -392,8 +398,8 @@ def cmd_call(args) -> int:
     if args.overlay:
         import cv2
 
-        from .imageio import decode_image
-        from .render import draw_overlay
+        from .media.imageio import decode_image
+        from .media.render import draw_overlay
 
         pixels = decode_image(Path(args.image).read_bytes(), what=args.image)
         random_weights = any(r.random_weights for r in doc.stages.values())
@@ -405,8 +411,8 @@ def cmd_call(args) -> int:
 
 def cmd_job(args) -> int:
     from .jobs.runner import JobRunner
-    from .names import SUCCEEDED
     from .jobs.store import open_store
+    from .names import SUCCEEDED
 
     if args.job_command == "status":
         store = open_store(args.results)
@@ -470,8 +476,8 @@ def cmd_ui(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .jobs.store import open_store
     from .jobs.export import export_job
+    from .jobs.store import open_store
 
     if args.results.startswith("sqlite:///") and not Path(args.results[len("sqlite:///"):]).expanduser().is_file():
         raise UsageError(f"no results store at {args.results[len('sqlite:///'):]} (--results)")

@@ -17,8 +17,7 @@ import numpy as np
 
 from .errors import BadInput, PosegraphError
 from .frame import FrameDocument, ImageRef, TrackDocument, parse_document
-from .imageio import decode_image, inline_image
-from .imageio import encode_image
+from .media.imageio import decode_image, encode_image, inline_image
 from .uri import local_path
 
 

@@ -13,14 +13,14 @@ import json
 import time
 from pathlib import Path
 
-from .checkpoints import default_checkpoint_dir
 from .client import GraphClient
 from .config import load_profile
 from .embedded import start_embedded_graph
 from .jobs.options import JobOptions
 from .jobs.runner import JobRunner
-from .render import draw_overlay, plot_3d, poses_for_plot
-from .samples import synthetic_clip_frames, write_astronaut, write_clip
+from .media.render import draw_overlay, plot_3d, poses_for_plot
+from .media.samples import synthetic_clip_frames, write_astronaut, write_clip
+from .models.checkpoints import default_checkpoint_dir
 
 
 def _photo_through_graph(graph, photo: Path, out: Path) -> bool:

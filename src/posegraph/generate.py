@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from .frame import json_schemas
 from .names import PORTS
 from .operator.crds import DESCRIPTIONS, SOURCES, crds

@@ -15,7 +15,6 @@ from pydantic_core import PydanticCustomError
 
 from .graph.spec import Resources, Strict
 from .jobs.options import FRAME_FORMATS, VIDEO_FORMATS, JobOptions
-from .uri import is_remote_video_uri
 from .names import (
     POSEJOB_FAILED,
     POSEJOB_PARTIAL,
@@ -23,6 +22,7 @@ from .names import (
     POSEJOB_RUNNING,
     POSEJOB_SUCCEEDED,
 )
+from .uri import is_remote_video_uri
 
 DEFAULT_RUNNER_SERVICE_ACCOUNT = "posegraph-job-runner"
 # Each runner pod holds up to 4 PostgreSQL connections (jobs.store.PostgresStore's pool): 16 pods

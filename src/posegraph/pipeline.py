@@ -14,17 +14,17 @@ from typing import Callable
 
 import numpy as np
 
-from .checkpoints import resolve_checkpoint
 from .config import Profile, load_profile
 from .errors import BadInput
 from .frame import FrameDocument, ImageRef
-from .imageio import decode_image
-from .render import draw_overlay, plot_3d, poses_for_plot
+from .media.imageio import decode_image
+from .media.render import draw_overlay, plot_3d, poses_for_plot
+from .media.video import VideoReader, VideoWriter, is_image_file
+from .models.checkpoints import resolve_checkpoint
 from .names import STAGES
 from .stages import STAGE_CLASSES, Stage
 from .tracking import Tracker
 from .uri import fetch_to_cache
-from .video import VideoReader, VideoWriter, is_image_file
 from .videopass import InProcessFrames, InProcessLift, MemorySink, run_video, video_frames
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ import numpy as np
 from .client import GraphError
 from .errors import PosegraphError
 from .frame import FrameDocument, StageRecord, TrackDocument
-from .imageio import image_ref
+from .media.imageio import image_ref
 from .tracking import Tracker, apply_tracks, tracks_from_frames
 
 log = logging.getLogger(__name__)

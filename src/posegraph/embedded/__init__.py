@@ -11,8 +11,14 @@ hands back a ``LocalGraph`` whose endpoint takes the same requests as a cluster'
 """
 
 from .archives import archives_for_pipeline, archives_for_profile
-from .graph import (LocalGraph, default_pipeline, graph_on_demand, local_graph_spec, start_embedded_graph,
-                    start_local_graph)
+from .graph import (
+                    LocalGraph,
+                    default_pipeline,
+                    graph_on_demand,
+                    local_graph_spec,
+                    start_embedded_graph,
+                    start_local_graph,
+)
 from .routers import KSERVE_VERSION, ROUTERS, check_router, kserve_router_binary, router_ready, start_router
 from .servers import StageServer, free_port, start_stage_server
 

@@ -11,15 +11,14 @@ import tempfile
 from pathlib import Path
 
 from .. import __version__
-from ..checkpoints import resolve_checkpoint
 from ..config import Profile
-from ..engine import export_fingerprint
 from ..errors import PosegraphError, UsageError
 from ..graph.spec import PosePipeline
+from ..models.checkpoints import resolve_checkpoint
+from ..models.engine import export_fingerprint
 from ..names import STAGES
 from ..serving.archive import ArchiveOptions, build_archive
-from ..uri import _describe
-from ..uri import cache_dir, file_sha256, local_path, s3_client, split_s3
+from ..uri import _describe, cache_dir, file_sha256, local_path, s3_client, split_s3
 
 
 def _code_digest(function) -> str:

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Callable
 
 from .. import processes
-from ..checkpoints import default_checkpoint_dir, ensure_checkpoints
 from ..config import Profile, load_profile
 from ..errors import UsageError
 from ..graph.kserve_objects import inference_graph, to_dict
 from ..graph.spec import PosePipeline, parse_pipeline
+from ..models.checkpoints import default_checkpoint_dir, ensure_checkpoints
 from ..names import STAGES
 from .archives import archives_for_profile
 from .routers import check_router, start_router

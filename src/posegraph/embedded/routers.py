@@ -15,7 +15,6 @@ from .. import processes
 from ..errors import PosegraphError, UsageError
 from ..uri import cache_dir
 
-
 # The graph routers `posegraph up --router` can start: posegraph's own (Python, with metrics and
 # step-naming errors) or KServe's (the Go binary a cluster's InferenceGraph runs).
 ROUTERS = ("posegraph", "kserve")

@@ -26,6 +26,7 @@ from ..errors import PosegraphError, UsageError
 from ..names import RUNTIMES
 from ..serving.archive import ArchiveOptions, config_properties, find_mar, metrics_declarations
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..fetchpolicy import ENV
 from ..names import (
     INFERENCEGRAPH_VERSION,
     INFERENCESERVICE_VERSION,
@@ -25,7 +26,6 @@ from ..names import (
     LABEL_PIPELINE,
     LABEL_STAGE,
 )
-from ..fetchpolicy import ENV
 from .spec import STAGE_NAMES, PosePipeline, StageDeployment
 
 GPU_RESOURCE = "nvidia.com/gpu"

@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import UsageError
+from ..fetchpolicy import FetchPolicy
 from ..names import (
     API_GROUP_VERSION,
     POSEPIPELINE_DEGRADED,
@@ -37,7 +38,6 @@ from ..names import (
     STAGES,
     inference_service_name,
 )
-from ..fetchpolicy import FetchPolicy
 
 STAGE_NAMES = STAGES
 API_VERSION = API_GROUP_VERSION

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..frame import FrameDocument
-from ..render import draw_overlay, plot_3d, poses_for_plot
+from ..media.render import draw_overlay, plot_3d, poses_for_plot
+from ..media.video import VideoReader, open_video_writer
 from ..uri import write_bytes
-from ..video import VideoReader, open_video_writer
 from .export import export_job
 from .options import JobOptions
 from .store import ResultsStore, stored_frame_document

@@ -16,6 +16,7 @@ import os
 import time
 from pathlib import Path
 from typing import Any
+
 from .. import k8s_config
 from ..names import API_GROUP, API_VERSION, POSEJOBS
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Sequence
+
 from ..tracking import iou_matrix
 
 # Sampled frames each range reads before the first frame it owns. Tracking's max_gap is 2

@@ -15,27 +15,26 @@ re-done from the store, so the outputs are complete whatever was interrupted.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
 import sys
 import tempfile
 import time
-import dataclasses
 from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-
 from .. import processes
 from ..client import GraphClient
 from ..config import load_profile
 from ..errors import BadInput, PosegraphError, UsageError
+from ..media.video import VideoReader
 from ..names import FAILED, INTERRUPTED, PARTIAL, RUNNING, SUCCEEDED, utc_now
 from ..tracking import Tracker
 from ..uri import fetch_to_cache
-from ..video import VideoReader
 from ..videopass import GraphFrames, GraphLift, lift_tracks, run_video, video_frames
 from .options import TOKEN_ENV, JobOptions
 from .outputs import motion_outputs, render_outputs

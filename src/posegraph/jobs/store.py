@@ -27,7 +27,6 @@ from typing import Any, Iterator
 
 from ..errors import PosegraphError, UsageError
 from ..frame import FrameDocument, ImageRef
-from ..motion.angles import ANGLES
 from ..motion.angles import ANGLES, stored_angle
 from ..names import utc_now
 from .ranges import Stitcher

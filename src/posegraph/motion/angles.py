@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import charts
 from ..keypoints import H36M17
+from ..media import charts
 
 J = {name: i for i, name in enumerate(H36M17)}
 UP = np.array([0.0, -1.0, 0.0])  # camera axes: y points down

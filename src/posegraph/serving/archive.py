@@ -30,14 +30,11 @@ from typing import Any
 import yaml
 
 from .. import __version__
-from ..engine import exported_onnx
 from ..errors import PosegraphError, UsageError
+from ..models.engine import exported_onnx
 from ..names import STAGES
 from ..stages import STAGE_CLASSES, StageSettings
-from ..uri import _describe
-from ..uri import cache_dir
-from ..uri import file_sha256, local_path
-from ..uri import s3_client, split_s3
+from ..uri import _describe, cache_dir, file_sha256, local_path, s3_client, split_s3
 
 ARCHIVE_FORMAT = "posegraph/archive/v1"
 HANDLER_SOURCE = '''"""TorchServe entry point of a posegraph stage archive: all logic lives in the posegraph package."""

@@ -29,8 +29,7 @@ from ..asgi import read_body
 from .archive import find_mar, unpack
 from .auth import BearerAuth
 from .metrics import PrometheusStageMetrics
-from .protocol import BatchReport
-from .protocol import MAX_REQUEST_BYTES, ProtocolError, answer_batch, loads_json
+from .protocol import MAX_REQUEST_BYTES, BatchReport, ProtocolError, answer_batch, loads_json
 from .runtime import load_stage, pick_device
 
 log = logging.getLogger(__name__)

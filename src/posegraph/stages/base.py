@@ -13,11 +13,11 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from ..checkpoints import warn_random_weights
-from ..engine import Network, load_network
 from ..errors import PosegraphError
 from ..frame import FrameDocument, StageRecord
-from ..zoo import ModelSpec, get_model
+from ..models.checkpoints import warn_random_weights
+from ..models.engine import Network, load_network
+from ..models.zoo import ModelSpec, get_model
 
 
 class StageSettings(BaseModel):

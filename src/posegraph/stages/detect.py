@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 
 from ..frame import FrameDocument, Person
-from ..imageio import network_input, pixels_of
-from ..zoo import RTMDET_STRIDES as STRIDES
+from ..media.imageio import network_input, pixels_of
+from ..models.zoo import RTMDET_STRIDES as STRIDES
 from .base import Stage, StageSettings
 
 

@@ -7,7 +7,7 @@ the video path needs). Output: ``keypoints3d`` in metres, root-relative.
 Reproduces mmpose's lifting path (``Pose3DInferencer``): COCO → H36M conversion,
 the 2D normalisation by each box and the H36M dataset statistics, the image-size
 normalisation of the codec, edge-replicated temporal windows, and decoding.
-VideoPose3D runs in its dilated layout: a whole track in one pass (see nets/videopose3d.py).
+VideoPose3D runs in its dilated layout: a whole track in one pass (see models/nets/videopose3d.py).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..engine import load_network
 from ..errors import MissingInput
 from ..frame import FrameDocument, TrackDocument
 from ..keypoints import coco_to_h36m
+from ..models.engine import load_network
 from ..motion.smoothing import SmoothingSettings, smooth
 from ..uri import local_path
 from .base import Stage, StageSettings

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import MissingInput
 from ..frame import FrameDocument
-from ..imageio import network_input, pixels_of
+from ..media.imageio import network_input, pixels_of
 from .base import Stage, StageSettings
 
 

@@ -33,13 +33,13 @@ from ..client import GraphClient, GraphError
 from ..errors import BadInput, PosegraphError, UsageError
 from ..fetchpolicy import FetchPolicy, FetchRefused
 from ..frame import COCO17, H36M17, FrameDocument
-from ..imageio import decode_image, image_ref
+from ..jobs import export
 from ..jobs.store import ResultsStore, open_store
 from ..keypoints import COCO_LEFT, COCO_SKELETON, H36M_LEFT, H36M_SKELETON
-from ..jobs import export
+from ..media.imageio import decode_image, image_ref
+from ..media.video import VideoReader, sniff_container
 from ..names import FAILED, QUEUED, RUNNING
 from ..uri import fetch_to_cache, is_remote_video_uri
-from ..video import VideoReader, sniff_container
 from .launchers import JobRequest, KubernetesLauncher, LocalLauncher
 
 log = logging.getLogger(__name__)

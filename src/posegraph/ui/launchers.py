@@ -20,12 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import k8s_config
-from .. import processes
+from .. import k8s_config, processes
 from ..jobs.options import TOKEN_ENV, JobOptions
 from ..names import API_GROUP, API_GROUP_VERSION, API_VERSION, POSEJOBS, posejob_store_id
-from ..uri import is_remote_video_uri
-from ..uri import s3_client, split_s3
+from ..uri import is_remote_video_uri, s3_client, split_s3
 
 log = logging.getLogger(__name__)
 

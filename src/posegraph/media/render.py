@@ -7,9 +7,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..frame import FrameDocument
+from ..keypoints import COCO_LEFT, COCO_SKELETON, H36M_LEFT, H36M_SKELETON
 from . import charts
-from .frame import FrameDocument
-from .keypoints import COCO_LEFT, COCO_SKELETON, H36M_LEFT, H36M_SKELETON
 
 # Distinct BGR colours per track (tab10).
 _PALETTE = [(180, 119, 31), (14, 127, 255), (44, 160, 44), (40, 39, 214), (189, 103, 148),

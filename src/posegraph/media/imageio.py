@@ -10,10 +10,10 @@ import os
 import cv2
 import numpy as np
 
-from . import fetchpolicy
-from .errors import BadInput, FetchError, MissingInput
-from .frame import FrameDocument, ImageRef
-from .uri import read_bytes
+from .. import fetchpolicy
+from ..errors import BadInput, FetchError, MissingInput
+from ..frame import FrameDocument, ImageRef
+from ..uri import read_bytes
 
 # A 50-megapixel frame is far above what the detector looks at (≤ 640²) and keeps a
 # hostile or mistaken upload from taking gigabytes of memory in every stage.

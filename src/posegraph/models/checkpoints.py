@@ -15,13 +15,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import FetchError, PosegraphError, UsageError
-from .imageio import network_input
-from .names import STAGES
-from .uri import cache_dir, download, fetch_to_cache
-from .zoo import ModelSpec
-from .zoo import build_network
-from .zoo import get_model
+from ..errors import FetchError, PosegraphError, UsageError
+from ..media.imageio import network_input
+from ..names import STAGES
+from ..uri import cache_dir, download, fetch_to_cache
+from .zoo import ModelSpec, build_network, get_model
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +148,7 @@ def _calibration_batch(spec: ModelSpec, generator):
         import cv2
 
         # lazy: scikit-image (the bundled photo), needed only to calibrate random weights
-        from .samples import astronaut_bgr
+        from ..media.samples import astronaut_bgr
 
         img = astronaut_bgr()
         p = spec.params

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
-
-import contextlib
-import os
 
 # FFmpeg's own console messages ("moov atom not found") would interleave with ours: errors are
 # reported as one readable line instead.
@@ -17,7 +16,7 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .errors import BadInput
+from ..errors import BadInput
 from .imageio import check_size
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import UsageError
+from ..errors import UsageError
 
 ZOO_HOST = "https://download.openmmlab.com"
 # RTMDet's feature levels (mmdet ``MlvlPointGenerator`` strides), shared by the network and decoding.

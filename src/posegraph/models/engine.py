@@ -21,12 +21,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..errors import PosegraphError, UsageError
+from ..uri import cache_dir, fetch_to_cache, file_sha256
 from .checkpoints import load_state_dict, require_torch
-from .errors import PosegraphError
-from .errors import UsageError
-from .uri import cache_dir, fetch_to_cache, file_sha256
-from .zoo import ModelSpec
-from .zoo import build_network
+from .zoo import ModelSpec, build_network
 
 log = logging.getLogger(__name__)
 

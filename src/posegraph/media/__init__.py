@@ -1,0 +1,1 @@
+"""Media in and out: pixels in documents, video files, overlays and charts, the bundled inputs."""

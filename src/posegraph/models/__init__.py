@@ -1,0 +1,1 @@
+"""The model catalogue, its checkpoints, the networks and running them (ONNX, PyTorch)."""
