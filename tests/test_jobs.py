@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from tiers import tier
 
+from posegraph.jobs.rows import JobCounts
 from posegraph.jobs.store import open_store
 from posegraph.media.samples import synthetic_clip_frames, write_clip
 
@@ -63,17 +64,17 @@ def count_frames(path: Path) -> int:
 
 def assert_complete(store, job_id: str, frames: int, stride: int = 1):
     row = store.job(job_id)
-    assert row["status"] == "succeeded", row
-    assert row["frames_done"] == frames and row["frames_failed"] == 0
+    assert row.status == "succeeded", row
+    assert row.frames_done == frames and row.frames_failed == 0
     results = store.frame_results(job_id, 0, 10**9)
     assert sorted(results) == list(range(0, frames * stride, stride)), "every processed frame, no gap"
-    persons = [p for f in results.values() for p in f["persons"]]
-    assert len(persons) == row["persons"] == sum(len(f["persons"]) for f in results.values())
+    persons = [p for f in results.values() for p in f.persons]
+    assert len(persons) == row.persons == sum(len(f.persons) for f in results.values())
     counts = store.counts(job_id)
-    assert counts["persons_without_3d"] == 0, "every track was lifted"
-    assert counts["tracks"] == row["tracks"] == len({p["track_id"] for p in persons})
+    assert counts.persons_without_3d == 0, "every track was lifted"
+    assert counts.tracks == row.tracks == len({p.track_id for p in persons})
     for p in persons:
-        assert len(p["keypoints2d"]) == 17 and len(p["keypoints3d"]) == 17 and p["track_id"] is not None
+        assert len(p.keypoints2d) == 17 and len(p.keypoints3d) == 17 and p.track_id is not None
     return results
 
 
@@ -92,12 +93,12 @@ def test_s3_video_to_postgres_and_s3_outputs(graph, clip, s3, postgres, tmp_path
     store = open_store(postgres.dsn)
     try:
         assert_complete(store, "walk-1", FRAMES)
-        outputs = store.job("walk-1")["outputs"]
+        outputs = store.job("walk-1").outputs
         tracks = [t for t in store.tracks("walk-1")]
         # Joint angles in PostgreSQL: one row per frame of every lifted track (migration 2).
         for t in tracks:
-            frames, angles = store.joint_angles("walk-1", t["track_id"])
-            assert frames == [r["frame_index"] for r in store.track_rows("walk-1", t["track_id"])]
+            frames, angles = store.joint_angles("walk-1", t.track_id)
+            assert frames == [r.frame_index for r in store.track_rows("walk-1", t.track_id)]
             assert all(v is None or 0 <= v <= 180 for values in angles.values() for v in values)
     finally:
         store.close()
@@ -105,7 +106,7 @@ def test_s3_video_to_postgres_and_s3_outputs(graph, clip, s3, postgres, tmp_path
                        "frames": "s3://outputs/jobs/walk/frames.jsonl", "angles": "s3://outputs/jobs/walk/motion/angles.csv",
                        "motion": "s3://outputs/jobs/walk/motion/"}
     keys = {o["Key"] for o in s3.client().list_objects_v2(Bucket="outputs", Prefix="jobs/walk/motion/")["Contents"]}
-    long_tracks = [t["track_id"] for t in tracks if t["frames"] >= 2]
+    long_tracks = [t.track_id for t in tracks if t.frames >= 2]
     assert long_tracks, "the clip should give at least one track of 2+ frames"
     assert {f"jobs/walk/motion/track-{t}.bvh" for t in long_tracks} <= keys
     assert {f"jobs/walk/motion/track-{t}-angles.png" for t in long_tracks} | {"jobs/walk/motion/angles.csv"} <= keys
@@ -155,7 +156,7 @@ def _kill_midway(graph, clip, results: str, job_id: str, out: Path) -> None:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             row = store.job(job_id)
-            if row and (row["frames_done"] or 0) >= 6:
+            if row and (row.frames_done or 0) >= 6:
                 break
             if proc.poll() is not None:
                 pytest.fail("the job finished before it could be killed")
@@ -163,7 +164,7 @@ def _kill_midway(graph, clip, results: str, job_id: str, out: Path) -> None:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         row = store.job(job_id)
-        assert row["status"] == "running" and 6 <= row["frames_done"] < FRAMES, row
+        assert row.status == "running" and 6 <= row.frames_done < FRAMES, row
     finally:
         store.close()
 
@@ -186,10 +187,10 @@ def test_killed_job_resumes_without_duplicates_or_gaps(backend, graph, clip, pos
         store.close()
     # The same rows as a run that was never interrupted: same persons, same track ids.
     for index in want:
-        a, b = got[index]["persons"], want[index]["persons"]
-        assert [p["track_id"] for p in a] == [p["track_id"] for p in b], f"frame {index}"
-        assert np.allclose([p["bbox"] for p in a], [p["bbox"] for p in b], atol=1e-3)
-        assert np.allclose([p["keypoints3d"] for p in a], [p["keypoints3d"] for p in b], atol=1e-3)
+        a, b = got[index].persons, want[index].persons
+        assert [p.track_id for p in a] == [p.track_id for p in b], f"frame {index}"
+        assert np.allclose([p.bbox for p in a], [p.bbox for p in b], atol=1e-3)
+        assert np.allclose([p.keypoints3d for p in a], [p.keypoints3d for p in b], atol=1e-3)
     assert count_frames(tmp_path / "out" / "overlay.webm") == FRAMES, "the resumed job's video is complete"
 
 
@@ -204,8 +205,8 @@ def test_corrupt_video_fails_clearly_and_leaves_a_consistent_store(graph, tmp_pa
     assert "broken.mp4" in result.stderr and "Traceback" not in result.stderr
     store = open_store(db)
     row = store.job("bad")
-    assert row["status"] == "failed" and "broken.mp4" in row["error"]
-    assert store.counts("bad") == {"frames": 0, "persons": 0, "tracks": 0, "persons_without_3d": 0}
+    assert row.status == "failed" and "broken.mp4" in row.error
+    assert store.counts("bad") == JobCounts(frames=0, persons=0, tracks=0, persons_without_3d=0)
 
 
 def test_unreachable_video_uri_fails_clearly(graph, s3, tmp_path):
@@ -213,7 +214,7 @@ def test_unreachable_video_uri_fails_clearly(graph, s3, tmp_path):
     result = job("--video", "s3://videos/nope/missing.mp4", *graph_args(graph), "--results", db, "--output",
                  tmp_path / "o", "--job-id", "missing", env=s3.env())
     assert result.returncode != 0 and "s3://videos/nope/missing.mp4" in result.stderr
-    assert open_store(db).job("missing")["status"] == "failed"
+    assert open_store(db).job("missing").status == "failed"
     unreachable_graph = job("--video", tmp_path / "nothing.mp4", "--graph", "http://127.0.0.1:9/", "--results", db,
                             "--output", tmp_path / "o", "--job-id", "nofile")
     assert unreachable_graph.returncode != 0 and "no such file" in unreachable_graph.stderr
@@ -231,7 +232,7 @@ def test_a_video_with_nobody_in_it(checkpoints, tmp_path, starts_servers):
     assert result.returncode == 0, result.stderr
     assert "no person was found" in result.stdout
     row = open_store(f"sqlite:///{tmp_path / 'r.db'}").job("empty")
-    assert row["status"] == "succeeded" and row["persons"] == 0 and row["frames_done"] == 6
+    assert row.status == "succeeded" and row.persons == 0 and row.frames_done == 6
     assert count_frames(tmp_path / "o" / "overlay.webm") == 6
 
 
@@ -279,10 +280,10 @@ def test_a_graph_that_errors_on_some_frames_is_retried_then_recorded(graph, clip
     assert "1 frames failed" in result.stdout
     store = open_store(db)
     row = store.job("flaky")
-    assert row["status"] == "partial" and row["frames_failed"] == 1 and row["frames_done"] == 7
+    assert row.status == "partial" and row.frames_failed == 1 and row.frames_done == 7
     frames = store.frame_results("flaky", 0, 100)
     assert sorted(frames) == list(range(8)), "the failed frame is recorded, not skipped"
-    assert frames[5]["status"] == "failed" and "cursed" in frames[5]["error"]
+    assert frames[5].status == "failed" and "cursed" in frames[5].error
     assert max(proxy.attempts.values()) >= 3, "503s were retried"
     assert count_frames(tmp_path / "o" / "overlay.webm") == 8
 
@@ -318,9 +319,9 @@ def test_export_every_format_of_a_finished_job(graph, clip, tmp_path):
                  "--job-id", "exported", "--no-render")
     assert result.returncode == 0, result.stderr
     store = open_store(db)
-    tracks = {t["track_id"]: t for t in store.tracks("exported")}
+    tracks = {t.track_id: t for t in store.tracks("exported")}
     store.close()
-    long_tracks = sorted(t for t, v in tracks.items() if v["frames"] >= 2)
+    long_tracks = sorted(t for t, v in tracks.items() if v.frames >= 2)
     assert long_tracks
     # The runner wrote the motion outputs even without rendering.
     assert (tmp_path / "out" / "motion" / "angles.csv").is_file()
@@ -336,17 +337,17 @@ def test_export_every_format_of_a_finished_job(graph, clip, tmp_path):
             assert len([line for line in done.stderr.splitlines() if line.startswith("skipped track")]) == \
                 len(tracks) - len(long_tracks)
             parsed = parse_bvh((out / f"track-{long_tracks[0]}.bvh").read_text())
-            assert parsed["frames"] == tracks[long_tracks[0]]["frames"]
+            assert parsed["frames"] == tracks[long_tracks[0]].frames
             assert abs(parsed["frame_time"] - 1 / 12) < 1e-6  # the clip is 12 fps, every frame processed
         elif fmt == "csv":
             assert names == sorted(f"track-{t}.csv" for t in tracks)
             rows = (out / f"track-{long_tracks[0]}.csv").read_text().splitlines()
-            assert len(rows) == 1 + tracks[long_tracks[0]]["frames"] and rows[0].startswith("frame_index,")
+            assert len(rows) == 1 + tracks[long_tracks[0]].frames and rows[0].startswith("frame_index,")
         elif fmt == "angles":
             assert names == sorted(["angles.csv", *(f"track-{t}-angles.png" for t in long_tracks)])
             lines = (out / "angles.csv").read_text().splitlines()
             assert lines[0].split(",")[:4] == ["track_id", "frame_index", "timestamp_s", "left_knee_deg"]
-            assert len(lines) == 1 + sum(v["frames"] for v in tracks.values())
+            assert len(lines) == 1 + sum(v.frames for v in tracks.values())
             assert (out / "angles.csv").read_text() == (tmp_path / "out" / "motion" / "angles.csv").read_text()
         else:
             assert names == ["frames.jsonl"] and len((out / "frames.jsonl").read_text().splitlines()) == FRAMES

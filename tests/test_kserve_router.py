@@ -227,8 +227,8 @@ def test_a_stopped_stage_is_a_5xx_within_the_router_timeout_and_the_runner_retri
 
     store = open_store(results)
     row = store.job("frozen")
-    assert row["status"] == "partial" and row["frames_failed"] == 2, row
+    assert row.status == "partial" and row.frames_failed == 2, row
     thawed = job("thawed")
     assert thawed.returncode == 0, thawed.stderr[-3000:]
-    assert store.job("thawed")["status"] == "succeeded"
+    assert store.job("thawed").status == "succeeded"
     store.close()

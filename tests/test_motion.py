@@ -172,7 +172,7 @@ def test_the_store_migrates_to_joint_angles_and_keeps_old_jobs(tmp_path):
     applied = store.migrate()
     assert applied == list(range(2, len(SCHEMA) + 1)), "every version after 1 (2: joint angles, 3: ranges)"
     assert store.migrate() == []
-    assert store.job("old")["status"] == "succeeded"
-    assert [job["job_id"] for job in store.list_jobs()] == ["old"], "an old job is not a range"
+    assert store.job("old").status == "succeeded"
+    assert [job.job_id for job in store.list_jobs()] == ["old"], "an old job is not a range"
     assert store.joint_angles("old", 1) == ([], {a: [] for a in ANGLES})
     store.close()

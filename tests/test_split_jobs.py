@@ -8,6 +8,7 @@ the merged job has every frame once.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -131,10 +132,9 @@ def run_job(argv: list[str], results: str) -> dict:
     assert done.returncode == 0, done.stdout + done.stderr
     store = open_store(results)
     try:
-        row = store.job("clip")
+        return dataclasses.asdict(store.job("clip"))
     finally:
         store.close()
-    return row
 
 
 @pytest.fixture(scope="module")
@@ -186,8 +186,8 @@ def test_one_two_and_four_workers_give_the_unsplit_jobs_results(clip, graph, pro
         assert summary[key] == reference_summary[key], key
     store = open_store(results)
     try:
-        assert [j["job_id"] for j in store.list_jobs()] == ["clip"], "ranges are not jobs of their own in lists"
-        assert store.counts("clip")["persons_without_3d"] == 0
+        assert [j.job_id for j in store.list_jobs()] == ["clip"], "ranges are not jobs of their own in lists"
+        assert store.counts("clip").persons_without_3d == 0
         with store.transaction() as cur:
             cur.execute("SELECT COUNT(*) FROM jobs WHERE parent_job_id IS NOT NULL")
             assert cur.fetchone()[0] == 0, "the ranges' rows are gone once merged"
@@ -267,7 +267,7 @@ def test_a_worker_killed_mid_range_resumes_and_nothing_is_lost_or_doubled(clip, 
     store = open_store(f"sqlite:///{db}")
     try:
         row = store.job("clip")
-        assert (row["frames_done"], row["persons"], row["tracks"]) == (
+        assert (row.frames_done, row.persons, row.tracks) == (
             reference_summary["frames_done"], reference_summary["persons"], reference_summary["tracks"])
     finally:
         store.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -421,7 +422,7 @@ def cmd_job(args) -> int:
         if row is None:
             print(f"posegraph: error: no job {args.job_id} in {args.results}", file=sys.stderr)
             return 1
-        print(json.dumps(row, indent=2, default=str))
+        print(json.dumps(dataclasses.asdict(row), indent=2, default=str))
         return 0
     processes.exit_on_sigterm()
     from .embedded import graph_on_demand

@@ -17,6 +17,7 @@ from ..media.video import VideoReader, open_video_writer
 from ..uri import write_bytes
 from .export import export_job
 from .options import JobOptions
+from .rows import StoredFrame
 from .store import ResultsStore, stored_frame_document
 
 
@@ -39,7 +40,7 @@ def _render(store, job_id, o, video, info, random_weights, work: Path) -> dict[s
     writer = open_video_writer(overlay_path, info.fps / o.stride, (info.width, info.height))
     docs_for_plot: list[FrameDocument] = []
     chunk = 256
-    frames_cache: dict[int, dict] = {}
+    frames_cache: dict[int, StoredFrame] = {}
     with open(work / "frames.jsonl", "w") as jsonl, VideoReader(video) as reader:
         for index, pixels in reader.frames(stride=o.stride, max_frames=o.max_frames):
             if index not in frames_cache:
@@ -47,7 +48,7 @@ def _render(store, job_id, o, video, info, random_weights, work: Path) -> dict[s
             frame = frames_cache.get(index)
             if frame is None:
                 continue
-            doc = stored_frame_document(index, frame, width=info.width, height=info.height, video_uri=o.video)
+            doc = stored_frame_document(frame, width=info.width, height=info.height, video_uri=o.video)
             writer.write(draw_overlay(pixels, doc, random_weights=random_weights))
             jsonl.write(json.dumps(doc.to_json(), separators=(",", ":")) + "\n")
             if doc.persons:

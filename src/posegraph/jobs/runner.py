@@ -40,6 +40,7 @@ from .options import TOKEN_ENV, JobOptions
 from .outputs import motion_outputs, render_outputs
 from .progress import Progress
 from .ranges import FrameRange, plan_ranges, range_job_id
+from .rows import JobRow
 from .sink import StoreSink
 from .store import ResultsStore, open_store
 
@@ -92,11 +93,11 @@ class JobRunner:
         job = self.store.begin_job(self.job_id, o.video, params, ranges=self.split if self.split > 1 else None)
         self.progress = Progress(self.job_id, quiet=o.quiet, progress_file=o.progress_file,
                                  metrics_port=o.metrics_port, posejob=o.report_posejob)
-        if job["status"] == SUCCEEDED:
+        if job.status == SUCCEEDED:
             self.progress.close()
             return self._summary(already_done=True)
-        self.random_weights = bool(job.get("random_weights"))
-        self.store.update_job(self.job_id, status=RUNNING, started_at=job["started_at"] or utc_now(), error=None)
+        self.random_weights = job.random_weights
+        self.store.update_job(self.job_id, status=RUNNING, started_at=job.started_at or utc_now(), error=None)
         try:
             with ExitStack() as stack:
                 if self.split > 1 and o.workers > 1:
@@ -121,7 +122,7 @@ class JobRunner:
             self.progress.close()
             self.store.close()
 
-    def _run(self, stack: ExitStack, job: dict[str, Any]) -> dict[str, Any]:
+    def _run(self, stack: ExitStack, job: JobRow) -> dict[str, Any]:
         local = fetch_to_cache(self.o.video)
         reader = stack.enter_context(VideoReader(local))
         self._ingest(stack, reader, job)
@@ -138,20 +139,20 @@ class JobRunner:
         t = load_profile(self.o.profile).tracking
         return Tracker.from_state(state, threshold=t.threshold, use_oks=t.method == "oks", max_gap=t.max_gap)
 
-    def _ingest(self, stack: ExitStack, reader: VideoReader, job: dict[str, Any]) -> None:
+    def _ingest(self, stack: ExitStack, reader: VideoReader, job: JobRow) -> None:
         """The video pass from the resume point: frames through the graph into the store, each
         finished track lifted as it ends (posegraph.videopass)."""
         o, info = self.o, reader.info
         total = self._total(info)
         self.store.update_job(self.job_id, width=info.width, height=info.height, fps=info.fps, frames_total=total)
         client, lift_client = self._clients(stack)
-        resume_from = (job["last_frame"] + 1) if job.get("last_frame") is not None else 0
-        self.progress.start(total=total, done=(job.get("frames_done") or 0) + (job.get("frames_failed") or 0),
+        resume_from = (job.last_frame + 1) if job.last_frame is not None else 0
+        self.progress.start(total=total, done=job.frames_seen,
                             phase=RUNNING)
         sink = StoreSink(self, info.width, info.height)
         run_video(video_frames(reader, stride=o.stride, max_frames=o.max_frames, start=resume_from),
                   GraphFrames(client.infer, retries=o.retries, image_format=o.frame_format),
-                  GraphLift(lift_client.infer, retries=o.retries), sink, self._tracker(job.get("tracker_state")),
+                  GraphLift(lift_client.infer, retries=o.retries), sink, self._tracker(job.tracker_state),
                   batch_frames=o.batch, lift_batch=o.batch, in_flight=o.in_flight)
 
     # -- a job split into ranges -------------------------------------------------------------------------
@@ -175,17 +176,17 @@ class JobRunner:
             raise BadInput(f"--range-index {index}: the job has ranges 0–{self.split - 1}")
         return index
 
-    def _run_range(self, stack: ExitStack, job: dict[str, Any]) -> dict[str, Any]:
+    def _run_range(self, stack: ExitStack, job: JobRow) -> dict[str, Any]:
         """One range (an Indexed Job's pod, or a process of ``--workers``); the last range to be
         done merges the ranges, lifts whole tracks and renders."""
         index = self._range_index()
         local = fetch_to_cache(self.o.video)
         reader = stack.enter_context(VideoReader(local))
         plan = self._plan(reader.info)[index]
-        if job.get("last_frame") is None:  # not merged yet
+        if job.last_frame is None:  # not merged yet
             range_id = range_job_id(self.job_id, index, self.split)
             row = self.store.begin_range(self.job_id, range_id, plan, self.o.video, {"range": plan.describe()})
-            if row["status"] != SUCCEEDED and not plan.empty:
+            if row.status != SUCCEEDED and not plan.empty:
                 self._ingest_range(stack, reader, plan, range_id, row)
             if not self.store.complete_range(self.job_id, range_id) or self.o.range_only:
                 summary = self._summary()
@@ -196,25 +197,24 @@ class JobRunner:
         return self._finish(local, reader)
 
     def _ingest_range(self, stack: ExitStack, reader: VideoReader, plan: FrameRange, range_id: str,
-                      row: dict[str, Any]) -> None:
+                      row: JobRow) -> None:
         o, info = self.o, reader.info
         client, _ = self._clients(stack)
-        resume_from = (row["last_frame"] + 1) if row.get("last_frame") is not None else plan.warmup
+        resume_from = (row.last_frame + 1) if row.last_frame is not None else plan.warmup
         totals = self.store.range_progress(self.job_id)
-        self.progress.start(total=self.store.job(self.job_id)["frames_total"],
-                            done=totals["frames_done"] + totals["frames_failed"], phase=RUNNING)
-        self.store.update_job(range_id, status=RUNNING, started_at=row["started_at"] or utc_now(),
+        self.progress.start(total=self.store.job(self.job_id).frames_total, done=totals.frames_seen, phase=RUNNING)
+        self.store.update_job(range_id, status=RUNNING, started_at=row.started_at or utc_now(),
                               width=info.width, height=info.height, fps=info.fps)
         sink = StoreSink(self, info.width, info.height, job_id=range_id, lift=False)
         run_video(video_frames(reader, stride=o.stride, max_frames=plan.stop_position, start=resume_from),
                   GraphFrames(client.infer, retries=o.retries, image_format=o.frame_format),
-                  GraphLift(client.infer, retries=o.retries), sink, self._tracker(row.get("tracker_state")),
+                  GraphLift(client.infer, retries=o.retries), sink, self._tracker(row.tracker_state),
                   batch_frames=o.batch, lift_batch=o.batch, in_flight=o.in_flight)
 
     def _merge(self) -> None:
         self.progress.report(phase="merging", force=True)
         merged = self.store.merge_ranges(self.job_id)
-        self.random_weights = bool(self.store.job(self.job_id)["random_weights"])
+        self.random_weights = self.store.job(self.job_id).random_weights
         if merged:
             log.info("job %s: %d ranges merged, %d tracks (%d continued across a boundary)", self.job_id,
                      merged["ranges"], merged["tracks"], merged["continued"])
@@ -227,7 +227,7 @@ class JobRunner:
         lift_tracks(sink.finished_tracks(set()), GraphLift(lift_client.infer, retries=self.o.retries), sink,
                     lift_batch=self.o.batch)
 
-    def _coordinate(self, stack: ExitStack, job: dict[str, Any]) -> dict[str, Any]:
+    def _coordinate(self, stack: ExitStack, job: JobRow) -> dict[str, Any]:
         """``--workers N``: the ranges as N processes of ``posegraph job run`` on one graph (started
         here once when it is the local one), their progress added up; then merge, lift, render."""
 
@@ -235,7 +235,7 @@ class JobRunner:
         local = fetch_to_cache(o.video)
         reader = stack.enter_context(VideoReader(local))
         plans = self._plan(reader.info)
-        left = self.store.ranges_left(self.job_id) if job.get("last_frame") is None else []
+        left = self.store.ranges_left(self.job_id) if job.last_frame is None else []
         if left:
             endpoint, lift3d_url = self._graph(stack)
             self.o.graph, self.o.lift3d = endpoint, lift3d_url
@@ -249,13 +249,12 @@ class JobRunner:
                                                       *self._range_options(index).argv()],
                                                      log=logs / f"range-{index}.log", env=env)
                 totals = self.store.range_progress(self.job_id)
-                self.progress.start(total=self.store.job(self.job_id)["frames_total"],
-                                    done=totals["frames_done"] + totals["frames_failed"], phase=RUNNING)
+                self.progress.start(total=self.store.job(self.job_id).frames_total, done=totals.frames_seen,
+                                    phase=RUNNING)
                 while any(w.poll() is None for w in workers.values()):
                     time.sleep(0.5)
                     totals = self.store.range_progress(self.job_id)
-                    self.progress.report(done=totals["frames_done"] + totals["frames_failed"],
-                                         persons=totals["persons"], failed=totals["frames_failed"])
+                    self.progress.report(done=totals.frames_seen, persons=totals.persons, failed=totals.frames_failed)
             finally:
                 processes.stop(list(workers.values()))
             failed = {i: w.returncode for i, w in workers.items() if w.returncode != 0}
@@ -290,15 +289,15 @@ class JobRunner:
         notes = []
         if reader.truncated:
             notes.append(f"the video ended early: decoding stopped before its {info.frame_count} frames")
-        if row["frames_failed"]:
-            notes.append(f"{row['frames_failed']} frames failed in the graph (recorded in frames.error)")
+        if row.frames_failed:
+            notes.append(f"{row.frames_failed} frames failed in the graph (recorded in frames.error)")
         unlifted = len(self.store.unlifted_tracks(self.job_id))
         if unlifted:
             notes.append(f"{unlifted} tracks could not be lifted (recorded in tracks.error)")
-        if counts["persons"] == 0:
+        if counts.persons == 0:
             notes.append("no person was found in the video")
         notes.extend(motion_notes)
-        status = PARTIAL if (row["frames_failed"] or unlifted) else SUCCEEDED
+        status = PARTIAL if (row.frames_failed or unlifted) else SUCCEEDED
         self.store.update_job(self.job_id, status=status, outputs=outputs, note="; ".join(notes) or None,
                               finished_at=utc_now())
         self.progress.report(phase=status, force=True, outputs=outputs)
@@ -307,7 +306,7 @@ class JobRunner:
     def _summary(self, already_done: bool = False) -> dict[str, Any]:
         store = self.store if self.store is not None else open_store(self.o.results)
         row = store.job(self.job_id)
-        summary = {k: row[k] for k in ("job_id", "status", "frames_total", "frames_done", "frames_failed", "persons",
+        summary = {k: getattr(row, k) for k in ("job_id", "status", "frames_total", "frames_done", "frames_failed", "persons",
                                        "tracks", "outputs", "note", "error")}
         summary["already_done"] = already_done
         return summary

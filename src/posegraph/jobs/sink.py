@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -11,7 +11,7 @@ from ..frame import TrackDocument, TrackFrame
 from ..motion.angles import joint_angles
 from ..tracking import Tracker
 from ..videopass import FrameResult, random_weights_in
-from .store import FrameRow, PersonRow
+from .rows import FrameRow, PersonRow, TrackPoint
 
 if TYPE_CHECKING:
     from .runner import JobRunner
@@ -30,7 +30,7 @@ class StoreSink:
         wait for the merge, to be lifted whole."""
         self.runner, self.store, self.job_id = runner, runner.store, job_id or runner.job_id
         self.width, self.height, self.lift = width, height, lift
-        self._rows: dict[int, list[dict[str, Any]]] = {}
+        self._rows: dict[int, list[TrackPoint]] = {}
 
     def add(self, results: list[FrameResult], tracker: Tracker) -> None:
         frames, persons, extents = [], [], {}
@@ -41,8 +41,8 @@ class StoreSink:
                 continue
             frames.append(FrameRow(index, timestamp, "ok", None, len(doc.persons or [])))
             for p_index, person in enumerate(doc.persons or []):
-                persons.append(PersonRow(index, p_index, person.track_id, person.score, person.bbox,
-                                         person.keypoints2d, person.keypoints3d))
+                persons.append(PersonRow(person.track_id, person.score, person.bbox, person.keypoints2d,
+                                         person.keypoints3d, frame_index=index, person_index=p_index))
                 first, last = extents.get(person.track_id, (index, index))
                 extents[person.track_id] = (min(first, index), max(last, index))
         if not self.runner.random_weights and random_weights_in(r.doc for r in results if r.doc is not None):
@@ -52,12 +52,11 @@ class StoreSink:
                                 last_frame=results[-1].frame.index, tracker_state=tracker.state())
         if self.job_id != self.runner.job_id:  # a range: the job's progress is every range's
             totals = self.store.range_progress(self.runner.job_id)
-            self.runner.progress.report(done=totals["frames_done"] + totals["frames_failed"],
-                                        persons=totals["persons"], failed=totals["frames_failed"])
+            self.runner.progress.report(done=totals.frames_seen, persons=totals.persons, failed=totals.frames_failed)
             return
         row = self.store.job(self.job_id)
-        self.runner.progress.report(done=row["frames_done"] + row["frames_failed"], persons=row["persons"],
-                                    tracks=row["tracks"], failed=row["frames_failed"])
+        self.runner.progress.report(done=row.frames_seen, persons=row.persons, tracks=row.tracks,
+                                    failed=row.frames_failed)
 
     def finished_tracks(self, live: set[int]) -> list[TrackDocument]:
         if not self.lift:
@@ -71,8 +70,8 @@ class StoreSink:
                 continue
             self._rows[track_id] = rows
             tracks.append(TrackDocument(track_id=track_id, width=self.width, height=self.height, frames=[
-                TrackFrame(frame_index=r["frame_index"], bbox=r["bbox"], score=r["score"],
-                           keypoints2d=r["keypoints2d"]) for r in rows]))
+                TrackFrame(frame_index=r.frame_index, bbox=r.bbox, score=r.score, keypoints2d=r.keypoints2d)
+                for r in rows]))
         return tracks
 
     def lifted(self, tracks: list[TrackDocument]) -> None:
@@ -80,7 +79,7 @@ class StoreSink:
             rows = self._rows.pop(doc.track_id)
             angles = joint_angles(np.asarray([f.keypoints3d for f in doc.frames]))
             self.store.write_lifted(self.job_id, doc.track_id, [
-                (r["frame_index"], r["person_index"], f.keypoints3d) for r, f in zip(rows, doc.frames)], angles)
+                (r.frame_index, r.person_index, f.keypoints3d) for r, f in zip(rows, doc.frames)], angles)
 
     def lift_failed(self, tracks: list[TrackDocument], error: str) -> None:
         # Recorded, and tried again after the next batch (a graph that recovers lifts it then).

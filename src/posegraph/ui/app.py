@@ -34,6 +34,7 @@ from ..errors import BadInput, PosegraphError, UsageError
 from ..fetchpolicy import FetchPolicy, FetchRefused
 from ..frame import COCO17, H36M17, FrameDocument
 from ..jobs import export
+from ..jobs.rows import JobRow, TrackRow
 from ..jobs.store import ResultsStore, open_store
 from ..keypoints import COCO_LEFT, COCO_SKELETON, H36M_LEFT, H36M_SKELETON
 from ..media.imageio import decode_image, image_ref
@@ -276,17 +277,15 @@ async def create_job(request: Request) -> Response:
     return JSONResponse({"job_id": job_id}, status_code=201)
 
 
-def _job_json(launcher: LocalLauncher | KubernetesLauncher, job: dict[str, Any]) -> dict[str, Any]:
-    out = {k: job.get(k) for k in ("job_id", "video_uri", "status", "width", "height", "fps", "frames_total",
+def _job_json(launcher: LocalLauncher | KubernetesLauncher, job: JobRow) -> dict[str, Any]:
+    out = {k: getattr(job, k) for k in ("job_id", "video_uri", "status", "width", "height", "fps", "frames_total",
                                     "frames_done", "frames_failed", "persons", "tracks", "outputs",
                                     "random_weights", "error", "note", "created_at", "started_at",
                                     "finished_at", "updated_at", "params")}
-    stride = int((job.get("params") or {}).get("stride") or 1)
-    out["video_fps"] = (job["fps"] / stride) if job.get("fps") else None
-    out["random_weights"] = bool(job.get("random_weights"))
-    if job["status"] in (QUEUED, RUNNING):
-        out["launcher"] = launcher.describe(launcher.job_name(job["job_id"]))
-        if out["launcher"].get("runner_exit_code") not in (None, 0) and job["status"] == QUEUED:
+    out["video_fps"] = (job.fps / job.stride) if job.fps else None
+    if job.status in (QUEUED, RUNNING):
+        out["launcher"] = launcher.describe(launcher.job_name(job.job_id))
+        if out["launcher"].get("runner_exit_code") not in (None, 0) and job.status == QUEUED:
             out["error"] = f"the runner exited with code {out['launcher']['runner_exit_code']} before starting"
     return out
 
@@ -297,7 +296,7 @@ async def list_jobs(request: Request) -> Response:
     return JSONResponse({"jobs": [_job_json(ui.launcher, j) for j in jobs]})
 
 
-async def _get_job(request: Request) -> dict[str, Any]:
+async def _get_job(request: Request) -> JobRow:
     job_id = request.path_params["job_id"]
     job = await _in_thread(_ui(request).store.job, job_id)
     if job is None:
@@ -309,55 +308,55 @@ async def get_job(request: Request) -> Response:
     ui = _ui(request)
     job = await _get_job(request)
     out = _job_json(ui.launcher, job)
-    out["track_list"] = await _in_thread(ui.store.tracks, job["job_id"])
+    out["track_list"] = [t.to_json() for t in await _in_thread(ui.store.tracks, job.job_id)]
     return JSONResponse(out)
 
 
 async def frames(request: Request) -> Response:
     """Every stored frame, compact: what the 3D view needs to follow the video."""
     job = await _get_job(request)
-    rows = await _in_thread(_ui(request).store.frame_results, job["job_id"], 0, 2**31 - 1)
-    compact = [{"i": r["frame_index"], "t": r["timestamp_s"], "ok": r["status"] == "ok",
-                "p": [{"track": p["track_id"], "k3": p["keypoints3d"], "k2": p["keypoints2d"], "box": p["bbox"]}
-                      for p in r["persons"]]} for r in sorted(rows.values(), key=lambda r: r["frame_index"])]
-    return JSONResponse({"job_id": job["job_id"], "frames": compact})
+    rows = await _in_thread(_ui(request).store.frame_results, job.job_id, 0, 2**31 - 1)
+    compact = [{"i": r.frame_index, "t": r.timestamp_s, "ok": r.ok,
+                "p": [{"track": p.track_id, "k3": p.keypoints3d, "k2": p.keypoints2d, "box": p.bbox} for p in r.persons]}
+               for r in sorted(rows.values(), key=lambda r: r.frame_index)]
+    return JSONResponse({"job_id": job.job_id, "frames": compact})
 
 
 async def frames_jsonl(request: Request) -> Response:
     job = await _get_job(request)
     return StreamingResponse(export.frames_jsonl(_ui(request).store, job), media_type="application/jsonl",
-                             headers={"Content-Disposition": f'attachment; filename="{job["job_id"]}-frames.jsonl"'})
+                             headers={"Content-Disposition": f'attachment; filename="{job.job_id}-frames.jsonl"'})
 
 
-async def _track(request: Request) -> tuple[dict[str, Any], dict[str, Any]]:
+async def _track(request: Request) -> tuple[JobRow, TrackRow]:
     job = await _get_job(request)
     track_id = int(request.path_params["track_id"])
-    tracks = await _in_thread(_ui(request).store.tracks, job["job_id"])
-    track = next((t for t in tracks if t["track_id"] == track_id), None)
+    tracks = await _in_thread(_ui(request).store.tracks, job.job_id)
+    track = next((t for t in tracks if t.track_id == track_id), None)
     if track is None:
-        raise ClientError(404, f"job {job['job_id']} has no track {track_id}")
+        raise ClientError(404, f"job {job.job_id} has no track {track_id}")
     return job, track
 
 
 async def track_csv(request: Request) -> Response:
     job, track = await _track(request)
-    rows = await _in_thread(_ui(request).store.track_rows, job["job_id"], track["track_id"])
-    return Response(export.track_csv(track["track_id"], rows), media_type="text/csv", headers={
-        "Content-Disposition": f'attachment; filename="{job["job_id"]}-track{track["track_id"]}.csv"'})
+    rows = await _in_thread(_ui(request).store.track_rows, job.job_id, track.track_id)
+    return Response(export.track_csv(track.track_id, rows), media_type="text/csv", headers={
+        "Content-Disposition": f'attachment; filename="{job.job_id}-track{track.track_id}.csv"'})
 
 
 async def track_angles(request: Request) -> Response:
     """A track's joint angles per frame (degrees), for the page's plot beside the player."""
     job, track = await _track(request)
-    angles = await _in_thread(export.track_angles, _ui(request).store, job["job_id"], track)
+    angles = await _in_thread(export.track_angles, _ui(request).store, job.job_id, track)
     if angles is None:
         raise ClientError(409, f"track {track['track_id']} has no 3D keypoints yet: no angles")
     return JSONResponse({"track_id": angles.track_id, "frames": angles.frame_index, "angles": angles.angles})
 
 
-def _finished(store: ResultsStore, job: dict[str, Any]) -> None:
+def _finished(store: ResultsStore, job: JobRow) -> None:
     try:
-        export.finished_job(store, job["job_id"])
+        export.finished_job(store, job.job_id)
     except UsageError as exc:
         raise ClientError(409, str(exc)) from None
 
@@ -366,10 +365,10 @@ async def angles_csv(request: Request) -> Response:
     store = _ui(request).store
     job = await _get_job(request)
     _finished(store, job)
-    tracks = [a for t in await _in_thread(store.tracks, job["job_id"])
-              if (a := await _in_thread(export.track_angles, store, job["job_id"], t)) is not None]
+    tracks = [a for t in await _in_thread(store.tracks, job.job_id)
+              if (a := await _in_thread(export.track_angles, store, job.job_id, t)) is not None]
     return Response(export.angles_csv(tracks), media_type="text/csv", headers={
-        "Content-Disposition": f'attachment; filename="{job["job_id"]}-angles.csv"'})
+        "Content-Disposition": f'attachment; filename="{job.job_id}-angles.csv"'})
 
 
 async def track_bvh(request: Request) -> Response:
@@ -379,7 +378,7 @@ async def track_bvh(request: Request) -> Response:
 
     def write() -> bytes:
         with tempfile.TemporaryDirectory() as tmp:
-            export.track_bvh(store, job, track["track_id"], Path(tmp) / "t.bvh")
+            export.track_bvh(store, job, track.track_id, Path(tmp) / "t.bvh")
             return (Path(tmp) / "t.bvh").read_bytes()
 
     try:
@@ -387,14 +386,14 @@ async def track_bvh(request: Request) -> Response:
     except UsageError as exc:  # too short to solve rotations
         raise ClientError(409, str(exc)) from None
     return Response(body, media_type="application/octet-stream", headers={
-        "Content-Disposition": f'attachment; filename="{job["job_id"]}-track{track["track_id"]}.bvh"'})
+        "Content-Disposition": f'attachment; filename="{job.job_id}-track{track.track_id}.bvh"'})
 
 
 async def video(request: Request) -> Response:
     job = await _get_job(request)
-    uri = (job.get("outputs") or {}).get("overlay")
+    uri = (job.outputs or {}).get("overlay")
     if not uri:
-        raise ClientError(404, f"job {job['job_id']} has no rendered video (yet)")
+        raise ClientError(404, f"job {job.job_id} has no rendered video (yet)")
     try:
         path = await _in_thread(fetch_to_cache, uri, progress=False)
     except PosegraphError as exc:
