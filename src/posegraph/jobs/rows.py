@@ -64,12 +64,6 @@ class JobRow:
     def stride(self) -> int:
         return int(self.params.get("stride") or 1)
 
-    def to_json(self) -> dict[str, Any]:
-        """The job as the web UI and the CLI show it: every column but the tracker's state."""
-        out = asdict(self)
-        out.pop("tracker_state")
-        return out
-
 
 @dataclass
 class StoredPerson:
