@@ -132,7 +132,6 @@ def checkpoints(tmp_path_factory) -> Path:
     """Randomly initialised checkpoints of every catalogue model, in mmengine format, made by
     `posegraph models init --random` (the real command)."""
     from posegraph.cli import main
-
     from posegraph.models.engine import export_fingerprint
 
     directory = tmp_path_factory.mktemp("checkpoints")
@@ -140,8 +139,7 @@ def checkpoints(tmp_path_factory) -> Path:
     # the catalogue, the networks and the writer) and copied, not remade (17 s and 528 MB each
     # session, and each worker of `make test-fast`'s two; test_cli runs the command itself).
     kept = _containers.REAL_CACHE / "tests" / f"checkpoints-{export_fingerprint()}"
-    if not (kept / "complete").is_file():
-        shutil.rmtree(kept, ignore_errors=True)
+    if not (kept / "complete").is_file():  # made whole beside it, then renamed: there or not at all
         making = kept.with_name(f".{kept.name}.{os.getpid()}")
         assert main(["models", "init", "--random", str(making)]) == 0
         (making / "complete").write_text("made by `posegraph models init --random`\n")
