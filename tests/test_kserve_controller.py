@@ -404,9 +404,20 @@ def test_neither_controller_was_refused_by_rbac(control_plane, kserve_controller
     assert not control_plane.forbidden(kserve_controller.user)
     assert not control_plane.forbidden(operator.user)
     waiting = re.compile(r'"error":"service (%s) is not ready: service \1 is not ready"' % "|".join(map(isvc_name, STAGES)))
-    errors = [line for line in kserve_controller.log_text().splitlines()
-              if '"level":"error"' in line and not waiting.search(line)]
+    # A status write that lost a race (controller-runtime's cache a version behind: "the object has
+    # been modified") is retried at once; KServe logs it as an error. Seen once, under load (a
+    # `make test` of 2026-12-07). Allowed only where the audit shows why: every write to the
+    # InferenceServices after their creation was KServe's own, so it lost to itself, not to a rival.
+    conflict = "the object has been modified; please apply your changes to the latest version"
+    lines = [line for line in kserve_controller.log_text().splitlines()
+             if '"level":"error"' in line and not waiting.search(line)]
+    errors = [line for line in lines if conflict not in line]
     assert not errors, "\n".join(errors[:5])
+    if len(errors) < len(lines):
+        writers = {e.get("user", {}).get("username") for e in control_plane.audit()
+                   if e.get("verb") in ("patch", "update") and e.get("objectRef", {}).get("resource") == "inferenceservices"
+                   and e.get("objectRef", {}).get("namespace") in pipelines.values()}
+        assert writers <= {kserve_controller.user}, (writers, lines[:2])
     rewrites = [f"{e['verb']} {e['objectRef'].get('namespace')}/{e['objectRef']['name']}" for e in control_plane.audit()
                 if e.get("user", {}).get("username") == operator.user and e.get("verb") in ("patch", "update")
                 and e.get("objectRef", {}).get("resource") in ("inferenceservices", "inferencegraphs")]
