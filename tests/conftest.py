@@ -108,8 +108,8 @@ def _keep_exports_across_sessions(cache: Path) -> None:
     """The session's ONNX exports and model archives live in the real cache, under tests/: the
     random checkpoints are the same every session (seeded) and both caches are keyed by the
     checkpoint's hash and the content of the exporting code (engine.export_fingerprint), so a
-    warm session exports nothing and an edited network is exported afresh. Exports of code that
-    is no longer there, and archives made more than a week ago, are removed."""
+    warm session exports nothing and an edited network is exported afresh. Exports and random
+    checkpoints of code that is no longer there, and archives made more than a week ago, are removed."""
     from posegraph.models.engine import export_fingerprint
 
     kept = _containers.REAL_CACHE / "tests"
@@ -121,6 +121,9 @@ def _keep_exports_across_sessions(cache: Path) -> None:
     for old in (kept / "onnx").glob("*.onnx"):
         if not old.stem.endswith(fingerprint):
             old.unlink(missing_ok=True)
+    for old in kept.glob("checkpoints-*"):  # the checkpoints fixture's
+        if old.name != f"checkpoints-{fingerprint}":
+            shutil.rmtree(old, ignore_errors=True)
     week_ago = time.time() - 7 * 86400
     for old in (kept / "archives").iterdir():
         if old.stat().st_mtime < week_ago:
@@ -147,9 +150,6 @@ def checkpoints(tmp_path_factory) -> Path:
             making.rename(kept)
         except OSError:  # another session made it first
             shutil.rmtree(making, ignore_errors=True)
-    for stale in kept.parent.glob("checkpoints-*"):
-        if stale != kept:
-            shutil.rmtree(stale, ignore_errors=True)
     for made in kept.glob("*.pth"):
         shutil.copyfile(made, directory / made.name)
     return directory

@@ -141,7 +141,8 @@ def export_job(store, job_id: str, fmt: str, out_dir: Path, *, finishing: bool =
                 f.writelines(frames_jsonl(store, job))
         elif fmt == "csv":
             for t in tracks:
-                (work / f"track-{t.track_id}.csv").write_text(track_csv(t.track_id, store.track_rows(job_id, t.track_id)))
+                rows = store.track_rows(job_id, t.track_id)
+                (work / f"track-{t.track_id}.csv").write_text(track_csv(t.track_id, rows))
         elif fmt == "angles":
             all_angles = []
             for t in tracks:
@@ -154,7 +155,8 @@ def export_job(store, job_id: str, fmt: str, out_dir: Path, *, finishing: bool =
                     continue
                 plot_track_angles(angles.frame_index, {k: np.asarray(v, np.float64) for k, v in angles.angles.items()},
                                   work / f"track-{t.track_id}-angles.png",
-                                  title=f"job {job_id}, track {t.track_id}: joint angles", random_weights=random_weights)
+                                  title=f"job {job_id}, track {t.track_id}: joint angles",
+                                  random_weights=random_weights)
             (work / "angles.csv").write_text(angles_csv(all_angles))
         else:  # bvh
             for t in tracks:

@@ -306,7 +306,7 @@ class JobRunner:
     def _summary(self, already_done: bool = False) -> dict[str, Any]:
         store = self.store if self.store is not None else open_store(self.o.results)
         row = store.job(self.job_id)
-        summary = {k: getattr(row, k) for k in ("job_id", "status", "frames_total", "frames_done", "frames_failed", "persons",
-                                       "tracks", "outputs", "note", "error")}
+        summary = {k: getattr(row, k) for k in ("job_id", "status", "frames_total", "frames_done", "frames_failed",
+                                                "persons", "tracks", "outputs", "note", "error")}
         summary["already_done"] = already_done
         return summary

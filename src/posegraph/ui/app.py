@@ -317,7 +317,8 @@ async def frames(request: Request) -> Response:
     job = await _get_job(request)
     rows = await _in_thread(_ui(request).store.frame_results, job.job_id, 0, 2**31 - 1)
     compact = [{"i": r.frame_index, "t": r.timestamp_s, "ok": r.ok,
-                "p": [{"track": p.track_id, "k3": p.keypoints3d, "k2": p.keypoints2d, "box": p.bbox} for p in r.persons]}
+                "p": [{"track": p.track_id, "k3": p.keypoints3d, "k2": p.keypoints2d, "box": p.bbox}
+                      for p in r.persons]}
                for r in sorted(rows.values(), key=lambda r: r.frame_index)]
     return JSONResponse({"job_id": job.job_id, "frames": compact})
 
