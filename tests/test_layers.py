@@ -90,6 +90,12 @@ def test_the_architecture_page_names_every_module_in_the_contracts_order():
         assert inner == sorted({p.stem for p in package.glob("*.py") if p.stem != "__init__"} | {
             p.name for p in package.iterdir() if (p / "__init__.py").is_file()}), f"{package.name}: a module unplaced"
         assert " → ".join(contract["layers"]) in block, f"{package.name}'s order is not on the page"
+    # and its table names every module inside every package, by its path in the package
+    table = page.split("### Inside the packages", 1)[1]
+    named = set(re.findall(r"^\| `([a-z_0-9/]+\.py)` \|", table, re.M))
+    inside = {str(p.relative_to(source)) for p in source.glob("*/**/*.py") if p.name != "__init__.py"}
+    assert sorted(inside - named) == [], "modules the page's table does not name"
+    assert sorted(named - inside) == [], "the page's table names modules that do not exist"
 
 
 def test_no_function_is_long_without_a_reason():
