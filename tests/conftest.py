@@ -118,7 +118,7 @@ def _keep_exports_across_sessions(cache: Path) -> None:
     for name in ("onnx", "archives"):
         (kept / name).mkdir(parents=True, exist_ok=True)
         (cache / name).symlink_to(kept / name, target_is_directory=True)
-    for old in (kept / "onnx").glob("*.onnx"):
+    for old in [*(kept / "onnx").glob("*.onnx"), *(kept / "onnx").glob("*.json")]:  # exports, their facts
         if not old.stem.endswith(fingerprint):
             old.unlink(missing_ok=True)
     for old in kept.glob("checkpoints-*"):  # the checkpoints fixture's

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import cv2
@@ -66,6 +67,42 @@ def test_run_on_photo_writes_documents_overlay_and_plot(checkpoints, photo, tmp_
     assert plot is not None and plot.shape[0] > 200
     shutil.copy(out / "pose3d.png", artifacts / "run-photo-pose3d.png")
     shutil.copy(out / "overlay.jpg", artifacts / "run-photo-overlay.jpg")
+
+
+def test_a_run_on_cached_exports_reads_no_checkpoint_and_still_says_random(checkpoints, photo, tmp_path):
+    """Once a checkpoint is exported, a run finds its ONNX from the checkpoint's bytes: PyTorch is
+    not imported and nothing is unpickled, and what the checkpoint said (random weights) still
+    reaches the summary. A changed checkpoint is exported afresh."""
+    script = ("import sys, runpy; sys.argv = ['posegraph', *sys.argv[1:]]\n"
+              "try:\n    runpy.run_module('posegraph', run_name='__main__')\n"
+              "finally:\n    print('TORCH LOADED' if 'torch' in sys.modules else 'NO TORCH', file=sys.stderr)\n")
+    def run(*extra):
+        done = subprocess.run([sys.executable, "-c", script, "run", str(photo), "--checkpoints", str(checkpoints),
+                               "--out", str(tmp_path / "out"), "--json", *extra], capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
+
+    run()  # exports, if this session has not yet
+    summary, stderr = run()
+    assert "NO TORCH" in stderr and summary["random_weights"] is True and "RANDOM WEIGHTS" in stderr
+    # the same network with other weights: not the cached export
+    changed = tmp_path / "changed"
+    shutil.copytree(checkpoints, changed)
+    detect = next(changed.glob("rtmdet-nano-person*.pth"))
+    raw = torch.load(detect, weights_only=False)
+    raw["meta"]["posegraph"].update(random_init=False, made_by=f"{__name__} {uuid.uuid4()}")  # new bytes
+    torch.save(raw, detect)
+    try:
+        _, stderr = run("--checkpoints", str(changed))
+    finally:  # its export is this test's alone: not kept in the cache the sessions share
+        from posegraph.uri import cache_dir, file_sha256
+
+        for made in cache_dir("onnx").glob(f"*-{file_sha256(detect)[:20]}-*"):
+            made.unlink()
+    assert "TORCH LOADED" in stderr, "a checkpoint never exported must be read"
+    stages = read_docs(tmp_path / "out" / "frames.jsonl")[0]["stages"]
+    assert stages["detect"]["random_weights"] is False and stages["pose2d"]["random_weights"] is True
 
 
 def test_run_on_clip_tracks_and_lifts_whole_tracks(checkpoints, clip_path, tmp_path, artifacts):

