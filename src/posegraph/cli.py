@@ -60,6 +60,9 @@ def _add_run(sub) -> None:
     run.add_argument("--out", type=Path, default=Path("posegraph-out"), help="output directory")
     run.add_argument("--stride", type=int, default=1, help="video: process every N-th frame")
     run.add_argument("--max-frames", type=int, default=None, help="video: stop after N processed frames")
+    run.add_argument("--detect-every", type=int, default=None, metavar="N",
+                     help="video: the detector on every N-th frame only, boxes from the last keypoints between "
+                          "(the profile's tracking.detect_every; default 1: every frame)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
     _profile_args(run)
@@ -214,7 +217,10 @@ def cmd_run(args) -> int:
     from .config import load_profile
     from .pipeline import Pipeline, run_input
 
-    pipeline = Pipeline(load_profile(args.profile, args.overrides), checkpoint_dir=args.checkpoints).load()
+    overrides = list(args.overrides)
+    if args.detect_every is not None:
+        overrides.append(f"tracking.detect_every={args.detect_every}")
+    pipeline = Pipeline(load_profile(args.profile, overrides), checkpoint_dir=args.checkpoints).load()
     result = run_input(pipeline, args.input, args.out, stride=args.stride, max_frames=args.max_frames,
                        show_progress=not args.quiet)
     _report(result, as_json=args.json)

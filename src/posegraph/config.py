@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import UsageError
 from .stages import DetectSettings, Lift3dSettings, Pose2dSettings
@@ -19,6 +19,13 @@ class TrackingSettings(BaseModel):
     method: Literal["iou", "oks"] = "iou"  # match boxes (IoU) or keypoints (OKS) to the previous frames
     threshold: float = 0.3  # a match needs similarity above this
     max_gap: int = 2  # frames a person may be missed before their track ends
+    # The detector on every N-th frame only; between, each person's box comes from their last
+    # keypoints (tracking.box_from_keypoints). 1: on every frame (the default; the batched path).
+    detect_every: int = Field(1, ge=1)
+    # A person whose keypoints score below this (mean, or fewer than 3 joints) is lost: the
+    # detector runs on the next frame whatever N says.
+    redetect_below: float = Field(0.3, ge=0.0, le=1.0)
+    box_expand: float = Field(1.25, gt=1.0, le=3.0)  # the keypoints' extent grown by this, as the peers do
 
 
 class Profile(BaseModel):

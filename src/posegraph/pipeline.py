@@ -25,7 +25,7 @@ from .names import STAGES
 from .stages import STAGE_CLASSES, Stage
 from .tracking import Tracker
 from .uri import fetch_to_cache
-from .videopass import InProcessFrames, InProcessLift, MemorySink, run_video, video_frames
+from .videopass import InProcessLift, MemorySink, in_process_frames, run_video, video_frames
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,8 @@ class Pipeline:
         """The video pass (posegraph.videopass) with this process's stages, documents in memory."""
         sink = MemorySink(on_frame=on_frame)
         lift = self.stages["lift3d"]
-        lift_s = run_video(video_frames(reader, stride=stride, max_frames=max_frames), InProcessFrames(self.stages),
+        lift_s = run_video(video_frames(reader, stride=stride, max_frames=max_frames),
+                           in_process_frames(self.stages, self.profile.tracking),
                            InProcessLift(lift), sink, self.tracker(), batch_frames=batch_frames, progress=progress)
         sink.stamp_lift(lift.spec.name, lift.random_weights, lift_s * 1000)
         return sink.docs

@@ -40,6 +40,26 @@ def oks_matrix(kp_a: np.ndarray, kp_b: np.ndarray, area_b: np.ndarray) -> np.nda
     return np.exp(-e).mean(-1)
 
 
+def box_from_keypoints(keypoints, width: int, height: int, *, min_score: float,
+                       expand: float = 1.25) -> list[float] | None:
+    """Where to look for a person in the next frame, from this frame's keypoints (17 × [x, y,
+    score]): the extent of the keypoints scoring at least ``min_score``, grown by ``expand`` about
+    its centre (rtmlib's and MMDeploy's PoseTracker grow it by 1.25), clipped to the image. None
+    when fewer than three keypoints are that sure, or the mean score of all is below it: the
+    person is lost, and the detector is needed."""
+    kp = np.asarray(keypoints, np.float64).reshape(-1, 3)
+    sure = kp[kp[:, 2] >= min_score]
+    if len(sure) < 3 or kp[:, 2].mean() < min_score:
+        return None
+    (x1, y1), (x2, y2) = sure[:, :2].min(0), sure[:, :2].max(0)
+    cx, cy, half_w, half_h = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) * expand / 2, (y2 - y1) * expand / 2
+    box = [max(cx - half_w, 0.0), max(cy - half_h, 0.0),
+           min(cx + half_w, float(width)), min(cy + half_h, float(height))]
+    if box[2] - box[0] < 2 or box[3] - box[1] < 2:
+        return None
+    return [float(v) for v in box]
+
+
 @dataclass
 class _Track:
     track_id: int

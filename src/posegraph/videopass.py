@@ -25,9 +25,9 @@ import numpy as np
 
 from .client import GraphError
 from .errors import PosegraphError
-from .frame import FrameDocument, StageRecord, TrackDocument
+from .frame import FrameDocument, Person, StageRecord, TrackDocument
 from .media.imageio import image_ref
-from .tracking import Tracker, apply_tracks, tracks_from_frames
+from .tracking import Tracker, apply_tracks, box_from_keypoints, tracks_from_frames
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,64 @@ class InProcessFrames:
         for doc in docs:
             doc._pixels = None  # the frame is not kept with its document: memory stays flat
         return [FrameResult(f, doc) for f, doc in zip(frames, docs)]
+
+
+class DetectEvery:
+    """detect + pose2d in this process with the detector on every ``every``-th frame only: between,
+    each person's box comes from their keypoints in the frame before (tracking.box_from_keypoints),
+    as rtmlib's and MMDeploy's PoseTracker do. So frames go one at a time (a frame's boxes wait on
+    the one before). The detector also runs on the frame after anyone was lost (keypoints scoring
+    under ``redetect_below``) and after a frame with nobody in it. A frame whose boxes were carried
+    has no ``stages.detect`` record (the detector did not run on it) and each person keeps the
+    score the detector gave them. Its state carries over between calls, so batches of any size
+    give the same result."""
+
+    def __init__(self, stages: dict, every: int, *, redetect_below: float = 0.3, box_expand: float = 1.25) -> None:
+        if every < 1:
+            raise PosegraphError(f"detect every {every} frames: N must be ≥ 1")
+        self.detect, self.pose2d = stages["detect"], stages["pose2d"]
+        self.every, self.redetect_below, self.box_expand = every, redetect_below, box_expand
+        self.since_detect: int | None = None  # frames since the detector last ran; None: run it next
+        self.carried: list[Person] = []
+        self.detected = 0  # frames the detector ran on (what a benchmark and a test count)
+
+    def _carry(self, doc: FrameDocument) -> bool:
+        """Persons for ``doc`` from the last frame's keypoints, or False when the detector must run."""
+        if self.since_detect is None or self.since_detect + 1 >= self.every or not self.carried:
+            return False
+        persons = []
+        for person in self.carried:
+            box = None if person.keypoints2d is None else box_from_keypoints(
+                person.keypoints2d, doc.width, doc.height, min_score=self.redetect_below, expand=self.box_expand)
+            if box is None:
+                return False  # someone is lost: look again
+            persons.append(Person(bbox=box, score=person.score))
+        doc.persons = persons
+        return True
+
+    def __call__(self, frames: list[Frame]) -> list[FrameResult]:
+        results = []
+        for frame in frames:
+            doc = FrameDocument.from_pixels(frame.pixels, frame_index=frame.index, timestamp_s=frame.timestamp_s)
+            if self._carry(doc):
+                self.since_detect += 1
+            else:
+                doc = self.detect.run([doc])[0]
+                self.since_detect, self.detected = 0, self.detected + 1
+            doc = self.pose2d.run([doc])[0]
+            self.carried = list(doc.persons or [])
+            doc._pixels = None
+            results.append(FrameResult(frame, doc))
+        return results
+
+
+def in_process_frames(stages: dict, tracking) -> "InProcessFrames | DetectEvery":
+    """What runs detect + pose2d here for a profile's ``tracking`` settings: every frame detected
+    in batches (N = 1: exactly the path before detect-every existed), or DetectEvery."""
+    if tracking.detect_every == 1:
+        return InProcessFrames(stages)
+    return DetectEvery(stages, tracking.detect_every, redetect_below=tracking.redetect_below,
+                       box_expand=tracking.box_expand)
 
 
 def with_retries(call: Callable[[list], list], retries: int) -> Callable[[list], list]:

@@ -137,6 +137,9 @@ class JobRunner:
 
     def _tracker(self, state: dict | None) -> Tracker:
         t = load_profile(self.o.profile).tracking
+        if t.detect_every != 1:  # not yet through a graph: refused rather than silently ignored
+            raise UsageError(f"profile {self.o.profile}: tracking.detect_every={t.detect_every} is for "
+                             "`posegraph run` so far; a job detects every frame (set it to 1)")
         return Tracker.from_state(state, threshold=t.threshold, use_oks=t.method == "oks", max_gap=t.max_gap)
 
     def _ingest(self, stack: ExitStack, reader: VideoReader, job: JobRow) -> None:

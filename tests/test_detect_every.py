@@ -1,0 +1,162 @@
+"""The detector on every N-th frame only (`--detect-every N`, the profile's tracking.detect_every):
+between detections each person's box comes from their keypoints in the frame before.
+
+The box propagation is checked through the real code path (videopass.DetectEvery, the real pose2d
+stage's crop, decoding and mapping back to the image, the real video pass and tracker) with a pose
+network double whose keypoints are known, and a detector double that counts its calls. N = 1 is
+checked against the batched path on the real (random-weight) networks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from posegraph.config import TrackingSettings
+from posegraph.frame import Person, StageRecord
+from posegraph.models.engine import Network
+from posegraph.stages import Pose2dStage
+from posegraph.tracking import Tracker, box_from_keypoints
+from posegraph.videopass import DetectEvery, Frame, InProcessFrames, MemorySink, in_process_frames, run_video
+
+# Where the double puts each of the 17 keypoints, as a fraction of the pose network's crop: a
+# standing figure in the crop's middle.
+SHAPE = np.array([[.50, .15], [.47, .12], [.53, .12], [.44, .13], [.56, .13], [.40, .28], [.60, .28],
+                  [.36, .42], [.64, .42], [.34, .55], [.66, .55], [.44, .58], [.56, .58], [.43, .72],
+                  [.57, .72], [.42, .86], [.58, .86]])
+
+
+class KnownKeypoints(Network):
+    """pose2d's network double: SimCC logits that peak where SHAPE says, with ``score`` there (the
+    decoded keypoint score), zero elsewhere; ``scores`` may give one per call, in order."""
+
+    backend, random_init, source = "double", False, "test double"
+
+    def __init__(self, input_size: tuple[int, int], split: float, scores: list[float]) -> None:
+        self.width, self.height = (int(v * split) for v in input_size)
+        self.scores = list(scores)
+        self.calls = 0
+
+    def __call__(self, crops: np.ndarray) -> list[np.ndarray]:
+        score = self.scores[min(self.calls, len(self.scores) - 1)]
+        self.calls += 1
+        x = np.zeros((len(crops), 17, self.width), np.float32)
+        y = np.zeros((len(crops), 17, self.height), np.float32)
+        for k, (fx, fy) in enumerate(SHAPE):
+            x[:, k, int(fx * self.width)] = score
+            y[:, k, int(fy * self.height)] = score
+        return [x, y]
+
+
+class CountingDetector:
+    """detect's double: the same box for the one person on every frame it runs on."""
+
+    name = "detect"
+
+    def __init__(self, box: list[float]) -> None:
+        self.box, self.frames = box, []
+
+    def run(self, docs):
+        for doc in docs:
+            self.frames.append(doc.frame_index)
+            doc.persons = [Person(bbox=list(self.box), score=0.9)]
+            doc.stages["detect"] = StageRecord(model="double")
+        return docs
+
+
+def frames(n: int, size=(480, 640)) -> list[Frame]:
+    return [Frame(i, i / 30, np.full((*size, 3), 40 + i, np.uint8)) for i in range(n)]
+
+
+def stages_with(scores: list[float], box=(200.0, 100.0, 320.0, 400.0)):
+    pose2d = Pose2dStage({"model": "rtmpose-t"})
+    p = pose2d.spec.params
+    pose2d.network = KnownKeypoints(p["input_size"], p["simcc_split_ratio"], scores)
+    return {"detect": CountingDetector(list(box)), "pose2d": pose2d}
+
+
+def test_box_from_keypoints_is_their_extent_grown_about_its_centre_and_clipped():
+    kp = [[100, 50, .9], [140, 50, .9], [120, 250, .9]]
+    kp += [[120, 150, .9]] * 14
+    assert box_from_keypoints(kp, 640, 480, min_score=.3) == pytest.approx([95, 25, 145, 275])
+    assert box_from_keypoints(kp, 640, 480, min_score=.3, expand=1.0) == pytest.approx([100, 50, 140, 250])
+    assert box_from_keypoints(kp, 130, 260, min_score=.3) == pytest.approx([95, 25, 130, 260])  # clipped
+    unsure = [[x, y, .1] for x, y, _ in kp]
+    assert box_from_keypoints(unsure, 640, 480, min_score=.3) is None, "lost: the detector must look"
+    two_sure = [[100, 50, .9], [140, 50, .9]] + [[120, 150, .29]] * 15  # mean .36
+    assert box_from_keypoints(two_sure, 640, 480, min_score=.3) is None  # fewer than three sure joints
+    assert box_from_keypoints([[10, 10, .9]] * 17, 640, 480, min_score=.3) is None  # a point is no box
+
+
+def test_between_detections_each_box_comes_from_the_keypoints_before_it():
+    stages = stages_with([0.9])
+    every = DetectEvery(stages, 4, redetect_below=0.3, box_expand=1.25)
+    sink = MemorySink()
+    run_video(frames(10), every, lambda tracks: tracks, sink, Tracker(), batch_frames=3)
+    docs = sink.docs
+    assert stages["detect"].frames == [0, 4, 8], "the detector on every 4th frame, whatever the batches"
+    assert every.detected == 3
+    for before, doc in zip(docs, docs[1:]):
+        (person,) = doc.persons
+        if doc.frame_index % 4 == 0:
+            assert person.bbox == stages["detect"].box and "detect" in doc.stages
+            continue
+        expected = box_from_keypoints(before.persons[0].keypoints2d, 640, 480, min_score=0.3, expand=1.25)
+        assert person.bbox == pytest.approx(expected), f"frame {doc.frame_index}"
+        assert "detect" not in doc.stages and person.score == 0.9  # the detector's score, carried
+    # the known shape comes back at the carried box: the crop and its inverse hold
+    kp = np.asarray(docs[1].persons[0].keypoints2d)
+    assert kp[:, 2] == pytest.approx(0.9)
+    assert len({p.track_id for d in docs for p in d.persons}) == 1, "one person, one track"
+
+
+def test_a_person_whose_keypoints_are_unsure_is_looked_for_again():
+    # sure, sure, then unsure on the 3rd frame: the 4th is detected although N is 10
+    stages = stages_with([0.9, 0.9, 0.1, 0.9, 0.9, 0.9])
+    every = DetectEvery(stages, 10, redetect_below=0.3)
+    every(frames(6))
+    assert stages["detect"].frames == [0, 3]
+
+
+def test_n_is_a_profile_value_checked_there():
+    with pytest.raises(ValueError):
+        TrackingSettings(detect_every=0)
+    assert isinstance(in_process_frames({"detect": None, "pose2d": None}, TrackingSettings()), InProcessFrames)
+    assert isinstance(in_process_frames(stages_with([0.9]), TrackingSettings(detect_every=5)), DetectEvery)
+
+
+def test_every_frame_detected_one_at_a_time_gives_the_batched_results(checkpoints):
+    """N = 1 runs today's batched path (in_process_frames); DetectEvery's own loop at N = 1 gives the
+    same documents, on the real networks (random weights: many persons, all detected)."""
+    from posegraph.config import load_profile
+    from posegraph.media.samples import synthetic_clip_frames
+    from posegraph.pipeline import Pipeline
+
+    stages = Pipeline(load_profile("cpu"), checkpoint_dir=checkpoints).load().stages
+    clip = [Frame(i, i / 12, pixels) for i, pixels in enumerate(synthetic_clip_frames(6))]
+    batched = [r.doc.to_json() for r in InProcessFrames(stages)(clip)]
+    one_by_one = [r.doc.to_json() for r in DetectEvery(stages, 1)(clip)]
+    for a, b in zip(batched, one_by_one):
+        for doc in (a, b):
+            for record in doc["stages"].values():
+                record.pop("ms")
+        assert a == b
+
+
+def test_a_job_refuses_n_it_cannot_honour_yet(tmp_path):
+    """Through a graph the detect step is not skipped yet: a job given N > 1 says so, in one line,
+    instead of silently detecting every frame."""
+    import subprocess
+    import sys
+
+    from posegraph.media.samples import synthetic_clip_frames, write_clip
+
+    clip = write_clip(tmp_path / "clip.mp4", synthetic_clip_frames(4))
+    profile = tmp_path / "every5.yaml"
+    profile.write_text("tracking:\n  detect_every: 5\n")
+    done = subprocess.run([sys.executable, "-m", "posegraph", "job", "run", "--video", str(clip), "--results",
+                           f"sqlite:///{tmp_path / 'jobs.db'}", "--graph", "http://127.0.0.1:9", "--profile",
+                           str(profile), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("posegraph: error")]
+    assert len(errors) == 1 and "tracking.detect_every=5" in errors[0] and "Traceback" not in done.stderr
