@@ -58,6 +58,8 @@ class CountingDetector:
 
     def run(self, docs):
         for doc in docs:
+            if doc.persons is not None:  # as the real stage: persons known, nothing to detect
+                continue
             self.frames.append(doc.frame_index)
             doc.persons = [Person(bbox=list(self.box), score=0.9)]
             doc.stages["detect"] = StageRecord(model="double")
@@ -90,7 +92,7 @@ def test_box_from_keypoints_is_their_extent_grown_about_its_centre_and_clipped()
 
 def test_between_detections_each_box_comes_from_the_keypoints_before_it():
     stages = stages_with([0.9])
-    every = DetectEvery(stages, 4, redetect_below=0.3, box_expand=1.25)
+    every = DetectEvery(InProcessFrames(stages), 4, redetect_below=0.3, box_expand=1.25)
     sink = MemorySink()
     run_video(frames(10), every, lambda tracks: tracks, sink, Tracker(), batch_frames=3)
     docs = sink.docs
@@ -113,7 +115,7 @@ def test_between_detections_each_box_comes_from_the_keypoints_before_it():
 def test_a_person_whose_keypoints_are_unsure_is_looked_for_again():
     # sure, sure, then unsure on the 3rd frame: the 4th is detected although N is 10
     stages = stages_with([0.9, 0.9, 0.1, 0.9, 0.9, 0.9])
-    every = DetectEvery(stages, 10, redetect_below=0.3)
+    every = DetectEvery(InProcessFrames(stages), 10, redetect_below=0.3)
     every(frames(6))
     assert stages["detect"].frames == [0, 3]
 
@@ -135,28 +137,10 @@ def test_every_frame_detected_one_at_a_time_gives_the_batched_results(checkpoint
     stages = Pipeline(load_profile("cpu"), checkpoint_dir=checkpoints).load().stages
     clip = [Frame(i, i / 12, pixels) for i, pixels in enumerate(synthetic_clip_frames(6))]
     batched = [r.doc.to_json() for r in InProcessFrames(stages)(clip)]
-    one_by_one = [r.doc.to_json() for r in DetectEvery(stages, 1)(clip)]
+    one_by_one = [r.doc.to_json() for r in DetectEvery(InProcessFrames(stages), 1)(clip)]
     for a, b in zip(batched, one_by_one):
         for doc in (a, b):
             for record in doc["stages"].values():
                 record.pop("ms")
         assert a == b
 
-
-def test_a_job_refuses_n_it_cannot_honour_yet(tmp_path):
-    """Through a graph the detect step is not skipped yet: a job given N > 1 says so, in one line,
-    instead of silently detecting every frame."""
-    import subprocess
-    import sys
-
-    from posegraph.media.samples import synthetic_clip_frames, write_clip
-
-    clip = write_clip(tmp_path / "clip.mp4", synthetic_clip_frames(4))
-    profile = tmp_path / "every5.yaml"
-    profile.write_text("tracking:\n  detect_every: 5\n")
-    done = subprocess.run([sys.executable, "-m", "posegraph", "job", "run", "--video", str(clip), "--results",
-                           f"sqlite:///{tmp_path / 'jobs.db'}", "--graph", "http://127.0.0.1:9", "--profile",
-                           str(profile), "--quiet"], capture_output=True, text=True, timeout=300)
-    assert done.returncode != 0
-    errors = [line for line in done.stderr.splitlines() if line.startswith("posegraph: error")]
-    assert len(errors) == 1 and "tracking.detect_every=5" in errors[0] and "Traceback" not in done.stderr

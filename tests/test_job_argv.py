@@ -30,7 +30,7 @@ def away_from_default(field: dataclasses.Field):
                "video_format": "mp4", "frame_format": "png", "report_posejob": "poses/walk",
                "progress_file": "/tmp/progress.json", "job_id": "walk-1", "profile": "gpu",
                "checkpoints": "/models", "token": "s3cret", "max_frames": 40, "range_index": 2,
-               "metrics_port": 9100}
+               "metrics_port": 9100, "detect_every": 5}
     if field.name in special:
         return special[field.name]
     if isinstance(field.default, bool):
@@ -120,7 +120,7 @@ def test_the_operators_job_runs_every_posejob_option():
     from posegraph.operator.resources import posejob_job
 
     values = {"stride": 3, "batch": 4, "maxFrames": 50, "render": False, "videoFormat": "mp4", "inFlight": 5,
-              "frameFormat": "png"}
+              "frameFormat": "png", "detectEvery": 5}
     assert set(values) == set(Options.model_fields), "a PoseJob option without a test value: add it here"
     body = yaml.safe_load((EXAMPLES / "posejob.yaml").read_text())
     body["metadata"] = {**body["metadata"], "namespace": "poses", "uid": str(uuid.uuid4())}
@@ -128,7 +128,7 @@ def test_the_operators_job_runs_every_posejob_option():
     args = posejob_job(body, "http://demo.poses.svc")["spec"]["template"]["spec"]["containers"][0]["args"]
     back = parsed(args)
     snake = {"maxFrames": "max_frames", "videoFormat": "video_format", "inFlight": "in_flight",
-             "frameFormat": "frame_format"}
+             "frameFormat": "frame_format", "detectEvery": "detect_every"}
     assert {snake.get(k, k): getattr(back, snake.get(k, k)) for k in values} == {snake.get(k, k): v
                                                                                 for k, v in values.items()}
     name = body["metadata"]["name"]

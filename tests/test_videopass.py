@@ -70,6 +70,35 @@ def test_in_process_and_through_the_local_graph_give_the_same_documents(pipeline
         assert_same_persons(in_process[index], served[index], f"frame {index}")
 
 
+def test_detect_every_n_gives_the_same_documents_in_process_and_through_the_graph(pipeline, checkpoints, clip,
+                                                                                  tmp_path, embedded_graph):
+    """--detect-every 4: frames sent with the boxes from the frame before pass the served detect
+    stage untouched, so the graph computes what the process computes (PNG frames), and the
+    detector runs on a fraction of the frames."""
+    import copy
+
+    from posegraph.jobs.options import JobOptions
+    from posegraph.jobs.runner import JobRunner
+    from posegraph.pipeline import run_input
+
+    every4 = copy.copy(pipeline)
+    every4.profile = pipeline.profile.model_copy(
+        update={"tracking": pipeline.profile.tracking.model_copy(update={"detect_every": 4})})
+    run_input(every4, str(clip), tmp_path / "run", show_progress=False)
+    summary = JobRunner(JobOptions(
+        video=str(clip), results=f"sqlite:///{tmp_path / 'results.db'}", output=str(tmp_path / "job") + "/",
+        graph="local", checkpoints=str(checkpoints), frame_format="png", detect_every=4, batch=5, quiet=True),
+        local_graph=lambda stack: (embedded_graph.endpoint, embedded_graph.servers["lift3d"].predict_url)).run()
+    assert summary["status"] == "succeeded", summary
+
+    in_process, served = read_jsonl(tmp_path / "run" / "frames.jsonl"), read_jsonl(tmp_path / "job" / "frames.jsonl")
+    assert sorted(in_process) == sorted(served) == list(range(24))
+    detected = [i for i, d in in_process.items() if "detect" in d["stages"]]
+    assert detected[:1] == [0] and len(detected) < 24 / 2, detected
+    for index in in_process:
+        assert_same_persons(in_process[index], served[index], f"frame {index}")
+
+
 def test_tracks_are_lifted_once_each_as_the_tracker_lets_them_go(pipeline, clip):
     """Lifting does not wait for the video's end: a track the tracker has dropped is lifted after
     that batch, and every track exactly once."""

@@ -73,6 +73,9 @@ class Options(Strict):
     inFlight: int = Field(_RUNNER.in_flight, ge=1, le=16, description="graph requests at once")
     frameFormat: Literal[FRAME_FORMATS] = Field(
         _RUNNER.frame_format, description="how frames travel to the graph: jpeg, or png (lossless, ~10x the bytes)")
+    detectEvery: int | None = Field(_RUNNER.detect_every, ge=1, le=100, description=(
+        "the detector on every N-th frame only; between, boxes come from the last keypoints "
+        "(default: the runner's profile, every frame)"))
 
 
 class PoseJobSpec(Strict):

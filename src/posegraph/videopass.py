@@ -62,7 +62,8 @@ def video_frames(reader, *, stride: int = 1, max_frames: int | None = None, star
 
 # -- detect + pose2d ------------------------------------------------------------------------------------
 class DetectAndPose(Protocol):
-    def __call__(self, frames: list[Frame]) -> list[FrameResult]: ...
+    def __call__(self, frames: list[Frame], persons: list | None = None) -> list[FrameResult]:
+        """``persons``: per frame, the persons already known, or None to detect them."""
 
 
 class InProcessFrames:
@@ -71,8 +72,12 @@ class InProcessFrames:
     def __init__(self, stages: dict) -> None:
         self.detect, self.pose2d = stages["detect"], stages["pose2d"]
 
-    def __call__(self, frames: list[Frame]) -> list[FrameResult]:
-        docs = [FrameDocument.from_pixels(f.pixels, frame_index=f.index, timestamp_s=f.timestamp_s) for f in frames]
+    def __call__(self, frames: list[Frame], persons: list | None = None) -> list[FrameResult]:
+        """``persons``: per frame, the persons already known (their boxes), or None to detect
+        them; detect passes a document that has persons through."""
+        known = persons or [None] * len(frames)
+        docs = [FrameDocument.from_pixels(f.pixels, frame_index=f.index, timestamp_s=f.timestamp_s, persons=p)
+                for f, p in zip(frames, known)]
         docs = self.pose2d.run(self.detect.run(docs))
         for doc in docs:
             doc._pixels = None  # the frame is not kept with its document: memory stays flat
@@ -80,61 +85,69 @@ class InProcessFrames:
 
 
 class DetectEvery:
-    """detect + pose2d in this process with the detector on every ``every``-th frame only: between,
-    each person's box comes from their keypoints in the frame before (tracking.box_from_keypoints),
-    as rtmlib's and MMDeploy's PoseTracker do. So frames go one at a time (a frame's boxes wait on
-    the one before). The detector also runs on the frame after anyone was lost (keypoints scoring
-    under ``redetect_below``) and after a frame with nobody in it. A frame whose boxes were carried
-    has no ``stages.detect`` record (the detector did not run on it) and each person keeps the
-    score the detector gave them. Its state carries over between calls, so batches of any size
-    give the same result."""
+    """detect + pose2d with the detector on every ``every``-th frame only: between, each person's
+    box comes from their keypoints in the frame before (tracking.box_from_keypoints), as rtmlib's
+    and MMDeploy's PoseTracker do. ``inner`` is what runs detect + pose2d (InProcessFrames, or
+    GraphFrames through a graph): a frame sent with persons already on it passes the detect stage
+    untouched, in this process or behind either router. So frames go one at a time (a frame's boxes
+    wait on the one before), and the caller keeps one batch in flight. The detector also runs on
+    the frame after anyone was lost (keypoints scoring under ``redetect_below``), after a frame with
+    nobody in it, and after a frame that failed. A frame whose boxes were carried has no
+    ``stages.detect`` record and each person keeps the score the detector gave them. The state
+    carries over between calls, so batches of any size give the same result; a resumed or split
+    job starts its first frame with the detector."""
 
-    def __init__(self, stages: dict, every: int, *, redetect_below: float = 0.3, box_expand: float = 1.25) -> None:
+    def __init__(self, inner: "DetectAndPose", every: int, *, redetect_below: float = 0.3,
+                 box_expand: float = 1.25) -> None:
         if every < 1:
             raise PosegraphError(f"detect every {every} frames: N must be ≥ 1")
-        self.detect, self.pose2d = stages["detect"], stages["pose2d"]
-        self.every, self.redetect_below, self.box_expand = every, redetect_below, box_expand
+        self.inner, self.every, self.redetect_below, self.box_expand = inner, every, redetect_below, box_expand
         self.since_detect: int | None = None  # frames since the detector last ran; None: run it next
         self.carried: list[Person] = []
         self.detected = 0  # frames the detector ran on (what a benchmark and a test count)
 
-    def _carry(self, doc: FrameDocument) -> bool:
-        """Persons for ``doc`` from the last frame's keypoints, or False when the detector must run."""
+    def _carry(self, width: int, height: int) -> list[Person] | None:
+        """Persons for the next frame from the last frame's keypoints, or None: the detector must run."""
         if self.since_detect is None or self.since_detect + 1 >= self.every or not self.carried:
-            return False
+            return None
         persons = []
         for person in self.carried:
             box = None if person.keypoints2d is None else box_from_keypoints(
-                person.keypoints2d, doc.width, doc.height, min_score=self.redetect_below, expand=self.box_expand)
+                person.keypoints2d, width, height, min_score=self.redetect_below, expand=self.box_expand)
             if box is None:
-                return False  # someone is lost: look again
+                return None  # someone is lost: look again
             persons.append(Person(bbox=box, score=person.score))
-        doc.persons = persons
-        return True
+        return persons
 
     def __call__(self, frames: list[Frame]) -> list[FrameResult]:
         results = []
         for frame in frames:
-            doc = FrameDocument.from_pixels(frame.pixels, frame_index=frame.index, timestamp_s=frame.timestamp_s)
-            if self._carry(doc):
-                self.since_detect += 1
-            else:
-                doc = self.detect.run([doc])[0]
+            carried = self._carry(int(frame.pixels.shape[1]), int(frame.pixels.shape[0]))
+            (result,) = self.inner([frame], [carried])
+            if result.doc is None:
+                self.since_detect, self.carried = None, []
+            elif carried is None:
                 self.since_detect, self.detected = 0, self.detected + 1
-            doc = self.pose2d.run([doc])[0]
-            self.carried = list(doc.persons or [])
-            doc._pixels = None
-            results.append(FrameResult(frame, doc))
+                self.carried = list(result.doc.persons or [])
+            else:
+                self.since_detect += 1
+                self.carried = list(result.doc.persons or [])
+            results.append(result)
         return results
 
 
 def in_process_frames(stages: dict, tracking) -> "InProcessFrames | DetectEvery":
     """What runs detect + pose2d here for a profile's ``tracking`` settings: every frame detected
     in batches (N = 1: exactly the path before detect-every existed), or DetectEvery."""
-    if tracking.detect_every == 1:
-        return InProcessFrames(stages)
-    return DetectEvery(stages, tracking.detect_every, redetect_below=tracking.redetect_below,
-                       box_expand=tracking.box_expand)
+    return detect_every(InProcessFrames(stages), tracking.detect_every, tracking)
+
+
+def detect_every(inner: "DetectAndPose", every: int, tracking) -> "DetectAndPose":
+    """``inner`` as it is for N = 1 (every frame detected, in batches: the path before N existed),
+    else DetectEvery over it with the profile's ``tracking`` thresholds."""
+    if every == 1:
+        return inner
+    return DetectEvery(inner, every, redetect_below=tracking.redetect_below, box_expand=tracking.box_expand)
 
 
 def with_retries(call: Callable[[list], list], retries: int) -> Callable[[list], list]:
@@ -168,20 +181,23 @@ class GraphFrames:
         self.infer = with_retries(infer, retries)
         self.image_format = image_format
 
-    def _document(self, frame: Frame) -> FrameDocument:
-        # per_track_3d: the graph ends after pose2d; tracks are lifted whole (GraphLift)
+    def _document(self, frame: Frame, persons: list | None) -> FrameDocument:
+        # per_track_3d: the graph ends after pose2d; tracks are lifted whole (GraphLift). persons:
+        # boxes already known (detect passes the document through).
         return FrameDocument(image=image_ref(frame.pixels, self.image_format, quality=90),
                              width=int(frame.pixels.shape[1]), height=int(frame.pixels.shape[0]),
-                             frame_index=frame.index, timestamp_s=frame.timestamp_s, per_track_3d=True)
+                             frame_index=frame.index, timestamp_s=frame.timestamp_s, per_track_3d=True,
+                             persons=persons)
 
-    def __call__(self, frames: list[Frame]) -> list[FrameResult]:
+    def __call__(self, frames: list[Frame], persons: list | None = None) -> list[FrameResult]:
+        known = persons or [None] * len(frames)
         try:
-            docs = self.infer([self._document(f) for f in frames])
+            docs = self.infer([self._document(f, p) for f, p in zip(frames, known)])
         except StepFailed as exc:
             if len(frames) == 1:
                 return [FrameResult(frames[0], None, str(exc))]
             log.warning("a batch of %d frames failed (%s); trying them one by one", len(frames), exc)
-            return [result for f in frames for result in self([f])]
+            return [result for f, p in zip(frames, known) for result in self([f], [p])]
         for doc in docs:
             doc.image = None  # pose2d dropped it; a graph that does not is not kept waiting on it here
         return [FrameResult(f, doc) for f, doc in zip(frames, docs)]

@@ -48,6 +48,7 @@ class JobOptions:
     # frame, flip test on and off, 2026-12-01; docs/jobs.md), for up to ~270 MB more in pose2d's server.
     in_flight: int = 2
     frame_format: str = "jpeg"  # how frames travel to the graph: jpeg, or png (lossless, ~10x the bytes)
+    detect_every: int | None = None  # the detector on every N-th frame (None: the profile's tracking.detect_every)
     progress_file: str | None = None
     metrics_port: int | None = None
     report_posejob: str | None = None  # namespace/name: patch its status.progress (in a cluster)
@@ -74,8 +75,8 @@ class JobOptions:
 
     def validate(self) -> None:
         """BadInput naming the flag, for values argparse's types cannot refuse."""
-        if self.stride < 1 or self.batch < 1 or self.in_flight < 1:
-            raise BadInput("--stride, --batch and --in-flight must be ≥ 1")
+        if self.stride < 1 or self.batch < 1 or self.in_flight < 1 or (self.detect_every or 1) < 1:
+            raise BadInput("--stride, --batch, --in-flight and --detect-every must be ≥ 1")
         if self.workers < 1 or self.ranges < 1 or self.overlap < 0:
             raise BadInput("--workers and --ranges must be ≥ 1, --overlap ≥ 0")
         if self.workers > 1 and self.ranges > 1:
@@ -147,6 +148,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--video-format", "video_format", "webm (plays in browsers) or mp4", choices=VIDEO_FORMATS),
     Flag("--frame-format", "frame_format",
          "how frames go to the graph: jpeg (default), or png, lossless at ~10x the bytes", choices=FRAME_FORMATS),
+    Flag("--detect-every", "detect_every", "the detector on every N-th frame only, boxes from the last keypoints "
+         "between (default: the profile's tracking.detect_every, 1); N > 1 sends one frame at a time", type=int),
     Flag("--retries", "retries", "retries of a failing graph call (with backoff: 1, 2, 4, … s)", type=int),
     Flag("--progress-file", "progress_file", "keep a JSON progress report here"),
     Flag("--metrics-port", "metrics_port", "serve Prometheus job gauges here", type=int),

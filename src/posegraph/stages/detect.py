@@ -73,6 +73,12 @@ class DetectStage(Stage):
         self.size = int(p["input_size"])
         self.priors = grid_priors(self.size)
 
+    def accepts(self, doc) -> bool:
+        """Frames whose persons are not known yet. A frame that comes with persons (boxes from the
+        previous frame's keypoints: --detect-every) passes through untouched, in one process and
+        behind either router, so its detection costs nothing."""
+        return isinstance(doc, FrameDocument) and doc.persons is None
+
     def preprocess(self, docs: Sequence[FrameDocument]) -> DetectBatch:
         s = self.size
         images = np.empty((len(docs), 3, s, s), np.float32)
