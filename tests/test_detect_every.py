@@ -17,7 +17,7 @@ from posegraph.frame import Person, StageRecord
 from posegraph.models.engine import Network
 from posegraph.stages import Pose2dStage
 from posegraph.tracking import Tracker, box_from_keypoints
-from posegraph.videopass import DetectEvery, Frame, InProcessFrames, MemorySink, in_process_frames, run_video
+from posegraph.videopass import DetectEvery, Frame, InProcessFrames, MemorySink, batch_for, in_process_frames, run_video
 
 # Where the double puts each of the 17 keypoints, as a fraction of the pose network's crop: a
 # standing figure in the crop's middle.
@@ -36,10 +36,12 @@ class KnownKeypoints(Network):
         self.width, self.height = (int(v * split) for v in input_size)
         self.scores = list(scores)
         self.calls = 0
+        self.batches: list[int] = []  # crops per call
 
     def __call__(self, crops: np.ndarray) -> list[np.ndarray]:
         score = self.scores[min(self.calls, len(self.scores) - 1)]
         self.calls += 1
+        self.batches.append(len(crops))
         x = np.zeros((len(crops), 17, self.width), np.float32)
         y = np.zeros((len(crops), 17, self.height), np.float32)
         for k, (fx, fy) in enumerate(SHAPE):
@@ -94,9 +96,9 @@ def test_between_detections_each_box_comes_from_the_keypoints_before_it():
     stages = stages_with([0.9])
     every = DetectEvery(InProcessFrames(stages), 4, redetect_below=0.3, box_expand=1.25)
     sink = MemorySink()
-    run_video(frames(10), every, lambda tracks: tracks, sink, Tracker(), batch_frames=3)
+    run_video(frames(10), every, lambda tracks: tracks, sink, Tracker(), batch_frames=batch_for(4, 3))
     docs = sink.docs
-    assert stages["detect"].frames == [0, 4, 8], "the detector on every 4th frame, whatever the batches"
+    assert sorted(stages["detect"].frames) == [0, 4, 8], "the detector on every 4th frame"
     assert every.detected == 3
     for before, doc in zip(docs, docs[1:]):
         (person,) = doc.persons
@@ -110,6 +112,33 @@ def test_between_detections_each_box_comes_from_the_keypoints_before_it():
     kp = np.asarray(docs[1].persons[0].keypoints2d)
     assert kp[:, 2] == pytest.approx(0.9)
     assert len({p.track_id for d in docs for p in d.persons}) == 1, "one person, one track"
+
+
+def test_the_chains_of_a_batch_go_in_lockstep_and_batches_of_whole_chains_change_nothing():
+    """Frames from one scheduled detection to the next depend on nothing before: a batch's chains
+    go through pose2d together (their k-th frames in one call), a batch starts with the detector,
+    and cutting the stream into batches of whole chains, run one or two at a time, changes no
+    document."""
+    by_batch = {}
+    for batch, in_flight in ((5, 1), (20, 1), (10, 2)):
+        stages = stages_with([0.9])
+        sink = MemorySink()
+        run_video(frames(20), DetectEvery(InProcessFrames(stages), 5), lambda tracks: tracks, sink, Tracker(),
+                  batch_frames=batch, in_flight=in_flight)
+        docs = [doc.to_json() for doc in sink.docs]
+        for doc in docs:
+            for record in doc["stages"].values():
+                record.pop("ms", None)
+        by_batch[batch] = (docs, stages["pose2d"].network.batches, sorted(stages["detect"].frames))
+    assert by_batch[5][0] == by_batch[20][0] == by_batch[10][0]
+    assert by_batch[20][1] == [4] * 5, "four chains of five frames: five pose2d calls of four frames"
+    assert by_batch[5][2] == by_batch[20][2] == by_batch[10][2] == [0, 5, 10, 15]
+    # a batch that is not whole chains starts with the detector all the same
+    stages = stages_with([0.9])
+    every = DetectEvery(InProcessFrames(stages), 5)
+    every(frames(3))
+    every(frames(3))
+    assert stages["detect"].frames == [0, 0] and every.detected == 2
 
 
 def test_a_person_whose_keypoints_are_unsure_is_looked_for_again():

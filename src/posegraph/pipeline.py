@@ -25,7 +25,7 @@ from .names import STAGES
 from .stages import STAGE_CLASSES, Stage
 from .tracking import Tracker
 from .uri import fetch_to_cache
-from .videopass import InProcessLift, MemorySink, in_process_frames, run_video, video_frames
+from .videopass import InProcessLift, MemorySink, batch_for, in_process_frames, run_video, video_frames
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,15 @@ class Pipeline:
         """The video pass (posegraph.videopass) with this process's stages, documents in memory."""
         sink = MemorySink(on_frame=on_frame)
         lift = self.stages["lift3d"]
+        # N > 1: two batches at once, one's detection beside the other's pose estimation: 1.62x
+        # the frames/s of N = 1 at N = 5 with one person, 1.48x with one batch at a time (but
+        # 1.09x against 1.21x with four persons; bench/detect_every.py, docs/live.md).
+        every = self.profile.tracking.detect_every
         lift_s = run_video(video_frames(reader, stride=stride, max_frames=max_frames),
                            in_process_frames(self.stages, self.profile.tracking),
-                           InProcessLift(lift), sink, self.tracker(), batch_frames=batch_frames, progress=progress)
+                           InProcessLift(lift), sink, self.tracker(),
+                           batch_frames=batch_for(every, batch_frames), in_flight=1 if every == 1 else 2,
+                           progress=progress)
         sink.stamp_lift(lift.spec.name, lift.random_weights, lift_s * 1000)
         return sink.docs
 

@@ -35,7 +35,16 @@ from ..media.video import VideoReader
 from ..names import FAILED, INTERRUPTED, PARTIAL, RUNNING, SUCCEEDED, utc_now
 from ..tracking import Tracker
 from ..uri import fetch_to_cache
-from ..videopass import DetectAndPose, GraphFrames, GraphLift, detect_every, lift_tracks, run_video, video_frames
+from ..videopass import (
+    DetectAndPose,
+    GraphFrames,
+    GraphLift,
+    batch_for,
+    detect_every,
+    lift_tracks,
+    run_video,
+    video_frames,
+)
 from .options import TOKEN_ENV, JobOptions
 from .outputs import motion_outputs, render_outputs
 from .progress import Progress
@@ -139,15 +148,15 @@ class JobRunner:
         t = load_profile(self.o.profile).tracking
         return Tracker.from_state(state, threshold=t.threshold, use_oks=t.method == "oks", max_gap=t.max_gap)
 
-    def _frames(self, client) -> tuple[DetectAndPose, int]:
-        """What sends frames through the graph, and how many batches may be in flight: with
-        --detect-every N > 1 a frame's boxes wait on the frame before (videopass.DetectEvery), so
-        one at a time."""
+    def _frames(self, client) -> tuple[DetectAndPose, int, int]:
+        """What sends frames through the graph, how many batches may be in flight, and how many
+        frames a batch holds: with --detect-every N > 1 a batch is whole chains (videopass.DetectEvery:
+        a frame's boxes wait on the frame before, a batch on nothing)."""
         o, tracking = self.o, load_profile(self.o.profile).tracking
         every = o.detect_every or tracking.detect_every
         frames = detect_every(GraphFrames(client.infer, retries=o.retries, image_format=o.frame_format), every,
                               tracking)
-        return frames, (o.in_flight if every == 1 else 1)
+        return frames, o.in_flight, batch_for(every, o.batch)
 
     def _ingest(self, stack: ExitStack, reader: VideoReader, job: JobRow) -> None:
         """The video pass from the resume point: frames through the graph into the store, each
@@ -160,10 +169,10 @@ class JobRunner:
         self.progress.start(total=total, done=job.frames_seen,
                             phase=RUNNING)
         sink = StoreSink(self, info.width, info.height)
-        frames, in_flight = self._frames(client)
+        frames, in_flight, batch = self._frames(client)
         run_video(video_frames(reader, stride=o.stride, max_frames=o.max_frames, start=resume_from), frames,
                   GraphLift(lift_client.infer, retries=o.retries), sink, self._tracker(job.tracker_state),
-                  batch_frames=o.batch, lift_batch=o.batch, in_flight=in_flight)
+                  batch_frames=batch, lift_batch=o.batch, in_flight=in_flight)
 
     # -- a job split into ranges -------------------------------------------------------------------------
     def _plan(self, info) -> list[FrameRange]:
@@ -216,10 +225,10 @@ class JobRunner:
         self.store.update_job(range_id, status=RUNNING, started_at=row.started_at or utc_now(),
                               width=info.width, height=info.height, fps=info.fps)
         sink = StoreSink(self, info.width, info.height, job_id=range_id, lift=False)
-        frames, in_flight = self._frames(client)
+        frames, in_flight, batch = self._frames(client)
         run_video(video_frames(reader, stride=o.stride, max_frames=plan.stop_position, start=resume_from), frames,
                   GraphLift(client.infer, retries=o.retries), sink, self._tracker(row.tracker_state),
-                  batch_frames=o.batch, lift_batch=o.batch, in_flight=in_flight)
+                  batch_frames=batch, lift_batch=o.batch, in_flight=in_flight)
 
     def _merge(self) -> None:
         self.progress.report(phase="merging", force=True)
