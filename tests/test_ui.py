@@ -316,7 +316,10 @@ def test_cluster_mode_uploads_to_s3_and_creates_a_posejob(tmp_path, s3_env, clip
                               launcher=launcher, data_dir=tmp_path / "data")
         with TestClient(create_app(settings)) as client:
             response = client.post("/api/jobs", files={"file": ("walk.mp4", clip_path.read_bytes())},
-                                   data={"stride": "2"})
+                                   data={"stride": "2", "detect_every": "0"})
+            assert response.status_code == 400 and "detect_every" in response.json()["error"]
+            response = client.post("/api/jobs", files={"file": ("walk.mp4", clip_path.read_bytes())},
+                                   data={"stride": "2", "detect_every": "5"})
             assert response.status_code == 201, response.text
             job_id = response.json()["job_id"]
             name = job_id.removeprefix("poses-")
@@ -329,6 +332,7 @@ def test_cluster_mode_uploads_to_s3_and_creates_a_posejob(tmp_path, s3_env, clip
             spec = posejob["spec"]
             assert spec["video"] == f"s3://ui-videos/uploads/{name}/walk.mp4"
             assert spec["pipelineRef"] == {"name": "demo"} and spec["options"]["stride"] == 2
+            assert spec["options"]["detectEvery"] == 5
             assert spec["output"]["prefix"] == f"s3://ui-outputs/{name}/"
             assert spec["results"]["secretRef"]["name"] == "posegraph-results"
             uploaded = s3.get_object(Bucket="ui-videos", Key=f"uploads/{name}/walk.mp4")["Body"].read()

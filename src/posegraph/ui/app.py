@@ -230,6 +230,7 @@ async def create_job(request: Request) -> Response:
     try:
         stride = _int_field(fields, "stride", 1, 1, 100)
         max_frames = _int_field(fields, "max_frames", None, 1, 1_000_000)
+        detect_every = _int_field(fields, "detect_every", 1, 1, 100)
         if path is None and not uri:
             raise ClientError(400, "choose a video to upload, or give an s3:// or https:// URI")
         if path is not None and uri:
@@ -263,9 +264,10 @@ async def create_job(request: Request) -> Response:
         if path is not None:
             path.unlink(missing_ok=True)
     launcher, store = ui.launcher, ui.store
-    job = JobRequest(job_id=job_name, video=video_ref, stride=stride, max_frames=max_frames, filename=name)
+    job = JobRequest(job_id=job_name, video=video_ref, stride=stride, max_frames=max_frames,
+                     detect_every=detect_every, filename=name)
     job_id = launcher.store_job_id(job_name)
-    params = {"stride": stride, "max_frames": max_frames, "source": "ui", "filename": name,
+    params = {"stride": stride, "max_frames": max_frames, "detect_every": detect_every, "source": "ui", "filename": name,
               "output": launcher.output_of(job_name)}
     try:
         await _in_thread(store.begin_job, job_id, launcher.video_uri(job), params)

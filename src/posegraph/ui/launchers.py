@@ -34,6 +34,7 @@ class JobRequest:
     video: str            # a local path (uploaded) or an s3:// / https:// URI
     stride: int = 1
     max_frames: int | None = None
+    detect_every: int = 1  # the detector on every N-th frame (videopass.DetectEvery)
     filename: str = ""    # the uploaded file's name, for the S3 key
 
 
@@ -78,7 +79,8 @@ class LocalLauncher:
         """The runner's options: the UI's graph, store and profile, the request's video and choices."""
         return JobOptions(video=request.video, graph=self.graph, lift3d=self.lift3d, results=self.results,
                           output=self.output_of(request.job_id), job_id=request.job_id, stride=request.stride,
-                          max_frames=request.max_frames, profile=self.profile, quiet=True)
+                          max_frames=request.max_frames, detect_every=request.detect_every, profile=self.profile,
+                          quiet=True)
 
     def describe(self, job_id: str) -> dict[str, Any]:
         """What the store cannot know yet: a runner that died before writing anything."""
@@ -144,7 +146,8 @@ class KubernetesLauncher:
                 "pipelineRef": {"name": self.pipeline},
                 "output": {"prefix": self.output_of(request.job_id)},
                 "results": {"secretRef": {"name": self.results_secret}},
-                "options": {"stride": request.stride, **({"maxFrames": request.max_frames} if request.max_frames else {})},
+                "options": {"stride": request.stride, "detectEvery": request.detect_every,
+                            **({"maxFrames": request.max_frames} if request.max_frames else {})},
             },
         }
         k8s_config.client().CustomObjectsApi().create_namespaced_custom_object(

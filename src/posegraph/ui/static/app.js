@@ -221,6 +221,7 @@ async function onVideo(event) {
   if (file) form.append("file", file); else form.append("uri", uri);
   form.append("stride", $("#video-stride").value || "1");
   if ($("#video-max").value) form.append("max_frames", $("#video-max").value);
+  form.append("detect_every", $("#video-detect-every").value || "1");
   const button = event.submitter || $("#video-form button");
   button.disabled = true; $("#video-busy").hidden = false;
   try {
