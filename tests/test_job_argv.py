@@ -96,13 +96,14 @@ def test_the_uis_local_launcher_passes_its_graph_store_profile_and_the_request(t
                         lambda cmd, **kw: spawned.update(cmd=cmd, env=kw["env"]) or _Finished())
     launcher = launchers.LocalLauncher(graph="http://127.0.0.1:9/graph", lift3d="http://127.0.0.1:9/lift3d",
                                        results="sqlite:///r.db", output_dir=tmp_path, token="s3cret", profile="gpu")
-    launcher.start(launchers.JobRequest(job_id="walk-1", video="/data/walk.mp4", stride=2, max_frames=30))
+    launcher.start(launchers.JobRequest(job_id="walk-1", video="/data/walk.mp4", stride=2, max_frames=30,
+                                        detect_every=5))
     assert spawned["cmd"][1:3] == ["-m", "posegraph"]
     back = parsed(spawned["cmd"][3:])
     assert back == JobOptions(video="/data/walk.mp4", graph="http://127.0.0.1:9/graph",
                               lift3d="http://127.0.0.1:9/lift3d", results="sqlite:///r.db",
                               output=f"{tmp_path / 'walk-1'}/", job_id="walk-1", stride=2, max_frames=30,
-                              profile="gpu", quiet=True)
+                              detect_every=5, profile="gpu", quiet=True)
     assert spawned["env"][TOKEN_ENV] == "s3cret" and "s3cret" not in spawned["cmd"]
 
 

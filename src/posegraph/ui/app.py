@@ -230,7 +230,7 @@ async def create_job(request: Request) -> Response:
     try:
         stride = _int_field(fields, "stride", 1, 1, 100)
         max_frames = _int_field(fields, "max_frames", None, 1, 1_000_000)
-        detect_every = _int_field(fields, "detect_every", 1, 1, 100)
+        detect_every = _int_field(fields, "detect_every", None, 1, 100)
         if path is None and not uri:
             raise ClientError(400, "choose a video to upload, or give an s3:// or https:// URI")
         if path is not None and uri:

@@ -34,7 +34,7 @@ class JobRequest:
     video: str            # a local path (uploaded) or an s3:// / https:// URI
     stride: int = 1
     max_frames: int | None = None
-    detect_every: int = 1  # the detector on every N-th frame (videopass.DetectEvery)
+    detect_every: int | None = None  # the detector on every N-th frame (None: the runner's profile)
     filename: str = ""    # the uploaded file's name, for the S3 key
 
 
@@ -146,8 +146,9 @@ class KubernetesLauncher:
                 "pipelineRef": {"name": self.pipeline},
                 "output": {"prefix": self.output_of(request.job_id)},
                 "results": {"secretRef": {"name": self.results_secret}},
-                "options": {"stride": request.stride, "detectEvery": request.detect_every,
-                            **({"maxFrames": request.max_frames} if request.max_frames else {})},
+                "options": {"stride": request.stride,
+                            **({"maxFrames": request.max_frames} if request.max_frames else {}),
+                            **({"detectEvery": request.detect_every} if request.detect_every else {})},
             },
         }
         k8s_config.client().CustomObjectsApi().create_namespaced_custom_object(
