@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run(sub)
+    _add_live(sub)
     _add_demo(sub)
     _add_models(sub)
     _add_serve(sub)
@@ -66,6 +67,23 @@ def _add_run(sub) -> None:
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
     _profile_args(run)
+
+
+def _add_live(sub) -> None:
+    live = sub.add_parser("live", help="poses from a camera, a stream or a video file as it plays")
+    live.add_argument("source", help="a camera index (0), rtsp://… or http(s)://…, or a video file (played at "
+                                     "its own frame rate)")
+    live.add_argument("--seconds", type=float, default=None, help="stop after S seconds (default: Ctrl-C, or "
+                                                                  "the end of a file)")
+    live.add_argument("--out", type=Path, default=None, help="write the frame documents to DIR/frames.jsonl")
+    live.add_argument("--stats-json", type=Path, default=None,
+                      help="write fps, dropped_fraction, latency_ms_p50 and latency_ms_p95 here")
+    live.add_argument("--detect-every", type=int, default=None, metavar="N",
+                      help="the detector on every N-th frame only (default: the profile's tracking.detect_every)")
+    live.add_argument("--graph", default=None, help="a graph URL, or 'local' to start the embedded graph "
+                                                    "(default: the stages in this process)")
+    live.add_argument("--quiet", action="store_true", help="print only the summary")
+    _profile_args(live)
 
 
 def _add_demo(sub) -> None:
@@ -224,6 +242,47 @@ def cmd_run(args) -> int:
     result = run_input(pipeline, args.input, args.out, stride=args.stride, max_frames=args.max_frames,
                        show_progress=not args.quiet)
     _report(result, as_json=args.json)
+    return 0
+
+
+def cmd_live(args) -> int:
+    from contextlib import ExitStack
+
+    from .config import load_profile
+    from .live import graph_step, in_process_step, run_live
+    from .pipeline import Pipeline
+    from .tracking import Tracker
+
+    overrides = list(args.overrides)
+    if args.detect_every is not None:
+        if args.detect_every < 1:
+            raise UsageError("--detect-every must be ≥ 1")
+        overrides.append(f"tracking.detect_every={args.detect_every}")
+    profile = load_profile(args.profile, overrides)
+    t = profile.tracking
+    tracker = Tracker(threshold=t.threshold, use_oks=t.method == "oks", max_gap=t.max_gap)
+    with ExitStack() as stack:
+        if args.graph is None:
+            step, lift = in_process_step(Pipeline(profile, checkpoint_dir=args.checkpoints).load(), t.detect_every)
+        else:
+            from .client import GraphClient
+
+            endpoint = args.graph
+            if endpoint == "local":
+                from .embedded import graph_on_demand
+
+                endpoint, _ = graph_on_demand(args.profile, args.checkpoints, overrides, announce=not args.quiet)(stack)
+            client = stack.enter_context(GraphClient(endpoint))
+            step, lift = graph_step(client.infer, t.detect_every, t), None
+        if not args.quiet:
+            print(f"live: {args.source} → poses; Ctrl-C stops", flush=True)
+        stats = run_live(args.source, step, lift, tracker, seconds=args.seconds, out=args.out)
+    summary = stats.summary()
+    if args.stats_json:
+        args.stats_json.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"{summary['frames_processed']} frames in {summary['seconds']} s: {summary['fps']} frames/s, "
+          f"{summary['dropped_fraction']:.0%} dropped, latency p50 {summary['latency_ms_p50']} ms, "
+          f"p95 {summary['latency_ms_p95']} ms")
     return 0
 
 
@@ -507,7 +566,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="posegraph: %(levelname)s: %(message)s")
-    handlers = {"run": cmd_run, "models": cmd_models, "schema": cmd_schema, "demo": cmd_demo, "serve": cmd_serve,
+    handlers = {"run": cmd_run, "live": cmd_live, "models": cmd_models, "schema": cmd_schema, "demo": cmd_demo,
+                "serve": cmd_serve,
                 "graph": cmd_graph, "up": cmd_up, "call": cmd_call, "job": cmd_job, "db": cmd_db, "ui": cmd_ui,
                 "export": cmd_export}
     if args.command not in NETWORK_SERVICES:

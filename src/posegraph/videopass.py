@@ -111,6 +111,7 @@ class DetectEvery:
         self.inner, self.every, self.redetect_below, self.box_expand = inner, every, redetect_below, box_expand
         self.detected = 0  # frames the detector ran on (what a benchmark and a test count)
         self._lock = threading.Lock()
+        self._position, self._last = 0, None  # a stream's (next): frames seen, the last one's persons
 
     def _carry(self, persons: list[Person] | None, frame: Frame) -> list[Person] | None:
         """Persons for ``frame`` from the frame before's, or None: the detector must run."""
@@ -141,6 +142,19 @@ class DetectEvery:
         with self._lock:
             self.detected += sum(1 for r in ordered if r.doc is not None and "detect" in r.doc.stages)
         return ordered
+
+
+    def next(self, frame: Frame) -> FrameResult:
+        """One frame of a stream, as it comes (posegraph live): the same rules, the schedule
+        counting the frames given here, one call of ``inner`` a frame."""
+        carried = self._carry(self._last, frame) if self._position % self.every else None
+        (result,) = self.inner([frame], [carried])
+        self._position += 1
+        self._last = None if result.doc is None else list(result.doc.persons or [])
+        if result.doc is not None and "detect" in result.doc.stages:
+            with self._lock:
+                self.detected += 1
+        return result
 
 
 # Chains a DetectEvery batch holds, so pose2d gets batches of this many frames (one person: 35 ms a
@@ -193,18 +207,21 @@ class GraphFrames:
     images: JPEG by default (a tenth of PNG's bytes), PNG when the pixels must arrive unchanged.
     A batch that keeps failing is retried frame by frame, so one bad frame costs only itself."""
 
-    def __init__(self, infer: Callable[[list], list], *, retries: int = 3, image_format: str = "jpeg") -> None:
+    def __init__(self, infer: Callable[[list], list], *, retries: int = 3, image_format: str = "jpeg",
+                 per_track_3d: bool = True) -> None:
         if image_format not in {"jpeg", "png"}:
             raise PosegraphError(f"frame format {image_format!r}: jpeg or png")
         self.infer = with_retries(infer, retries)
         self.image_format = image_format
+        self.per_track_3d = per_track_3d  # False: the graph lifts each frame as it is (posegraph live)
 
     def _document(self, frame: Frame, persons: list | None) -> FrameDocument:
         # per_track_3d: the graph ends after pose2d; tracks are lifted whole (GraphLift). persons:
         # boxes already known (detect passes the document through).
         return FrameDocument(image=image_ref(frame.pixels, self.image_format, quality=90),
                              width=int(frame.pixels.shape[1]), height=int(frame.pixels.shape[0]),
-                             frame_index=frame.index, timestamp_s=frame.timestamp_s, per_track_3d=True,
+                             frame_index=frame.index, timestamp_s=frame.timestamp_s,
+                             per_track_3d=True if self.per_track_3d else None,
                              persons=persons)
 
     def __call__(self, frames: list[Frame], persons: list | None = None) -> list[FrameResult]:

@@ -1,0 +1,102 @@
+"""`posegraph live SOURCE`: a video file played at its own frame rate stands in for a camera here
+(the command reads cameras and rtsp:// / http(s):// streams through the same OpenCV reader)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+
+def posegraph(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "posegraph", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def write_avi(path: Path, frames, fps: float) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (frames[0].shape[1], frames[0].shape[0]))
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+@pytest.fixture(scope="module")
+def slow_clip(tmp_path_factory, clip_frames) -> Path:
+    """16 frames at 4 frames/s: 4 s of video, slow enough that nothing need be dropped."""
+    return write_avi(tmp_path_factory.mktemp("live") / "slow.avi", clip_frames, 4)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_file_plays_as_a_camera_and_every_frame_gets_2d_and_3d(checkpoints, slow_clip, tmp_path):
+    done = posegraph("live", slow_clip, "--checkpoints", checkpoints, "--out", tmp_path / "out",
+                     "--stats-json", tmp_path / "stats.json", "--set", "detect.max_persons=2")
+    assert done.returncode == 0, done.stderr
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert {"fps", "dropped_fraction", "latency_ms_p50", "latency_ms_p95"} <= set(stats)
+    docs = read_jsonl(tmp_path / "out" / "frames.jsonl")
+    assert len(docs) == stats["frames_processed"] > 0
+    # no frame is both processed and dropped, none lost in between (one may be left when it stops)
+    assert 0 <= stats["frames_captured"] - stats["frames_processed"] - stats["frames_dropped"] <= 1
+    assert stats["frames_captured"] == 16, "the whole file was read, at its own rate"
+    indices = [d["frame_index"] for d in docs]
+    assert indices == sorted(set(indices)), "frames in the order they were captured"
+    persons = [p for d in docs for p in d.get("persons") or []]
+    assert persons and all(len(p["keypoints2d"]) == 17 and len(p["keypoints3d"]) == 17 for p in persons)
+    assert all(p.get("track_id") is not None for p in persons)
+    assert 0 < stats["latency_ms_p50"] <= stats["latency_ms_p95"]
+    assert f"{stats['frames_processed']} frames in" in done.stdout
+
+
+def test_a_source_faster_than_the_poses_drops_frames_instead_of_queueing(checkpoints, clip_frames, tmp_path):
+    """60 frames at 1,000 frames/s arrive in 60 ms, while one frame's poses take longer: the
+    reader keeps only the newest, so most are dropped and the results stay in capture order."""
+    fast = write_avi(tmp_path / "fast.avi", [clip_frames[i % len(clip_frames)] for i in range(60)], 1000)
+    done = posegraph("live", fast, "--checkpoints", checkpoints, "--out", tmp_path / "out",
+                     "--stats-json", tmp_path / "stats.json", "--quiet")
+    assert done.returncode == 0, done.stderr
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["frames_captured"] == 60
+    assert stats["frames_dropped"] > 0 and stats["frames_processed"] < 60
+    assert stats["dropped_fraction"] == pytest.approx(stats["frames_dropped"] / 60, abs=1e-3)
+    assert 0 <= 60 - stats["frames_processed"] - stats["frames_dropped"] <= 1
+
+
+def test_detect_every_n_runs_live_too(checkpoints, slow_clip, tmp_path):
+    done = posegraph("live", slow_clip, "--checkpoints", checkpoints, "--stats-json", tmp_path / "stats.json",
+                     "--detect-every", "4", "--out", tmp_path / "out", "--quiet")
+    assert done.returncode == 0, done.stderr
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    docs = read_jsonl(tmp_path / "out" / "frames.jsonl")
+    detected = sum("detect" in d["stages"] for d in docs)
+    assert detected == stats["frames_detected"] and 0 < detected < len(docs)
+
+
+@pytest.mark.parametrize("source,needle", [("nope.mp4", "not a camera index"), ("7", "cannot open 7")])
+def test_a_source_that_cannot_be_read_is_one_line(checkpoints, tmp_path, source, needle):
+    done = posegraph("live", tmp_path / source if source.endswith(".mp4") else source, "--checkpoints", checkpoints)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("posegraph: error")]
+    assert len(errors) == 1 and needle in errors[0] and "Traceback" not in done.stderr
+
+
+def test_through_a_graph_each_frame_is_lifted_as_it_is(checkpoints, slow_clip, tmp_path, embedded_graph):
+    done = posegraph("live", slow_clip, "--graph", embedded_graph.endpoint, "--out", tmp_path / "out",
+                     "--stats-json", tmp_path / "stats.json", "--detect-every", "4", "--quiet")
+    assert done.returncode == 0, done.stderr
+    docs = read_jsonl(tmp_path / "out" / "frames.jsonl")
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert len(docs) == stats["frames_processed"] > 0
+    persons = [p for d in docs for p in d.get("persons") or []]
+    assert persons and all(p.get("keypoints3d") for p in persons)
+    assert all("lift3d" in d["stages"] for d in docs if d.get("persons"))
+    assert 0 < sum("detect" in d["stages"] for d in docs) < len(docs)
+    np.testing.assert_array_equal([d["frame_index"] for d in docs], sorted({d["frame_index"] for d in docs}))
