@@ -13,6 +13,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from ..errors import MissingInput
 from ..frame import FrameDocument, Person
 from ..media.imageio import network_input, pixels_of
 from ..models.zoo import RTMDET_STRIDES as STRIDES
@@ -78,6 +79,15 @@ class DetectStage(Stage):
         previous frame's keypoints: --detect-every) passes through untouched, in one process and
         behind either router, so its detection costs nothing."""
         return isinstance(doc, FrameDocument) and doc.persons is None
+
+    def run(self, docs):
+        # A frame passed through still needs its image (pose2d crops it): said here, at the graph's
+        # first step, as for any other frame.
+        for doc in docs:
+            if isinstance(doc, FrameDocument) and doc.persons is not None and doc.image is None \
+                    and doc._pixels is None:
+                raise MissingInput(self.name, ["image (base64 'data' or 'uri')"])
+        return super().run(docs)
 
     def preprocess(self, docs: Sequence[FrameDocument]) -> DetectBatch:
         s = self.size
