@@ -16,7 +16,7 @@ test: bootstrap-test images
 # The unit tier, the command to run while developing: no Go build, no images, no servers, no
 # control plane, no browser (tests/tiers.py; a fast test that opens a socket fails). `make test`
 # runs it too, with everything else. One worker per core, a test module to a worker (its module
-# fixtures made once): on this 2-core machine 3 min 10 s to 3 min 26 s instead of 5 min 12 s (2026-12-07).
+# fixtures made once): on this 2-core machine 2 min 4 s to 2 min 30 s warm (2026-12-07; README).
 test-fast: bootstrap-venv-test
 	$(VENV)/bin/python -m pytest -m fast -n auto --dist loadfile $(PYTEST_ARGS)
 
