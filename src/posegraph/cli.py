@@ -231,14 +231,19 @@ def _add_schema(sub) -> None:
     schema.add_argument("--out", type=Path, default=Path("docs/schemas"))
 
 
+def _overrides(args) -> list[str]:
+    """The profile overrides of a command: its --set values, and --detect-every as the profile's
+    tracking.detect_every (the profile's model refuses a value below 1, naming it)."""
+    if getattr(args, "detect_every", None) is None:
+        return list(args.overrides)
+    return [*args.overrides, f"tracking.detect_every={args.detect_every}"]
+
+
 def cmd_run(args) -> int:
     from .config import load_profile
     from .pipeline import Pipeline, run_input
 
-    overrides = list(args.overrides)
-    if args.detect_every is not None:
-        overrides.append(f"tracking.detect_every={args.detect_every}")
-    pipeline = Pipeline(load_profile(args.profile, overrides), checkpoint_dir=args.checkpoints).load()
+    pipeline = Pipeline(load_profile(args.profile, _overrides(args)), checkpoint_dir=args.checkpoints).load()
     result = run_input(pipeline, args.input, args.out, stride=args.stride, max_frames=args.max_frames,
                        show_progress=not args.quiet)
     _report(result, as_json=args.json)
@@ -253,14 +258,10 @@ def cmd_live(args) -> int:
     from .pipeline import Pipeline
     from .tracking import Tracker
 
-    overrides = list(args.overrides)
-    if args.detect_every is not None:
-        if args.detect_every < 1:
-            raise UsageError("--detect-every must be ≥ 1")
-        overrides.append(f"tracking.detect_every={args.detect_every}")
+    overrides = _overrides(args)
     profile = load_profile(args.profile, overrides)
     t = profile.tracking
-    tracker = Tracker(threshold=t.threshold, use_oks=t.method == "oks", max_gap=t.max_gap)
+    tracker = Tracker.for_settings(t)
     with ExitStack() as stack:
         if args.graph is None:
             step, lift = in_process_step(Pipeline(profile, checkpoint_dir=args.checkpoints).load(), t.detect_every)

@@ -150,7 +150,7 @@ def in_process_step(pipeline, every: int) -> tuple[Callable[[Frame], FrameResult
     tracking = pipeline.profile.tracking
     inner, lift = InProcessFrames(pipeline.stages), pipeline.stages["lift3d"].run
     warm_up(inner, lift)
-    detect = DetectEvery(inner, every, redetect_below=tracking.redetect_below, box_expand=tracking.box_expand)
+    detect = DetectEvery.for_settings(inner, every, tracking)
     return detect.next, lift
 
 
@@ -159,7 +159,7 @@ def graph_step(infer: Callable[[list], list], every: int, tracking,
     """detect + pose2d + lift3d for one frame through a graph (it lifts each frame as it is)."""
     inner = GraphFrames(infer, retries=0, image_format=image_format, per_track_3d=False)
     warm_up(inner)
-    detect = DetectEvery(inner, every, redetect_below=tracking.redetect_below, box_expand=tracking.box_expand)
+    detect = DetectEvery.for_settings(inner, every, tracking)
     return detect.next
 
 

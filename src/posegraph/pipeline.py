@@ -59,8 +59,7 @@ class Pipeline:
         return self.stages["lift3d"].run([doc])[0]
 
     def tracker(self, state: dict | None = None) -> Tracker:
-        t = self.profile.tracking
-        return Tracker.from_state(state, threshold=t.threshold, use_oks=t.method == "oks", max_gap=t.max_gap)
+        return Tracker.for_settings(self.profile.tracking, state)
 
     def video(
         self,

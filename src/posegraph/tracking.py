@@ -93,6 +93,13 @@ class Tracker:
         }
 
     @classmethod
+    def for_settings(cls, tracking, state: dict | None = None) -> "Tracker":
+        """The tracker a profile's ``tracking`` settings describe (config.TrackingSettings), from
+        ``state`` when there is one."""
+        return cls.from_state(state, threshold=tracking.threshold, use_oks=tracking.method == "oks",
+                              max_gap=tracking.max_gap)
+
+    @classmethod
     def from_state(cls, state: dict | None, **settings) -> "Tracker":
         tracker = cls(**settings)
         if state:

@@ -113,6 +113,11 @@ class DetectEvery:
         self._lock = threading.Lock()
         self._position, self._last = 0, None  # a stream's (next): frames seen, the last one's persons
 
+    @classmethod
+    def for_settings(cls, inner: "DetectAndPose", every: int, tracking) -> "DetectEvery":
+        """With a profile's ``tracking`` thresholds (config.TrackingSettings)."""
+        return cls(inner, every, redetect_below=tracking.redetect_below, box_expand=tracking.box_expand)
+
     def _carry(self, persons: list[Person] | None, frame: Frame) -> list[Person] | None:
         """Persons for ``frame`` from the frame before's, or None: the detector must run."""
         if not persons:
@@ -179,7 +184,7 @@ def detect_every(inner: "DetectAndPose", every: int, tracking) -> "DetectAndPose
     else DetectEvery over it with the profile's ``tracking`` thresholds."""
     if every == 1:
         return inner
-    return DetectEvery(inner, every, redetect_below=tracking.redetect_below, box_expand=tracking.box_expand)
+    return DetectEvery.for_settings(inner, every, tracking)
 
 
 def with_retries(call: Callable[[list], list], retries: int) -> Callable[[list], list]:

@@ -145,8 +145,7 @@ class JobRunner:
         return total
 
     def _tracker(self, state: dict | None) -> Tracker:
-        t = load_profile(self.o.profile).tracking
-        return Tracker.from_state(state, threshold=t.threshold, use_oks=t.method == "oks", max_gap=t.max_gap)
+        return Tracker.for_settings(load_profile(self.o.profile).tracking, state)
 
     def _frames(self, client) -> tuple[DetectAndPose, int, int]:
         """What sends frames through the graph, how many batches may be in flight, and how many
