@@ -55,6 +55,8 @@ case "$mode" in
     scripts/install-helm.sh
     step "Chromium for the browser tests (Debian's package; Playwright drives it)"
     scripts/install-chromium.sh
+    step "An RTSP server (mediamtx, from its Go module) and ffmpeg for the live stream tests"
+    scripts/install-rtsp.sh >/dev/null
     ;;
   *)
     echo "usage: $0 run|test" >&2

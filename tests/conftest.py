@@ -15,6 +15,7 @@ TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
 import containers as _containers  # noqa: E402,F401 - reads the real cache directory before isolation
 import control_plane as _control_plane  # noqa: E402,F401 - reads the real cache directory before isolation
+import services as _services  # noqa: E402,F401 - reads the real cache directory before isolation
 from tiers import MODULE_TIERS, TIERS, missing, tier  # noqa: E402
 
 ARTIFACTS = TESTS / "artifacts"

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import http.server
 import json
+import os
 import random
 import shutil
 import signal
@@ -17,6 +18,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# Cached tools (mediamtx) live under the developer's cache directory, read before the tests point
+# POSEGRAPH_CACHE at a throwaway one (conftest.py imports this module first).
+SCRIPT_ENV = {**os.environ}
 
 
 def free_port() -> int:
@@ -257,3 +263,56 @@ def postgres_server():
         subprocess.run(as_user + [str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
                        capture_output=True)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+# ---- RTSP: a real server (mediamtx) with a clip published to it by ffmpeg ----------------------------
+
+def rtsp_tools() -> tuple[str, str]:
+    """(mediamtx, ffmpeg), installed by scripts/install-rtsp.sh (cached: a second call is quick);
+    RuntimeError saying what is missing."""
+    done = subprocess.run(["bash", str(REPO / "scripts" / "install-rtsp.sh")], capture_output=True, text=True,
+                          timeout=900, env=SCRIPT_ENV)
+    mediamtx, ffmpeg = done.stdout.strip(), shutil.which("ffmpeg")
+    if done.returncode != 0 or not mediamtx or not Path(mediamtx).is_file() or ffmpeg is None:
+        raise RuntimeError(f"no RTSP server or publisher (scripts/install-rtsp.sh: {done.stderr.strip()[-300:]})")
+    return mediamtx, ffmpeg
+
+
+@dataclass
+class RtspStream:
+    url: str
+    log: Path
+
+
+@contextlib.contextmanager
+def rtsp_stream(clip: Path, workdir: Path, fps: int = 30):
+    """mediamtx on 127.0.0.1 (RTSP over TCP only, every other protocol off) and ffmpeg publishing
+    ``clip`` to it in a loop at ``fps`` as H.264, the way an IP camera streams."""
+    mediamtx, ffmpeg = rtsp_tools()
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = workdir / "mediamtx.yml"
+    config.write_text("\n".join([
+        "logLevel: info", "rtsp: yes", "rtspTransports: [tcp]", f"rtspAddress: 127.0.0.1:{port}",
+        *(f"{off}: no" for off in ("rtmp", "hls", "webrtc", "srt", "api", "metrics", "pprof", "playback")),
+        "paths:", "  cam:", "",
+    ]))
+    log = workdir / "mediamtx.log"
+    url = f"rtsp://127.0.0.1:{port}/cam"
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(open(log, "wb"))
+        server = subprocess.Popen([mediamtx, str(config)], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        stack.callback(stop_process, server)
+        wait_for_port(port, proc=server, log=log)
+        publisher = subprocess.Popen(
+            [ffmpeg, "-nostdin", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(clip), "-an",
+             "-vf", f"fps={fps}", "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", str(fps),
+             "-pix_fmt", "yuv420p", "-f", "rtsp", "-rtsp_transport", "tcp", url],
+            stdout=subprocess.DEVNULL, stderr=stack.enter_context(open(workdir / "ffmpeg.log", "wb")),
+            start_new_session=True)
+        stack.callback(stop_process, publisher)
+        wait(lambda: "is publishing to path 'cam'" in log.read_text() or publisher.poll() is not None,
+             timeout=30, what="ffmpeg publishing to mediamtx")
+        if publisher.poll() is not None:
+            raise RuntimeError(f"ffmpeg stopped: {(workdir / 'ffmpeg.log').read_text()[-500:]}")
+        yield RtspStream(url, log)

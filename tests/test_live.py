@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from tiers import missing, tier
 
 
 def posegraph(*args, timeout=600):
@@ -100,3 +101,36 @@ def test_through_a_graph_each_frame_is_lifted_as_it_is(checkpoints, slow_clip, t
     assert all("lift3d" in d["stages"] for d in docs if d.get("persons"))
     assert 0 < sum("detect" in d["stages"] for d in docs) < len(docs)
     np.testing.assert_array_equal([d["frame_index"] for d in docs], sorted({d["frame_index"] for d in docs}))
+
+
+@pytest.fixture(scope="module")
+@tier("servers")
+def rtsp_camera(tmp_path_factory, clip_path):
+    """A real RTSP server (mediamtx, built from its Go module) with ffmpeg publishing the clip to it
+    in a loop at 30 frames/s as H.264, as an IP camera would."""
+    import services
+
+    try:
+        with services.rtsp_stream(clip_path, tmp_path_factory.mktemp("rtsp"), fps=30) as stream:
+            yield stream
+    except RuntimeError as exc:
+        if "no RTSP server" not in str(exc):
+            raise
+        missing(str(exc))
+
+
+def test_an_rtsp_camera_streams_through_live(checkpoints, rtsp_camera, tmp_path):
+    done = posegraph("live", rtsp_camera.url, "--checkpoints", checkpoints, "--seconds", 6, "--detect-every", 5,
+                     "--out", tmp_path / "out", "--stats-json", tmp_path / "stats.json", "--quiet")
+    assert done.returncode == 0, done.stderr
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    docs = read_jsonl(tmp_path / "out" / "frames.jsonl")
+    assert len(docs) == stats["frames_processed"] > 0
+    # 6 s of a 30 frames/s stream: every frame the server sent was read (captured), and the ones the
+    # poses could not keep up with were dropped, not queued
+    assert stats["frames_captured"] >= 90, stats
+    assert 0 <= stats["frames_captured"] - stats["frames_processed"] - stats["frames_dropped"] <= 1
+    persons = [p for d in docs for p in d.get("persons") or []]
+    assert persons and all(p.get("keypoints3d") and p.get("track_id") is not None for p in persons)
+    assert all((d["width"], d["height"]) == (640, 480) for d in docs)
+    assert "is reading from path 'cam'" in rtsp_camera.log.read_text(), "live read the stream from the server"
