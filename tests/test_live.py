@@ -134,3 +134,101 @@ def test_an_rtsp_camera_streams_through_live(checkpoints, rtsp_camera, tmp_path)
     assert persons and all(p.get("keypoints3d") and p.get("track_id") is not None for p in persons)
     assert all((d["width"], d["height"]) == (640, 480) for d in docs)
     assert "is reading from path 'cam'" in rtsp_camera.log.read_text(), "live read the stream from the server"
+
+
+# ---- online lifting: each frame lifted as part of its track so far ---------------------------------
+
+def _walking_tracks(frames: int, persons: int = 2, seed: int = 3):
+    """Tracked frame documents of ``persons`` people whose 2D drifts (a random walk per joint)."""
+    from posegraph.frame import FrameDocument, Person
+
+    rng = np.random.default_rng(seed)
+    kps = [rng.uniform(150, 450, (17, 2)) + np.cumsum(rng.normal(0, 2, (frames, 17, 2)), 0) for _ in range(persons)]
+    docs = []
+    for t in range(frames):
+        people = [Person(bbox=[*(k[t].min(0) - 5), *(k[t].max(0) + 5)], score=0.9, track_id=10 + p,
+                         keypoints2d=np.c_[k[t], np.ones(17)].tolist()) for p, k in enumerate(kps)]
+        docs.append(FrameDocument(width=640, height=480, frame_index=t, persons=people))
+    return docs
+
+
+def _whole(stage, docs, person: int):
+    """The 3D that lifting this person's track over ``docs`` as a whole gives each frame."""
+    from posegraph.frame import TrackDocument, TrackFrame
+
+    track = TrackDocument(track_id=1, width=640, height=480, frames=[
+        TrackFrame(frame_index=d.frame_index, bbox=d.persons[person].bbox, keypoints2d=d.persons[person].keypoints2d)
+        for d in docs])
+    return np.asarray([f.keypoints3d for f in stage.run([track])[0].frames])
+
+
+@pytest.fixture(scope="module")
+def lift_unsmoothed(checkpoints):
+    from posegraph.stages import Lift3dStage
+
+    # unsmoothed: the online path leaves out the 3D smoothing, which needs a track's every frame
+    return Lift3dStage({"model": "videopose3d-243", "smoothing": {"method": "off"}}).load(
+        str(checkpoints / "videopose3d-243.pth"))
+
+
+@pytest.mark.parametrize("delay", [0, 3])
+def test_online_lifting_gives_each_frame_what_its_track_so_far_gives_it(lift_unsmoothed, delay):
+    from posegraph.live import OnlineLift
+
+    docs = _walking_tracks(20)
+    online = OnlineLift(lift_unsmoothed.run, lift_unsmoothed.spec, delay)
+    out = []
+    for t, doc in enumerate(docs):
+        ready = online.push(doc.model_copy(deep=True))
+        assert [d.frame_index for d in ready] == ([t - delay] if t >= delay else []), "`delay` frames later"
+        out += ready
+    out += online.flush()
+    assert [d.frame_index for d in out] == list(range(20))
+    for person in (0, 1):
+        for t in (0, 7, 19):
+            seen = docs[: min(len(docs), t + delay + 1)]   # what had come when frame t was lifted
+            expected = _whole(lift_unsmoothed, seen, person)[t]
+            np.testing.assert_allclose(out[t].persons[person].keypoints3d, expected, atol=1e-4)
+    assert all(d.stages["lift3d"].model == "videopose3d-243" for d in out)
+
+
+def test_online_lifting_differs_from_lifting_each_frame_alone(lift_unsmoothed):
+    """The temporal model sees the track: a frame's 3D depends on the frames before it."""
+    from posegraph.live import OnlineLift
+
+    docs = _walking_tracks(12, persons=1)
+    online = OnlineLift(lift_unsmoothed.run, lift_unsmoothed.spec, 0)
+    last = [online.push(d.model_copy(deep=True)) for d in docs][-1][0]
+    alone = lift_unsmoothed.run([docs[-1].model_copy(deep=True)])[0]
+    gap = np.abs(np.asarray(last.persons[0].keypoints3d) - np.asarray(alone.persons[0].keypoints3d)).max()
+    assert gap > 1e-3
+
+
+def test_a_person_without_a_track_gets_no_3d_and_tracks_are_forgotten(lift_unsmoothed):
+    from posegraph.live import OnlineLift
+
+    docs = _walking_tracks(3, persons=2)
+    docs[1].persons[1].track_id = None
+    online = OnlineLift(lift_unsmoothed.run, lift_unsmoothed.spec, 0)
+    out = [online.push(d)[0] for d in docs]
+    assert out[1].persons[0].keypoints3d is not None and out[1].persons[1].keypoints3d is None
+    empty = docs[2].model_copy(update={"frame_index": 2 + online.context + 1, "persons": []})
+    online.push(empty)
+    assert online.tracks == {}
+
+
+def test_lift_delay_holds_frames_back_and_loses_none(checkpoints, slow_clip, tmp_path):
+    done = posegraph("live", slow_clip, "--checkpoints", checkpoints, "--lift-delay", 5, "--out", tmp_path / "out",
+                     "--stats-json", tmp_path / "stats.json", "--quiet")
+    assert done.returncode == 0, done.stderr
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    docs = read_jsonl(tmp_path / "out" / "frames.jsonl")
+    assert len(docs) == stats["frames_processed"] == stats["frames_captured"] - stats["frames_dropped"]
+    assert all(p.get("keypoints3d") for d in docs for p in d.get("persons") or [])
+
+
+def test_a_lift_delay_out_of_range_is_one_line(checkpoints, slow_clip):
+    done = posegraph("live", slow_clip, "--checkpoints", checkpoints, "--lift-delay", 99)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("posegraph: error")]
+    assert len(errors) == 1 and "lift_delay" in errors[0], done.stderr

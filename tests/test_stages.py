@@ -269,6 +269,29 @@ def test_short_tracks_windowed_equal_long_layout(stages):
     assert np.abs(windowed - whole).max() < 1e-4
 
 
+@pytest.mark.parametrize("model,window_layout", [("videopose3d-243", True), ("videopose3d-243", False),
+                                                 ("motionbert", False)])
+def test_lift_frames_lifts_those_frames_as_the_whole_track_would(checkpoints, model, window_layout):
+    """A track with lift_frames (what `posegraph live` sends): those frames get the 3D that lifting
+    the whole track gives them (unsmoothed: the 3D smoothing needs every frame), and no other."""
+    stage = Lift3dStage({"model": model, "smoothing": {"method": "off"}}).load(str(checkpoints / f"{model}.pth"))
+    if not window_layout:
+        stage.window_network = None
+    track = _track(130, seed=5)
+    whole = np.asarray([f.keypoints3d for f in stage.run([track.model_copy(deep=True)])[0].frames])
+    asked = track.model_copy(deep=True, update={"lift_frames": [0, 64, 129]})
+    partial = stage.run([asked])[0]
+    got = {f.frame_index: f.keypoints3d for f in partial.frames if f.keypoints3d is not None}
+    assert sorted(got) == [0, 64, 129]
+    for i, k3 in got.items():
+        assert np.abs(np.asarray(k3) - whole[i]).max() < 1e-4, i
+
+
+def test_lift_frames_must_be_frames_of_the_track():
+    with pytest.raises(ValueError, match="does not hold"):
+        TrackDocument.model_validate({**_track(3).to_json(), "lift_frames": [7]})
+
+
 @pytest.mark.parametrize("model,frames", [("videopose3d-243", 300), ("motionbert", 250)])
 def test_long_tracks_are_lifted_whole(checkpoints, model, frames):
     stage = Lift3dStage({"model": model}).load(str(checkpoints / f"{model}.pth"))

@@ -80,6 +80,9 @@ def _add_live(sub) -> None:
                       help="write fps, dropped_fraction, latency_ms_p50 and latency_ms_p95 here")
     live.add_argument("--detect-every", type=int, default=None, metavar="N",
                       help="the detector on every N-th frame only (default: the profile's tracking.detect_every)")
+    live.add_argument("--lift-delay", type=int, default=None, metavar="FRAMES",
+                      help="frames of look-ahead for the 3D (the profile's live.lift_delay, 0: causal; "
+                           "each adds a frame of latency)")
     live.add_argument("--graph", default=None, help="a graph URL, or 'local' to start the embedded graph "
                                                     "(default: the stages in this process)")
     live.add_argument("--quiet", action="store_true", help="print only the summary")
@@ -231,12 +234,15 @@ def _add_schema(sub) -> None:
     schema.add_argument("--out", type=Path, default=Path("docs/schemas"))
 
 
+# A command's options that are profile settings: option (argparse dest) → the setting it sets.
+PROFILE_OPTIONS = {"detect_every": "tracking.detect_every", "lift_delay": "live.lift_delay"}
+
+
 def _overrides(args) -> list[str]:
-    """The profile overrides of a command: its --set values, and --detect-every as the profile's
-    tracking.detect_every (the profile's model refuses a value below 1, naming it)."""
-    if getattr(args, "detect_every", None) is None:
-        return list(args.overrides)
-    return [*args.overrides, f"tracking.detect_every={args.detect_every}"]
+    """The profile overrides of a command: its --set values, and the options that are profile
+    settings (--detect-every, --lift-delay), whose ranges the profile's model checks, naming them."""
+    return [*args.overrides, *(f"{setting}={getattr(args, dest)}" for dest, setting in PROFILE_OPTIONS.items()
+                               if getattr(args, dest, None) is not None)]
 
 
 def cmd_run(args) -> int:
@@ -274,7 +280,7 @@ def cmd_live(args) -> int:
 
                 endpoint, _ = graph_on_demand(args.profile, args.checkpoints, overrides, announce=not args.quiet)(stack)
             client = stack.enter_context(GraphClient(endpoint))
-            step, lift = graph_step(client.infer, t.detect_every, t), None
+            step, lift = graph_step(client.infer, profile)
         if not args.quiet:
             print(f"live: {args.source} → poses; Ctrl-C stops", flush=True)
         stats = run_live(args.source, step, lift, tracker, seconds=args.seconds, out=args.out)

@@ -28,6 +28,16 @@ class TrackingSettings(BaseModel):
     box_expand: float = Field(1.25, gt=1.0, le=3.0)  # the keypoints' extent grown by this, as the peers do
 
 
+class LiveSettings(BaseModel):
+    """``posegraph live`` and the UI's live view."""
+    model_config = ConfigDict(extra="forbid")
+
+    # Frames of look-ahead the temporal lifting model gets: a frame's 3D leaves this many frames
+    # after it came (at 30 frames/s, 33 ms each). 0: causal, the future is the present repeated.
+    # Chosen by bench/live.py's lag-against-error table (docs/live.md).
+    lift_delay: int = Field(0, ge=0, le=60)
+
+
 class Profile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -38,6 +48,7 @@ class Profile(BaseModel):
     pose2d: Pose2dSettings = Pose2dSettings()
     lift3d: Lift3dSettings = Lift3dSettings()
     tracking: TrackingSettings = TrackingSettings()
+    live: LiveSettings = LiveSettings()
 
     def stage_settings(self, stage: str):
         return getattr(self, stage)

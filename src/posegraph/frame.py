@@ -142,7 +142,20 @@ class TrackDocument(_Open):
     width: int = Field(..., gt=0)
     height: int = Field(..., gt=0)
     frames: list[TrackFrame] = Field(..., min_length=1)
+    lift_frames: list[int] | None = Field(None, max_length=16, description=(
+        "frame_index values of the frames to lift; the others are context, the 2D a temporal model "
+        "sees around them. Absent: every frame. `posegraph live` sends a track's recent frames and "
+        "asks for one, so a frame costs one window of the model instead of the whole track"))
     stages: dict[str, StageRecord] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _lift_frames_are_frames(self) -> "TrackDocument":
+        if self.lift_frames is not None:
+            have = {f.frame_index for f in self.frames}
+            strangers = [i for i in self.lift_frames if i not in have]
+            if strangers:
+                raise ValueError(f"lift_frames names frames the track does not hold: {strangers[:3]}")
+        return self
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -44,6 +44,8 @@ class LiftBatch:
     image_sizes: list[tuple[int, int]] = field(default_factory=list)  # (w, h) per sequence
     owners: list[tuple[int, int | None]] = field(default_factory=list)  # (doc, person) or (doc, None)
     frame_index: list[np.ndarray | None] = field(default_factory=list)  # a track's frame numbers, else None
+    # positions in the sequence to lift (a track's lift_frames); None: all
+    only: list[np.ndarray | None] = field(default_factory=list)
 
 
 class Lift3dStage(Stage):
@@ -110,6 +112,8 @@ class Lift3dStage(Stage):
                 batch.image_sizes.append((doc.width, doc.height))
                 batch.owners.append((d, None))
                 batch.frame_index.append(frames)
+                batch.only.append(None if doc.lift_frames is None else
+                                  np.flatnonzero(np.isin(frames, doc.lift_frames)))
                 continue
             if doc.persons is None:
                 raise MissingInput(self.name, ["persons (run detect and pose2d first)"])
@@ -125,6 +129,7 @@ class Lift3dStage(Stage):
                 batch.image_sizes.append((doc.width, doc.height))
                 batch.owners.append((d, i))
                 batch.frame_index.append(None)
+                batch.only.append(None)
         return batch
 
     # -- inference -------------------------------------------------------------------------------
@@ -132,26 +137,31 @@ class Lift3dStage(Stage):
         if not batch.sequences:
             return []
         if self.spec.family == "videopose3d":
-            return self._infer_tcn(batch.sequences)
+            return self._infer_tcn(batch.sequences, batch.only)
         return self._infer_motionbert(batch.sequences)
 
-    def _infer_tcn(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
+    def _infer_tcn(self, sequences: list[np.ndarray], only: list[np.ndarray | None]) -> list[np.ndarray]:
         """Each output frame t sees frames t-121 … t+121 of its sequence, edges replicated (mmpose's
-        padding). Short sequences (single frames above all) go window by window through the strided
-        layout, all in one batch; each long one goes through the dilated layout in one pass."""
+        padding). Short sequences (single frames above all) and a track's few ``lift_frames`` go
+        window by window through the strided layout, all in one batch (those outputs only); each
+        long one goes through the dilated layout in one pass. Measured for a live frame: one window
+        6 ms, the dilated pass over its 122 frames of context 106 ms."""
         half = (self.seq_len - 1) // 2
         outputs: list[np.ndarray | None] = [None] * len(sequences)
         windows, owners = [], []
-        for i, seq in enumerate(sequences):
+        for i, (seq, wanted) in enumerate(zip(sequences, only)):
             padded = np.concatenate([np.repeat(seq[:1], half, 0), seq, np.repeat(seq[-1:], half, 0)])
-            if self.window_network is not None and len(seq) <= self.WINDOWED_MAX_FRAMES:
+            if wanted is not None:
+                windows.extend(padded[t : t + self.seq_len] for t in wanted)
+                owners.append((i, len(wanted)))
+            elif self.window_network is not None and len(seq) <= self.WINDOWED_MAX_FRAMES:
                 windows.extend(padded[t : t + self.seq_len] for t in range(len(seq)))
                 owners.append((i, len(seq)))
             else:
                 (out,) = self._run_network(padded[None])
                 outputs[i] = out[0]
-        if windows:
-            (out,) = self._run_network(np.stack(windows), network=self.window_network)  # (W, 1, 17, 3)
+        if windows:  # (W, 1, 17, 3); without the window layout, the dilated one over 243 frames gives 1
+            (out,) = self._run_network(np.stack(windows), network=self.window_network)
             start = 0
             for i, n in owners:
                 outputs[i] = out[start : start + n, 0]
@@ -201,9 +211,17 @@ class Lift3dStage(Stage):
         return raw - raw[:, :1]
 
     def postprocess(self, docs, batch: LiftBatch, outputs: list[np.ndarray]):
-        for (d, p), (width, _), frames, raw in zip(batch.owners, batch.image_sizes, batch.frame_index, outputs):
+        for (d, p), (width, _), frames, wanted, raw in zip(batch.owners, batch.image_sizes, batch.frame_index,
+                                                           batch.only, outputs):
             metres = self.to_metres(np.asarray(raw, np.float64), width)
-            if p is None:
+            if wanted is not None:
+                # Only these frames were lifted: the 3D smoothing, which needs the 3D of the frames
+                # around them, is left out (their 2D was smoothed as a track's is).
+                if self.spec.family != "videopose3d":
+                    metres = metres[wanted]
+                for position, k3 in zip(wanted, metres):
+                    docs[d].frames[position].keypoints3d = k3.tolist()
+            elif p is None:
                 metres = smooth(metres, self.settings.smoothing, frames)
                 for frame, k3 in zip(docs[d].frames, metres):
                     frame.keypoints3d = k3.tolist()
