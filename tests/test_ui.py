@@ -5,6 +5,7 @@ Kubernetes API) is tested against kmock and a real S3 server, without a browser.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -294,6 +295,143 @@ def test_a_video_that_cannot_be_decoded_gets_a_message_and_no_job(page, ui, clip
 
 
 # ---- cluster mode: a PoseJob through the Kubernetes API ---------------------------------------------
+
+# ---- the live view: the camera over a WebSocket ---------------------------------------------------------
+
+def _live_url(ui, query: str = "") -> str:
+    return ui["url"].replace("http://", "ws://") + "/api/live" + query
+
+
+def _live_connect(ui, query: str = "?detect_every=2", auth: bool = True):
+    import base64
+
+    from websockets.sync.client import connect
+
+    headers = {"Authorization": "Basic " + base64.b64encode(f"{AUTH[0]}:{PASSWORD}".encode()).decode()} if auth else {}
+    return connect(_live_url(ui, query), additional_headers=headers, open_timeout=30, max_size=None)
+
+
+def _jpeg(pixels) -> bytes:
+    import cv2
+
+    return cv2.imencode(".jpg", pixels)[1].tobytes()
+
+
+def test_live_socket_answers_frames_with_2d_and_3d_and_bad_frames_with_a_message(ui, clip_frames):
+    with _live_connect(ui) as ws:
+        hello = json.loads(ws.recv(timeout=60))
+        assert hello == {"ready": [], "detect_every": 2, "lift_delay": 0}
+        answers = []
+        for pixels in clip_frames[:6]:
+            ws.send(_jpeg(pixels))
+            answers.append(json.loads(ws.recv(timeout=120)))
+        assert [a["received"] for a in answers] == list(range(6))
+        ready = [f for a in answers for f in a["ready"]]
+        assert [f["i"] for f in ready] == list(range(6)), "look-ahead 0: each frame comes back at once"
+        assert [f["detected"] for f in ready] == [True, False, True, False, True, False]
+        persons = [p for f in ready for p in f["p"]]
+        assert persons and all(len(p["k2"]) == 17 and len(p["k3"]) == 17 and p["track"] is not None for p in persons)
+        assert all(f["random_weights"] and {"pose2d", "lift3d"} <= set(f["ms"]) for f in ready if f["p"])
+        # bad input: a message, the socket stays open and goes on
+        ws.send(b"not an image")
+        bad = json.loads(ws.recv(timeout=60))
+        assert bad["received"] == 6 and "not a decodable image" in bad["error"] and bad["ready"] == []
+        ws.send("a text message")
+        assert "binary message" in json.loads(ws.recv(timeout=60))["error"]
+        ws.send(b"\xff" * 2_000_001)
+        assert "limit is 2 MB" in json.loads(ws.recv(timeout=60))["error"]
+        ws.send(_jpeg(clip_frames[6]))
+        after = json.loads(ws.recv(timeout=120))
+        assert after["received"] == 8 and [f["i"] for f in after["ready"]] == [8]
+
+
+def test_live_socket_is_guarded_and_limited(ui):
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+    with pytest.raises(InvalidStatus) as refused:
+        _live_connect(ui, auth=False)
+    assert refused.value.response.status_code == 403
+    with _live_connect(ui, "?detect_every=0") as ws:
+        assert "between 1 and 100" in json.loads(ws.recv(timeout=30))["error"]
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=30)
+        assert closed.value.rcvd.code == 1008
+    with contextlib.ExitStack() as stack:
+        for _ in range(4):
+            ws = stack.enter_context(_live_connect(ui))
+            assert "detect_every" in json.loads(ws.recv(timeout=60))
+        with _live_connect(ui) as fifth:
+            assert "4 live views are open already" in json.loads(fifth.recv(timeout=30))["error"]
+            with pytest.raises(ConnectionClosed) as closed:
+                fifth.recv(timeout=30)
+            assert closed.value.rcvd.code == 1013
+
+
+def _y4m(path: Path, frames, fps: int = 30) -> Path:
+    """Frames as a YUV4MPEG2 file, what Chromium's fake camera plays (in a loop)."""
+    import cv2
+
+    height, width = frames[0].shape[:2]
+    with open(path, "wb") as out:
+        out.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for pixels in frames:
+            out.write(b"FRAME\n" + cv2.cvtColor(pixels, cv2.COLOR_BGR2YUV_I420).tobytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+@tier("browser")
+def camera_browser(tmp_path_factory, clip_frames):
+    """Chromium whose camera is the clip (--use-file-for-fake-video-capture), allowed without asking."""
+    if CHROMIUM is None:
+        missing("no chromium on PATH: `make test` installs Debian's chromium (needs root or sudo for apt)")
+    from playwright.sync_api import sync_playwright
+
+    clip = _y4m(tmp_path_factory.mktemp("camera") / "camera.y4m", clip_frames)
+    with sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--use-angle=swiftshader", "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={clip}"])
+        yield instance
+        instance.close()
+
+
+def test_live_view_follows_the_camera_in_2d_and_3d(camera_browser, ui, artifacts):
+    context = camera_browser.new_context(http_credentials={"username": AUTH[0], "password": PASSWORD},
+                                         viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        page.goto(ui["url"] + "/#/live")
+        page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+        page.fill("#live-detect-every", "3")
+        page.click("#live-start")
+        page.wait_for_function("Number(document.querySelector('#live-stats').dataset.frames || 0) >= 8",
+                               timeout=180_000)
+        stats = page.eval_on_selector("#live-stats", "e => ({...e.dataset, text: e.textContent})")
+        assert float(stats["fps"]) > 0 and float(stats["p95"]) > 0, stats
+        assert "frames/s" in stats["text"] and "latency" in stats["text"]
+        # the skeleton over the video, in the frame's own pixels
+        page.wait_for_selector("#live-canvas[data-persons]")
+        assert page.eval_on_selector("#live-canvas", "c => [c.width, c.height]") == [640, 480]
+        assert int(page.get_attribute("#live-canvas", "data-persons")) >= 1
+        assert _coloured_pixels(page, "#live-canvas") > 200
+        assert page.eval_on_selector("#live-video", "v => v.videoWidth") == 640
+        # the 3D view follows
+        assert int(page.get_attribute("#live-3d", "data-persons")) >= 1
+        assert _painted_pixels(page, "#live-3d canvas") > 200
+        rendered = int(page.get_attribute("#live-3d", "data-rendered"))
+        page.wait_for_function(f"Number(document.querySelector('#live-3d').dataset.rendered) > {rendered + 2}",
+                               timeout=60_000)
+        assert "RANDOM" in page.text_content("#banner")
+        page.screenshot(path=str(artifacts / "ui-live.png"), full_page=True)
+        page.click("#live-stop")
+        page.wait_for_function("!document.querySelector('#live-start').disabled")
+    finally:
+        context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
 
 def test_cluster_mode_uploads_to_s3_and_creates_a_posejob(tmp_path, s3_env, clip_path):
     import boto3

@@ -29,7 +29,7 @@ import numpy as np
 from .errors import BadInput
 from .frame import FrameDocument, TrackDocument, TrackFrame
 from .media.samples import astronaut_bgr
-from .models.zoo import ModelSpec
+from .models.zoo import ModelSpec, get_model
 from .videopass import DetectEvery, Frame, FrameResult, GraphFrames, InProcessFrames
 
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
@@ -228,8 +228,6 @@ def in_process_step(pipeline, every: int) -> tuple[Callable[[Frame], FrameResult
 def graph_step(infer: Callable[[list], list], profile, image_format: str = "jpeg",
                ) -> tuple[Callable[[Frame], FrameResult], OnlineLift]:
     """The same through a graph: frames end after pose2d (per_track_3d), tracks go to lift3d."""
-    from .models.zoo import get_model
-
     inner = GraphFrames(infer, retries=0, image_format=image_format, per_track_3d=True)
     warm_up(inner, infer)
     detect = DetectEvery.for_settings(inner, profile.tracking.detect_every, profile.tracking)

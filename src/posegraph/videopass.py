@@ -218,7 +218,7 @@ class GraphFrames:
             raise PosegraphError(f"frame format {image_format!r}: jpeg or png")
         self.infer = with_retries(infer, retries)
         self.image_format = image_format
-        self.per_track_3d = per_track_3d  # False: the graph lifts each frame as it is (posegraph live)
+        self.per_track_3d = per_track_3d  # False: the graph lifts each frame as it is
 
     def _document(self, frame: Frame, persons: list | None) -> FrameDocument:
         # per_track_3d: the graph ends after pose2d; tracks are lifted whole (GraphLift). persons:

@@ -25,11 +25,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..client import GraphClient, GraphError
+from ..config import Profile, load_profile
 from ..errors import BadInput, PosegraphError, UsageError
 from ..fetchpolicy import FetchPolicy, FetchRefused
 from ..frame import COCO17, H36M17, FrameDocument
@@ -42,6 +43,7 @@ from ..media.video import VideoReader, sniff_container
 from ..names import FAILED, QUEUED, RUNNING
 from ..uri import fetch_to_cache, is_remote_video_uri
 from .launchers import JobRequest, KubernetesLauncher, LocalLauncher
+from .live import Sessions, live_socket
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -57,6 +59,7 @@ class UISettings:
     password: str | None = None                  # HTTP Basic auth (user "posegraph"); None: off
     graph_token: str | None = None
     fetch_policy: FetchPolicy = field(default_factory=FetchPolicy.served)  # which video URIs a user may name
+    profile: Profile = field(default_factory=lambda: load_profile("cpu"))  # the live view's tracking and lifting
 
 
 @dataclass
@@ -71,6 +74,8 @@ class UIState:
     tmp: Path                                    # uploads spooled here while they are checked
     max_upload_bytes: int
     fetch_policy: FetchPolicy
+    profile: Profile                             # the live view's tracking, lift3d model and look-ahead
+    live_sessions: Sessions                      # live sockets open now
 
 
 def _ui(request: Request) -> UIState:
@@ -93,13 +98,14 @@ async def _in_thread(fn, *args, **kwargs):
 # ---- auth -------------------------------------------------------------------------------------------
 
 class BasicAuth:
-    """HTTP Basic auth on everything but /healthz. The browser asks once and remembers."""
+    """HTTP Basic auth on everything but /healthz, the live view's WebSocket included. The browser
+    asks once and remembers (and sends the same credentials with the WebSocket's handshake)."""
 
     def __init__(self, app: ASGIApp, password: str | None) -> None:
         self.app, self.password = app, password
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.password or scope["path"] == "/healthz":
+        if scope["type"] not in ("http", "websocket") or not self.password or scope["path"] == "/healthz":
             await self.app(scope, receive, send)
             return
         header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
@@ -115,6 +121,9 @@ class BasicAuth:
                 ok = False
         if ok:
             await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":  # closed before it is accepted: the handshake gets a 403
+            await send({"type": "websocket.close", "code": 1008, "reason": "sign in to the posegraph UI first"})
             return
         response = PlainTextResponse("posegraph: sign in as user 'posegraph' with the UI password",
                                      status_code=401, headers={"WWW-Authenticate": 'Basic realm="posegraph"'})
@@ -424,6 +433,7 @@ ROUTES = [
     Route("/api/jobs/{job_id}/tracks/{track_id:int}/angles", track_angles),
     Route("/api/jobs/{job_id}/angles.csv", angles_csv),
     Route("/api/jobs/{job_id}/video", video),
+    WebSocketRoute("/api/live", live_socket),
     Mount("/static", StaticFiles(directory=STATIC), name="static"),
 ]
 
@@ -444,7 +454,8 @@ def create_app(settings: UISettings) -> Starlette:
     store.migrate()
     state = UIState(store=store, launcher=settings.launcher, graph=settings.graph, graph_token=settings.graph_token,
                     uploads=settings.data_dir / "uploads", tmp=settings.data_dir / "tmp",
-                    max_upload_bytes=settings.max_upload_bytes, fetch_policy=settings.fetch_policy)
+                    max_upload_bytes=settings.max_upload_bytes, fetch_policy=settings.fetch_policy,
+                    profile=settings.profile, live_sessions=Sessions())
 
     app = Starlette(routes=ROUTES, exception_handlers={ClientError: client_error},
                     middleware=[Middleware(BasicAuth, password=settings.password)], lifespan=_lifespan,

@@ -9,6 +9,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from .. import processes
+from ..config import load_profile
 from ..asgi import run_server
 from ..embedded import graph_on_demand
 from ..errors import UsageError
@@ -59,7 +60,8 @@ def run_ui(args) -> int:
         settings = UISettings(graph=graph, results=results, launcher=launcher, data_dir=data,
                               max_upload_bytes=int(args.max_upload_mb * 1e6), password=password,
                               graph_token=os.environ.get("POSEGRAPH_AUTH_TOKEN"),
-                              fetch_policy=FetchPolicy.served(args.fetch_allow))
+                              fetch_policy=FetchPolicy.served(args.fetch_allow),
+                              profile=load_profile(args.profile, args.overrides))
         app = create_app(settings)
 
         def announce() -> None:

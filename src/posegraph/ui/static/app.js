@@ -454,15 +454,136 @@ function showFrame(k) {
   drawAngles(frame.i);
 }
 
+// ---- live camera: frames over a WebSocket, poses back -------------------------------------------------
+// One frame in flight: the next is captured when the answer to the last one has come, so a slow
+// server means fewer frames a second, never a queue (the server drops nothing; the page waits).
+const live = { ws: null, stream: null, sent: new Map(), next: 0, done: [], latencies: [], frames: 0, last: null };
+const LIVE_WIDTH = 640;
+
+function liveStats() {
+  const now = performance.now();
+  live.done = live.done.filter((t) => now - t < 2000);
+  const fps = live.done.length / 2;
+  const recent = live.latencies.slice(-60).sort((a, b) => a - b);
+  const pct = (q) => (recent.length ? recent[Math.min(recent.length - 1, Math.floor(q * recent.length))] : null);
+  const last = live.last;
+  const ms = last ? Object.entries(last.ms).map(([k, v]) => `${k} ${Math.round(v)} ms`).join(", ") : "";
+  $("#live-stats").textContent = `${fps.toFixed(1)} frames/s · latency p50 ${fmt(pct(0.5))} ms, p95 ${fmt(pct(0.95))} ms` +
+    ` · ${live.frames} frames` + (last ? ` · ${last.p.length} person${last.p.length === 1 ? "" : "s"}` : "") +
+    (ms ? ` (${ms}${last.detected ? "" : ", boxes from the last keypoints"})` : "");
+  const el = $("#live-stats");
+  el.dataset.frames = String(live.frames);
+  el.dataset.fps = fps.toFixed(2);
+  el.dataset.p95 = String(pct(0.95) ?? "");
+}
+
+function drawLive(frame) {
+  const canvas = $("#live-canvas");
+  canvas.width = frame.w; canvas.height = frame.h;
+  const ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, frame.w, frame.h);
+  const left = new Set(META.coco_left);
+  frame.p.forEach((p) => {
+    const color = "#" + PERSON_COLORS[(p.track ?? 0) % PERSON_COLORS.length].toString(16).padStart(6, "0");
+    const [x1, y1, x2, y2] = p.box;
+    ctx.lineWidth = 2; ctx.strokeStyle = color; ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
+    ctx.fillStyle = color; ctx.font = "14px system-ui";
+    ctx.fillText(`track ${p.track ?? "?"}`, x1 + 2, y1 - 4);
+    if (!p.k2) return;
+    ctx.lineWidth = 3;
+    for (const [a, b] of META.coco_skeleton) {
+      ctx.strokeStyle = left.has(a) || left.has(b) ? "#ff9f1c" : color;
+      ctx.beginPath(); ctx.moveTo(p.k2[a][0], p.k2[a][1]); ctx.lineTo(p.k2[b][0], p.k2[b][1]); ctx.stroke();
+    }
+    ctx.fillStyle = "#ffffff";
+    for (const [x, y] of p.k2) { ctx.beginPath(); ctx.arc(x, y, 3, 0, 2 * Math.PI); ctx.fill(); }
+  });
+  canvas.dataset.persons = String(frame.p.length);
+  canvas.dataset.frame = String(frame.i);
+  const view = make3D($("#live-3d"));
+  if (view) view.set(frame.p.filter((p) => p.k3).map((p) => ({ k3: p.k3, color: PERSON_COLORS[(p.track ?? 0) % PERSON_COLORS.length] })));
+}
+
+async function sendLiveFrame() {
+  const video = $("#live-video");
+  if (!live.ws || live.ws.readyState !== WebSocket.OPEN || !video.videoWidth) return;
+  const scale = Math.min(1, LIVE_WIDTH / video.videoWidth);
+  const grab = document.createElement("canvas");
+  grab.width = Math.round(video.videoWidth * scale); grab.height = Math.round(video.videoHeight * scale);
+  grab.getContext("2d").drawImage(video, 0, 0, grab.width, grab.height);
+  const blob = await new Promise((resolve) => grab.toBlob(resolve, "image/jpeg", 0.8));
+  live.sent.set(live.next++, performance.now());   // the server numbers a socket's frames from 0 too
+  live.ws.send(await blob.arrayBuffer());
+}
+
+function onLiveMessage(event) {
+  const answer = JSON.parse(event.data);
+  if (answer.error) banner(`Live: ${answer.error}`, answer.received === undefined ? "error" : "warn");
+  if (answer.detect_every !== undefined) { sendLiveFrame(); return; }   // the session is ready
+  const now = performance.now();
+  for (const frame of answer.ready || []) {
+    const t0 = live.sent.get(frame.i);
+    live.sent.delete(frame.i);
+    if (t0 !== undefined) live.latencies.push(now - t0);
+    live.done.push(now);
+    live.frames += 1;
+    live.last = frame;
+    if (frame.random_weights) banner("These models run on RANDOM weights (no checkpoints were downloaded): the skeletons are noise, not results. `posegraph models fetch` gets the real ones.", "warn");
+    requestAnimationFrame(() => drawLive(frame));
+  }
+  if (answer.error && answer.received !== undefined) live.sent.delete(answer.received);   // that frame failed
+  liveStats();
+  sendLiveFrame();
+}
+
+async function startLive(event) {
+  event.preventDefault();
+  banner(null);
+  const every = $("#live-detect-every").value || "5";
+  try {
+    live.stream = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: false });
+  } catch (err) {
+    banner(`Camera: ${err.message || err.name}. Allow this page to use the camera, or plug one in.`);
+    return;
+  }
+  const video = $("#live-video");
+  video.srcObject = live.stream;
+  await video.play();
+  Object.assign(live, { sent: new Map(), next: 0, done: [], latencies: [], frames: 0, last: null });
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  live.ws = new WebSocket(`${scheme}://${location.host}/api/live?detect_every=${encodeURIComponent(every)}`);
+  live.ws.onmessage = onLiveMessage;
+  live.ws.onclose = (e) => {
+    if (live.ws && e.code !== 1000) banner(`Live: the connection closed (${e.reason || "code " + e.code}).`);
+    stopLive();
+  };
+  $("#live-start").disabled = true; $("#live-stop").disabled = false;
+  $("#live-3d").dataset.live = "1";
+}
+
+function stopLive() {
+  const ws = live.ws;
+  live.ws = null;
+  if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000);
+  if (live.stream) live.stream.getTracks().forEach((t) => t.stop());
+  live.stream = null;
+  $("#live-start").disabled = false; $("#live-stop").disabled = true;
+}
+
 // ---- routing and polling ----------------------------------------------------------------------------
 let timer = null;
 
 function route() {
   clearInterval(timer);
   const match = location.hash.match(/^#\/jobs\/(.+)$/);
-  $("#view-home").hidden = !!match;
+  const isLive = location.hash === "#/live";
+  $("#view-home").hidden = !!match || isLive;
   $("#view-job").hidden = !match;
-  if (match) {
+  $("#view-live").hidden = !isLive;
+  if (!isLive && live.ws) stopLive();
+  if (isLive) {
+    make3D($("#live-3d"));
+  } else if (match) {
     const id = decodeURIComponent(match[1]);
     showJob(id);
     timer = setInterval(() => showJob(id), 1000);
@@ -494,6 +615,8 @@ async function main() {
   $("#photo-form").addEventListener("submit", onPhoto);
   $("#photo-person").addEventListener("change", (e) => showPhotoPersons(e.target.value));
   $("#video-form").addEventListener("submit", onVideo);
+  $("#live-form").addEventListener("submit", startLive);
+  $("#live-stop").addEventListener("click", stopLive);
   setupPlayer();
   window.addEventListener("hashchange", route);
   document.body.dataset.ready = "1";
