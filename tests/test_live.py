@@ -89,10 +89,17 @@ def test_a_source_that_cannot_be_read_is_one_line(checkpoints, tmp_path, source,
     assert len(errors) == 1 and needle in errors[0] and "Traceback" not in done.stderr
 
 
-def test_through_a_graph_each_frame_is_lifted_as_it_is(checkpoints, slow_clip, tmp_path, embedded_graph):
+def test_through_a_graph_frames_are_lifted_online_and_recorded(checkpoints, slow_clip, tmp_path, embedded_graph):
+    from posegraph.jobs.store import open_store
+
+    results = f"sqlite:///{tmp_path / 'results.db'}"
     done = posegraph("live", slow_clip, "--graph", embedded_graph.endpoint, "--out", tmp_path / "out",
-                     "--stats-json", tmp_path / "stats.json", "--detect-every", "4", "--quiet")
+                     "--stats-json", tmp_path / "stats.json", "--detect-every", "4", "--quiet",
+                     "--record", "--results", results, "--job-id", "through-graph")
     assert done.returncode == 0, done.stderr
+    job = open_store(results).job("through-graph")
+    assert job.status == "succeeded" and job.tracks > 0
+    assert all(t.lifted for t in open_store(results).tracks("through-graph")), "tracks lifted whole by the graph"
     docs = read_jsonl(tmp_path / "out" / "frames.jsonl")
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert len(docs) == stats["frames_processed"] > 0
@@ -232,3 +239,72 @@ def test_a_lift_delay_out_of_range_is_one_line(checkpoints, slow_clip):
     assert done.returncode != 0
     errors = [line for line in done.stderr.splitlines() if line.startswith("posegraph: error")]
     assert len(errors) == 1 and "lift_delay" in errors[0], done.stderr
+
+
+# ---- recording a session into a results store, as a job ---------------------------------------------
+
+def test_a_recorded_session_is_a_job_with_whole_track_3d(checkpoints, slow_clip, tmp_path):
+    from posegraph.jobs.store import open_store
+
+    results = f"sqlite:///{tmp_path / 'results.db'}"
+    done = posegraph("live", slow_clip, "--checkpoints", checkpoints, "--record", "--results", results,
+                     "--job-id", "live-test", "--detect-every", 3, "--out", tmp_path / "out",
+                     "--stats-json", tmp_path / "stats.json", "--set", "detect.max_persons=2", "--quiet")
+    assert done.returncode == 0, done.stderr
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["job"]["job_id"] == "live-test" and stats["job"]["status"] == "succeeded"
+    assert "recorded as job live-test" in done.stdout
+    store = open_store(results)
+    job = store.job("live-test")
+    assert job.status == "succeeded" and job.video_uri == str(slow_clip.resolve())
+    assert job.frames_done == stats["frames_processed"] and job.frames_total == stats["frames_captured"] == 16
+    assert (job.width, job.height) == (640, 480) and job.fps == pytest.approx(4.0)
+    assert job.params["source"] == "live" and job.params["detect_every"] == 3 and job.random_weights
+    live_docs = {d["frame_index"]: d for d in read_jsonl(tmp_path / "out" / "frames.jsonl")}
+    stored = store.frame_results("live-test", 0, 100)
+    assert sorted(stored) == sorted(live_docs), "every processed frame is in the store"
+    tracks = store.tracks("live-test")
+    assert tracks and all(t.lifted for t in tracks)
+    # the store holds each track lifted whole (as a job does), the JSON Lines the online 3D
+    from posegraph.config import load_profile
+    from posegraph.frame import TrackDocument, TrackFrame
+    from posegraph.pipeline import Pipeline
+
+    lift = Pipeline(load_profile("cpu"), checkpoint_dir=checkpoints).load().stages["lift3d"]
+    track = tracks[0]
+    rows = store.track_rows("live-test", track.track_id)
+    whole = lift.run([TrackDocument(track_id=track.track_id, width=640, height=480, frames=[
+        TrackFrame(frame_index=r.frame_index, bbox=r.bbox, keypoints2d=r.keypoints2d) for r in rows])])[0]
+    np.testing.assert_allclose([r.keypoints3d for r in rows], [f.keypoints3d for f in whole.frames], atol=1e-5)
+    angles_frames, _ = store.joint_angles("live-test", track.track_id)
+    assert angles_frames == [r.frame_index for r in rows]
+    # and a job's exports read it
+    out = tmp_path / "bvh"
+    exported = posegraph("export", "--results", results, "--job-id", "live-test", "--format", "bvh", "--out", out)
+    assert exported.returncode == 0, exported.stderr
+    assert list(out.glob("*.bvh"))
+
+
+def test_recording_to_a_job_id_that_exists_is_refused_and_keeps_it(checkpoints, slow_clip, tmp_path):
+    from posegraph.jobs.store import open_store
+
+    results = f"sqlite:///{tmp_path / 'results.db'}"
+    first = posegraph("live", slow_clip, "--checkpoints", checkpoints, "--record", "--results", results,
+                      "--job-id", "mine", "--seconds", 1.5, "--quiet")
+    assert first.returncode == 0, first.stderr
+    before = open_store(results).job("mine")
+    again = posegraph("live", slow_clip, "--checkpoints", checkpoints, "--record", "--results", results,
+                      "--job-id", "mine", "--quiet")
+    assert again.returncode != 0
+    errors = [line for line in again.stderr.splitlines() if line.startswith("posegraph: error")]
+    assert len(errors) == 1 and "already in this results store" in errors[0]
+    after = open_store(results).job("mine")
+    assert (after.status, after.frames_done, after.finished_at) == (before.status, before.frames_done,
+                                                                   before.finished_at)
+
+
+def test_a_stream_source_is_recorded_without_its_password():
+    from posegraph.jobs.recording import source_uri
+
+    assert source_uri("rtsp://cam:secret@10.0.0.5:8554/live") == "rtsp://cam:***@10.0.0.5:8554/live"
+    assert source_uri("0") == "camera:0"

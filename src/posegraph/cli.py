@@ -85,6 +85,11 @@ def _add_live(sub) -> None:
                            "each adds a frame of latency)")
     live.add_argument("--graph", default=None, help="a graph URL, or 'local' to start the embedded graph "
                                                     "(default: the stages in this process)")
+    live.add_argument("--record", action="store_true",
+                      help="keep the session in a results store as a job (tracks lifted whole when it stops)")
+    live.add_argument("--results", default="sqlite:///posegraph-jobs/results.db",
+                      help="with --record: sqlite:///path.db or postgresql://user@host/db")
+    live.add_argument("--job-id", default=None, help="with --record: the job's id (default: live-<time>-<random>)")
     live.add_argument("--quiet", action="store_true", help="print only the summary")
     _profile_args(live)
 
@@ -256,40 +261,73 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _live_steps(args, profile, overrides: list[str], stack):
+    """(detect + pose2d for a frame, online lift3d, whole-track lift3d) for ``posegraph live``: the
+    stages in this process, or a graph (``--graph URL|local``)."""
+    from .live import graph_step, in_process_step
+    from .pipeline import Pipeline
+
+    if args.graph is None:
+        pipeline = Pipeline(profile, checkpoint_dir=args.checkpoints).load()
+        step, lift = in_process_step(pipeline, profile.tracking.detect_every)
+        return step, lift, pipeline.stages["lift3d"].run
+    from .client import GraphClient
+
+    endpoint = args.graph
+    if endpoint == "local":
+        from .embedded import graph_on_demand
+
+        endpoint, _ = graph_on_demand(args.profile, args.checkpoints, overrides, announce=not args.quiet)(stack)
+    client = stack.enter_context(GraphClient(endpoint))
+    step, lift = graph_step(client.infer, profile)
+    return step, lift, client.infer
+
+
 def cmd_live(args) -> int:
-    from contextlib import ExitStack
+    from contextlib import ExitStack, closing
 
     from .config import load_profile
-    from .live import graph_step, in_process_step, run_live
-    from .pipeline import Pipeline
+    from .live import run_live
     from .tracking import Tracker
 
     overrides = _overrides(args)
     profile = load_profile(args.profile, overrides)
-    t = profile.tracking
-    tracker = Tracker.for_settings(t)
+    tracker = Tracker.for_settings(profile.tracking)
+    recorded = None
     with ExitStack() as stack:
-        if args.graph is None:
-            step, lift = in_process_step(Pipeline(profile, checkpoint_dir=args.checkpoints).load(), t.detect_every)
-        else:
-            from .client import GraphClient
+        step, lift, lift_whole = _live_steps(args, profile, overrides, stack)
+        recording = None
+        if args.record:
+            from .jobs.recording import LiveRecording, new_live_job_id
+            from .jobs.store import open_store
 
-            endpoint = args.graph
-            if endpoint == "local":
-                from .embedded import graph_on_demand
-
-                endpoint, _ = graph_on_demand(args.profile, args.checkpoints, overrides, announce=not args.quiet)(stack)
-            client = stack.enter_context(GraphClient(endpoint))
-            step, lift = graph_step(client.infer, profile)
+            store = stack.enter_context(closing(open_store(args.results)))
+            recording = LiveRecording(store, args.job_id or new_live_job_id(), args.source, {
+                "detect_every": profile.tracking.detect_every, "lift_delay": profile.live.lift_delay,
+                "profile": args.profile})
         if not args.quiet:
             print(f"live: {args.source} → poses; Ctrl-C stops", flush=True)
-        stats = run_live(args.source, step, lift, tracker, seconds=args.seconds, out=args.out)
-    summary = stats.summary()
+        try:
+            stats = run_live(args.source, step, lift, tracker, seconds=args.seconds, out=args.out,
+                             on_doc=(lambda doc: recording.add(doc, tracker)) if recording else None)
+        except BaseException as exc:
+            if recording is not None:
+                recording.fail(str(exc) or type(exc).__name__)
+            raise
+        if recording is not None:
+            if not args.quiet:
+                print(f"recording: lifting each track whole into job {recording.job_id}", flush=True)
+            recorded = recording.finish(lift_whole, captured=stats.captured, fps=stats.source_fps)
+    summary = {**stats.summary(), **({"job": recorded} if recorded else {})}
     if args.stats_json:
         args.stats_json.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"{summary['frames_processed']} frames in {summary['seconds']} s: {summary['fps']} frames/s, "
           f"{summary['dropped_fraction']:.0%} dropped, latency p50 {summary['latency_ms_p50']} ms, "
           f"p95 {summary['latency_ms_p95']} ms")
+    if recorded is not None:
+        print(f"recorded as job {recorded['job_id']} ({recorded['status']}, {recorded['tracks']} tracks) in "
+              f"{args.results}; its motion: posegraph export --results {args.results} --job-id {recorded['job_id']} "
+              "--format bvh --out DIR")
     return 0
 
 

@@ -68,8 +68,9 @@ class NewestFrame:
 
     def __init__(self, capture, kind: str) -> None:
         self.capture, self.kind = capture, kind
-        fps = capture.get(5)  # cv2.CAP_PROP_FPS
-        self.period = 1.0 / fps if kind == "file" and fps and fps > 0 else 0.0
+        fps = capture.get(5)  # cv2.CAP_PROP_FPS; 0 when the source does not say
+        self.fps = float(fps) if fps and 0 < fps <= 1000 else None
+        self.period = 1.0 / fps if kind == "file" and self.fps else 0.0
         self.captured = self.dropped = 0
         self.ended = False
         self._newest: Captured | None = None
@@ -124,6 +125,7 @@ class LiveStats:
     dropped: int = 0
     failed: int = 0
     detected: int = 0
+    source_fps: float | None = None  # what the source says it gives (None: it does not say)
     latencies_ms: list[float] = field(default_factory=list)
 
     def summary(self) -> dict:
@@ -285,4 +287,5 @@ def run_live(source: str, step: Callable[[Frame], FrameResult], lift: OnlineLift
             pass
         stats.seconds = time.monotonic() - started
     stats.captured, stats.dropped = reader.captured, reader.dropped
+    stats.source_fps = reader.fps
     return stats
