@@ -49,15 +49,22 @@ def ui(tmp_path_factory, checkpoints):
 
 @pytest.fixture(scope="module")
 @tier("browser")
-def browser():
+def playwright():
+    """One Playwright for the module: its sync API runs one instance per thread at a time (a second
+    `sync_playwright()` beside the first fails), so every browser here is launched from this one."""
     if CHROMIUM is None:
         missing("no chromium on PATH: `make test` installs Debian's chromium (needs root or sudo for apt)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        instance = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--use-angle=swiftshader"])
-        yield instance
-        instance.close()
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright):
+    instance = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--use-angle=swiftshader"])
+    yield instance
+    instance.close()
 
 
 @pytest.fixture
@@ -380,20 +387,14 @@ def _y4m(path: Path, frames, fps: int = 30) -> Path:
 
 
 @pytest.fixture(scope="module")
-@tier("browser")
-def camera_browser(tmp_path_factory, clip_frames):
+def camera_browser(playwright, tmp_path_factory, clip_frames):
     """Chromium whose camera is the clip (--use-file-for-fake-video-capture), allowed without asking."""
-    if CHROMIUM is None:
-        missing("no chromium on PATH: `make test` installs Debian's chromium (needs root or sudo for apt)")
-    from playwright.sync_api import sync_playwright
-
     clip = _y4m(tmp_path_factory.mktemp("camera") / "camera.y4m", clip_frames)
-    with sync_playwright() as p:
-        instance = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--use-angle=swiftshader", "--use-fake-ui-for-media-stream",
-            "--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={clip}"])
-        yield instance
-        instance.close()
+    instance = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+        "--no-sandbox", "--use-angle=swiftshader", "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={clip}"])
+    yield instance
+    instance.close()
 
 
 def test_live_view_follows_the_camera_in_2d_and_3d(camera_browser, ui, artifacts):
