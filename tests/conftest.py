@@ -156,7 +156,7 @@ def checkpoints(tmp_path_factory) -> Path:
     return directory
 
 
-BLAZEPOSE_MODELS = ("blazepose-detector", "blazepose-full")
+BLAZEPOSE_MODELS = ("blazepose-detector", "blazepose-full", "blazepose-world")
 # Fetched once into the real cache by scripts/bootstrap.sh (test): read before isolation.
 BLAZEPOSE_DIR = _containers.REAL_CACHE / "blazepose"
 
@@ -168,8 +168,8 @@ def blazepose_weights() -> Path:
     from posegraph.models.checkpoints import checkpoint_path
 
     if not all(checkpoint_path(BLAZEPOSE_DIR, m).is_file() for m in BLAZEPOSE_MODELS):
-        missing(f"BlazePose's weights are not in {BLAZEPOSE_DIR}: `posegraph models fetch --model blazepose-detector "
-                f"--model blazepose-full --dir {BLAZEPOSE_DIR}` (make test does it)")
+        missing(f"BlazePose's weights are not in {BLAZEPOSE_DIR}: `posegraph models fetch --profile real-offline "
+                f"--dir {BLAZEPOSE_DIR}` (make test does it)")
     return BLAZEPOSE_DIR
 
 

@@ -119,3 +119,103 @@ def test_blazepose_has_no_random_weights(tmp_path):
 
     with pytest.raises(UsageError, match="no random form"):
         write_random(get_model("blazepose-full"), tmp_path / "x.tflite")
+
+
+# ---- real people: the first assertions random weights could not pass ------------------------------
+
+# Human proportions the world landmarks must fall in (metres; adults are about 0.30-0.45 across
+# the shoulders, 0.25-0.35 shoulder to elbow, 0.35-0.50 hip to knee and knee to ankle). The bounds
+# are wider because BlazePose's metric scale is its own estimate from one image: measured here,
+# the astronaut's shoulders 0.31 and thigh 0.30, the cameraman's 0.29 and 0.26.
+BONES = {  # Human3.6M joint pairs → (low, high) metres
+    "shoulders": ((11, 14), (0.2, 0.55)),
+    "left upper arm": ((11, 12), (0.1, 0.45)),
+    "right upper arm": ((14, 15), (0.1, 0.45)),
+    "left thigh": ((4, 5), (0.2, 0.6)),
+    "right thigh": ((1, 2), (0.2, 0.6)),
+    "left shin": ((5, 6), (0.2, 0.6)),
+    "right shin": ((2, 3), (0.2, 0.6)),
+    "hips": ((1, 4), (0.1, 0.45)),
+}
+
+
+@pytest.fixture(scope="module")
+def blazepose(blazepose_weights):
+    from posegraph.config import load_profile
+    from posegraph.pipeline import Pipeline
+
+    return Pipeline(load_profile("real-offline"), checkpoint_dir=blazepose_weights).load()
+
+
+def _photos():
+    import cv2
+    import skimage.data as data
+
+    return {"astronaut": cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR),
+            "camera": cv2.cvtColor(data.camera(), cv2.COLOR_GRAY2BGR),
+            "coffee": cv2.cvtColor(data.coffee(), cv2.COLOR_RGB2BGR)}
+
+
+def _poses(pipeline, pixels):
+    from posegraph.frame import FrameDocument
+
+    doc = FrameDocument.from_pixels(pixels)
+    for stage in ("detect", "pose2d", "lift3d"):
+        doc = pipeline.stages[stage].run([doc])[0]
+    return doc
+
+
+@pytest.mark.parametrize("photo,people", [("astronaut", 1), ("camera", 1), ("coffee", 0)])
+def test_exactly_the_real_persons_are_found(blazepose, photo, people):
+    doc = _poses(blazepose, _photos()[photo])
+    assert len(doc.persons) == people
+    assert all(not r.random_weights for r in doc.stages.values())
+
+
+@pytest.mark.parametrize("photo", ["astronaut", "camera"])
+def test_keypoints_are_where_a_person_is(blazepose, photo):
+    (person,) = _poses(blazepose, _photos()[photo]).persons
+    k = np.asarray(person.keypoints2d)
+    nose, shoulders, hips = k[0, 1], k[[5, 6], 1].mean(), k[[11, 12], 1].mean()
+    knees, ankles = k[[13, 14], 1].mean(), k[[15, 16], 1].mean()
+    assert nose < shoulders < hips < knees < ankles, "top to bottom: nose, shoulders, hips, knees, ankles"
+    x1, y1, x2, y2 = person.bbox
+    sure = k[k[:, 2] > 0.5]
+    assert len(sure) >= 5 and (sure[:, 0] >= x1).all() and (sure[:, 0] <= x2).all() and (sure[:, 1] >= y1).all()
+    assert len(person.landmarks.image) == len(person.landmarks.world) == 33
+
+
+def test_left_and_right_are_the_persons_own(blazepose):
+    """The astronaut faces the camera: her left shoulder, eye and ear are on the image's right."""
+    k = np.asarray(_poses(blazepose, _photos()["astronaut"]).persons[0].keypoints2d)
+    for left, right in ((1, 2), (3, 4), (5, 6)):  # eyes, ears, shoulders (COCO)
+        assert k[left, 0] > k[right, 0]
+
+
+@pytest.mark.parametrize("photo", ["astronaut", "camera"])
+def test_the_3d_skeleton_has_human_bone_lengths(blazepose, photo):
+    k3 = np.asarray(_poses(blazepose, _photos()[photo]).persons[0].keypoints3d)
+    assert np.allclose(k3[0], 0), "root-relative"
+    for name, ((a, b), (low, high)) in BONES.items():
+        assert low <= np.linalg.norm(k3[a] - k3[b]) <= high, name
+    assert k3[10, 1] < k3[8, 1] < k3[0, 1] < k3[2, 1] < k3[3, 1], "head above thorax above pelvis above knee and foot"
+
+
+def test_the_tracker_keeps_one_person_across_a_panned_clip_and_its_bvh_is_human(blazepose, tmp_path):
+    from posegraph.media.samples import synthetic_clip_frames, write_clip
+    from posegraph.motion.bvh import solve_track
+    from posegraph.pipeline import run_input
+
+    clip = write_clip(tmp_path / "pan.mp4", synthetic_clip_frames(24))
+    result = run_input(blazepose, str(clip), tmp_path / "out", show_progress=False)
+    docs = [json.loads(line) for line in (tmp_path / "out" / "frames.jsonl").read_text().splitlines()]
+    ids = {p["track_id"] for d in docs for p in d.get("persons") or []}
+    assert len(ids) == 1 and sum(bool(d.get("persons")) for d in docs) >= 22, "one person, one track"
+    assert not result.random_weights
+    track = np.asarray([d["persons"][0]["keypoints3d"] for d in docs if d.get("persons")])
+    lengths = np.linalg.norm(solve_track(track, 30.0).offsets, axis=1)  # each joint's offset from its parent
+    # The clip shows her head and shoulders: the arms are seen, the legs are the model's guess
+    # (a thigh of 0.18 m here), so the seen bones are checked.
+    for name in ("left upper arm", "right upper arm"):
+        (_, child), (low, high) = BONES[name]
+        assert low <= lengths[child] <= high, name

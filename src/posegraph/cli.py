@@ -26,7 +26,7 @@ NETWORK_SERVICES = {"serve", "up", "ui"}
 
 
 def _profile_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", default="cpu", help="built-in profile (cpu, gpu) or a .yaml file (default: cpu)")
+    p.add_argument("--profile", default="cpu", help="built-in profile (cpu, gpu, real-offline) or a .yaml file (default: cpu)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a profile value, e.g. --set detect.score_threshold=0.5 (repeatable)")
     p.add_argument("--checkpoints", type=Path, default=None,

@@ -163,8 +163,8 @@ MODELS: dict[str, ModelSpec] = {
             _MEDIAPIPE_WHEEL,
             "mediapipe/modules/pose_detection/pose_detection_cpu.pbtxt",
             # SSD anchors and decoding as MediaPipe's pose detection graph sets them.
-            dict(input_size=224, strides=(8, 16, 32, 32, 32), min_scale=0.1484375, max_scale=0.75,
-                 anchors_per_location=2, num_keypoints=4, score_thr=0.5, nms_iou=0.3),
+            dict(input_size=224, strides=(8, 16, 32, 32, 32), anchors_per_location=2, num_keypoints=4,
+                 nms_iou=0.3, roi_scale=1.25),
             wheel=_mediapipe_file("mediapipe/modules/pose_detection/pose_detection.tflite",
                                   "9ba9dd3d42efaaba86b4ff0122b06f29c4122e756b329d89dca1e297fd8f866c"),
         ),
@@ -175,7 +175,20 @@ MODELS: dict[str, ModelSpec] = {
             {},
             _MEDIAPIPE_WHEEL,
             "mediapipe/modules/pose_landmark/pose_landmark_cpu.pbtxt",
-            dict(input_size=256, landmarks=33, roi_scale=1.25),
+            dict(input_size=256, landmarks=33),
+            wheel=_mediapipe_file("mediapipe/modules/pose_landmark/pose_landmark_full.tflite",
+                                  "e9a5c5cb17f736fafd4c2ec1da3b3d331d6edbe8a0d32395855aeb2cdfd64b9f"),
+        ),
+        # 3D is the landmark model's metric world landmarks, which pose2d writes: this entry runs no
+        # network (seq_len 1: each frame is its own 3D, no temporal window).
+        ModelSpec(
+            "blazepose-world",
+            "lift3d",
+            "blazepose",
+            {},
+            _MEDIAPIPE_WHEEL,
+            "mediapipe/modules/pose_landmark/pose_landmark_cpu.pbtxt",
+            dict(seq_len=1),
             wheel=_mediapipe_file("mediapipe/modules/pose_landmark/pose_landmark_full.tflite",
                                   "e9a5c5cb17f736fafd4c2ec1da3b3d331d6edbe8a0d32395855aeb2cdfd64b9f"),
         ),

@@ -33,7 +33,7 @@ from .. import __version__
 from ..errors import PosegraphError, UsageError
 from ..models.engine import exported_onnx
 from ..names import STAGES
-from ..stages import STAGE_CLASSES, StageSettings
+from ..stages import STAGE_CLASSES, StageSettings, make_stage
 from ..uri import _describe, cache_dir, file_sha256, local_path, s3_client, split_s3
 
 ARCHIVE_FORMAT = "posegraph/archive/v1"
@@ -152,7 +152,7 @@ def build_archive(stage: str, checkpoint_uri: str, out_dir: Path, *, settings: S
     if stage not in STAGE_CLASSES:
         raise UsageError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
     options = options or ArchiveOptions()
-    stage_obj = STAGE_CLASSES[stage](settings)
+    stage_obj = make_stage(stage, settings)
     spec = stage_obj.spec
     model_name = options.model_name or stage
     if not model_name.replace("-", "").isalnum():
