@@ -219,3 +219,62 @@ def test_the_tracker_keeps_one_person_across_a_panned_clip_and_its_bvh_is_human(
     for name in ("left upper arm", "right upper arm"):
         (_, child), (low, high) = BONES[name]
         assert low <= lengths[child] <= high, name
+
+
+# ---- served like the others: both runtimes, the graph, a video job ---------------------------------
+
+@pytest.mark.parametrize("runtime", ["kserve", "torchserve"])
+def test_served_through_the_graph_on_both_runtimes(blazepose_weights, astronaut, runtime, starts_servers):
+    from posegraph.client import GraphClient
+    from posegraph.config import load_profile
+    from posegraph.embedded import archives_for_profile, default_pipeline, start_local_graph
+
+    layouts = archives_for_profile(load_profile("real-offline"), blazepose_weights)
+    with start_local_graph(default_pipeline(layouts, runtime), layouts) as graph, \
+            GraphClient(graph.endpoint) as client:
+        doc = client.infer_image(astronaut)
+    (person,) = doc.persons
+    assert len(person.landmarks.world) == 33 and len(person.keypoints3d) == 17
+    assert {k: v.model for k, v in doc.stages.items()} == {
+        "detect": "blazepose-detector", "pose2d": "blazepose-full", "lift3d": "blazepose-world"}
+    assert not any(r.random_weights for r in doc.stages.values())
+
+
+def test_a_video_job_lifts_blazepose_tracks_from_the_store(blazepose_weights, clip_path, tmp_path, starts_servers):
+    """The job stores each person's landmarks (schema 4) and lifts its tracks from them."""
+    from posegraph.config import load_profile
+    from posegraph.embedded import start_embedded_graph
+    from posegraph.jobs.options import JobOptions
+    from posegraph.jobs.runner import JobRunner
+    from posegraph.jobs.store import open_store
+
+    results = f"sqlite:///{tmp_path / 'results.db'}"
+    with start_embedded_graph(load_profile("real-offline"), blazepose_weights) as graph:
+        summary = JobRunner(JobOptions(video=str(clip_path), results=results, output=str(tmp_path / "out") + "/",
+                                       graph=graph.endpoint, lift3d=graph.servers["lift3d"].predict_url,
+                                       job_id="bp", profile="real-offline")).run()
+    assert summary["status"] == "succeeded" and summary["tracks"] >= 1
+    store = open_store(results)
+    (track, *_) = sorted(store.tracks("bp"), key=lambda t: -t.frames)
+    rows = store.track_rows("bp", track.track_id)
+    assert all(r.keypoints3d is not None for r in rows)
+    assert store.frame_results("bp", 0, 1)[0].persons[0].landmarks["world"], "landmarks kept per person"
+    k3 = np.asarray([r.keypoints3d for r in rows])
+    assert 0.1 <= np.median(np.linalg.norm(k3[:, 11] - k3[:, 12], axis=1)) <= 0.45, "a human upper arm"
+
+
+def test_the_demo_falls_back_to_blazepose_when_the_zoo_is_out_of_reach(blazepose_weights, tmp_path, starts_servers):
+    import subprocess
+    import sys
+
+    ckpts = tmp_path / "ckpts"
+    shutil.copytree(blazepose_weights, ckpts)  # the wheel's files, as `models fetch` left them
+    done = subprocess.run([sys.executable, "-m", "posegraph", "demo", "--out", tmp_path / "demo", "--frames", "8",
+                           "--checkpoints", ckpts], capture_output=True, text=True, timeout=900,
+                          env={**__import__("os").environ, "POSEGRAPH_ZOO_MIRROR": "http://127.0.0.1:9"})
+    assert done.returncode == 0, done.stderr
+    assert "cannot download the OpenMMLab checkpoints" in done.stdout
+    assert "using BlazePose instead" in done.stdout and "RANDOM" not in done.stdout
+    doc = json.loads((tmp_path / "demo" / "photo" / "frame.json").read_text())
+    assert doc["stages"]["pose2d"]["model"] == "blazepose-full" and len(doc["persons"]) == 1
+    assert "job demo-clip: succeeded" in done.stdout

