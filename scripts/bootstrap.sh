@@ -57,6 +57,9 @@ case "$mode" in
     scripts/install-chromium.sh
     step "An RTSP server (mediamtx, from its Go module) and ffmpeg for the live stream tests"
     scripts/install-rtsp.sh >/dev/null
+    step "BlazePose's weights, out of the mediapipe wheel on PyPI (real weights for the tests)"
+    "$venv/bin/posegraph" models fetch --profile real-offline \
+      --dir "${POSEGRAPH_CACHE:-$HOME/.cache/posegraph}/blazepose" >/dev/null
     ;;
   *)
     echo "usage: $0 run|test" >&2

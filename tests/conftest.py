@@ -156,6 +156,23 @@ def checkpoints(tmp_path_factory) -> Path:
     return directory
 
 
+BLAZEPOSE_MODELS = ("blazepose-detector", "blazepose-full", "blazepose-world")
+# Fetched once into the real cache by scripts/bootstrap.sh (test): read before isolation.
+BLAZEPOSE_DIR = _containers.REAL_CACHE / "blazepose"
+
+
+@pytest.fixture(scope="session")
+def blazepose_weights() -> Path:
+    """BlazePose's two model files, real weights taken out of the mediapipe wheel by `posegraph
+    models fetch` (scripts/bootstrap.sh test fetches them once; tests do not reach the index)."""
+    from posegraph.models.checkpoints import checkpoint_path
+
+    if not all(checkpoint_path(BLAZEPOSE_DIR, m).is_file() for m in BLAZEPOSE_MODELS):
+        missing(f"BlazePose's weights are not in {BLAZEPOSE_DIR}: `posegraph models fetch --profile real-offline "
+                f"--dir {BLAZEPOSE_DIR}` (make test does it)")
+    return BLAZEPOSE_DIR
+
+
 @pytest.fixture(scope="session")
 @tier("servers")
 def embedded_graph(checkpoints):

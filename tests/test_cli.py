@@ -252,11 +252,13 @@ def test_models_fetch_downloads_the_official_paths(tmp_path, checkpoints, starts
 
 
 def test_demo_runs_end_to_end_offline(tmp_path, checkpoints, starts_servers):
-    """The README's main job, offline: it falls back to random weights (and says so)."""
+    """The README's main job, offline: neither the OpenMMLab zoo nor the package index (BlazePose,
+    test_blazepose.py) answers, so it falls back to random weights (and says so)."""
     ckpt_dir = tmp_path / "ckpts"
     result = posegraph("demo", "--out", tmp_path / "demo", "--frames", "8", "--checkpoints", ckpt_dir,
-                       env={"POSEGRAPH_ZOO_MIRROR": "http://127.0.0.1:9"})
+                       env={"POSEGRAPH_ZOO_MIRROR": "http://127.0.0.1:9", "POSEGRAPH_WHEEL_MIRROR": "http://127.0.0.1:9"})
     assert result.returncode == 0, result.stderr
+    assert "cannot download BlazePose's weights either" in result.stdout
     assert "writing RANDOM weights" in result.stdout
     assert "through the graph" in result.stdout and "RANDOM WEIGHTS" in result.stdout
     for rel in ("photo/frame.json", "photo/overlay.jpg", "photo/pose3d.png", "clip/frames.jsonl",

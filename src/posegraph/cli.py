@@ -26,7 +26,7 @@ NETWORK_SERVICES = {"serve", "up", "ui"}
 
 
 def _profile_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", default="cpu", help="built-in profile (cpu, gpu) or a .yaml file (default: cpu)")
+    p.add_argument("--profile", default="cpu", help="built-in profile (cpu, gpu, real-offline) or a .yaml file (default: cpu)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a profile value, e.g. --set detect.score_threshold=0.5 (repeatable)")
     p.add_argument("--checkpoints", type=Path, default=None,
@@ -382,7 +382,8 @@ def cmd_models(args) -> int:
             print(uri)
         return 0
     directory = args.dir or default_checkpoint_dir()
-    specs = [get_model(name) for name in args.model] if args.model else list(MODELS.values())
+    # Without --model: every model that has a random form (BlazePose's come real, from a wheel).
+    specs = [get_model(name) for name in args.model] if args.model else [m for m in MODELS.values() if not m.wheel]
     for spec in specs:
         path = write_random(spec, checkpoint_path(directory, spec.name), seed=args.seed)
         print(f"{spec.name}: {path} (RANDOM weights)")

@@ -1,7 +1,8 @@
 """``posegraph demo``: the README's main job, on the embedded default.
 
 It makes its own inputs from a photo that ships in a package and a clip made from it. It gets
-checkpoints: the official ones if reachable, otherwise random ones, with a loud notice. It starts
+checkpoints: the official ones if reachable; otherwise BlazePose's real weights from the mediapipe
+wheel (the real-offline profile), said plainly; otherwise random ones, with a loud notice. It starts
 the local graph (stage servers + router, as ``posegraph up``), sends the photo through it, then
 runs the clip as a video job through the same graph (results in SQLite, a rendered video, motion
 files). Then it prints where the results are, and how to see them in the web UI.
@@ -20,7 +21,10 @@ from .jobs.options import JobOptions
 from .jobs.runner import JobRunner
 from .media.render import draw_overlay, plot_3d, poses_for_plot
 from .media.samples import synthetic_clip_frames, write_astronaut, write_clip
-from .models.checkpoints import default_checkpoint_dir
+from .errors import FetchError
+from .models.checkpoints import default_checkpoint_dir, ensure_checkpoints
+
+FALLBACK_PROFILE = "real-offline"
 
 
 def _photo_through_graph(graph, photo: Path, out: Path) -> bool:
@@ -48,10 +52,30 @@ def _photo_through_graph(graph, photo: Path, out: Path) -> bool:
     return random_weights
 
 
+def _weights(args, directory: Path) -> str:
+    """The profile the demo runs: the one asked for when its checkpoints are there or download;
+    else (offline from the OpenMMLab zoo) BlazePose's real weights, when the package index is
+    reachable; else the one asked for, on random weights (ensure_checkpoints says so)."""
+    try:
+        ensure_checkpoints(load_profile(args.profile, args.overrides), directory, random_fallback=False)
+        return args.profile
+    except FetchError as exc:
+        print(f"cannot download the OpenMMLab checkpoints ({str(exc).split(' — ')[0]})")
+    try:
+        ensure_checkpoints(load_profile(FALLBACK_PROFILE, args.overrides), directory)
+    except FetchError as exc:
+        print(f"cannot download BlazePose's weights either ({str(exc).split(' — ')[0]})")
+        return args.profile
+    print(f"using BlazePose instead (profile {FALLBACK_PROFILE}): REAL weights from the mediapipe wheel, "
+          "Google's, Apache 2.0; not the RTMDet/RTMPose/VideoPose3D the cpu profile names")
+    return FALLBACK_PROFILE
+
+
 def run_demo(args) -> int:
     started = time.perf_counter()
-    profile = load_profile(args.profile, args.overrides)
     directory = Path(args.checkpoints) if args.checkpoints else default_checkpoint_dir()
+    profile_name = _weights(args, directory)
+    profile = load_profile(profile_name, args.overrides)
     out = Path(args.out).resolve()
     photo = write_astronaut(out / "inputs" / "astronaut.jpg")
     clip = write_clip(out / "inputs" / "clip.mp4", synthetic_clip_frames(args.frames))
@@ -65,7 +89,7 @@ def run_demo(args) -> int:
         print(f"\n[3/3] a video job through the graph (frames in batches, tracks lifted whole): {clip}")
         results = f"sqlite:///{out / 'results.db'}"
         options = JobOptions(video=str(clip), results=results, output=str(out / "clip") + "/", graph=graph.endpoint,
-                             lift3d=graph.servers["lift3d"].predict_url, job_id="demo-clip", profile=args.profile)
+                             lift3d=graph.servers["lift3d"].predict_url, job_id="demo-clip", profile=profile_name)
         summary = JobRunner(options).run()
     print(f"job {summary['job_id']}: {summary['status']}, {summary['frames_done']} frames, "
           f"{summary['persons']} persons, {summary['tracks']} tracks")

@@ -88,11 +88,26 @@ class StageRecord(_Open):
     ms: float | None = Field(None, description="stage time for this document's batch, milliseconds")
 
 
+class Landmarks(_Open):
+    """BlazePose's 33 landmarks (pose2d with a blazepose model), beyond the 17 COCO keypoints."""
+
+    image: list[list[float]] = Field(..., min_length=33, max_length=33, description=(
+        "33 × [x, y, z, visibility]: image pixels, z on the scale of x (MediaPipe's), visibility 0-1"))
+    world: list[list[float]] = Field(..., min_length=33, max_length=33, description=(
+        "33 × [x, y, z]: metres, centred between the hips, camera axes (x right, y down, z away)"))
+
+
+Roi = Annotated[list[float], Field(min_length=4, max_length=4, description=(
+    "a rotated square around the whole body: centre x, y and side in image pixels, rotation in radians"))]
+
+
 class Person(_Open):
     bbox: BBox
     score: float = Field(..., description="detection score")
     track_id: int | None = None
+    roi: Roi | None = Field(None, description="BlazePose's detector: where its pose2d crops (else from bbox)")
     keypoints2d: Keypoints2D | None = None
+    landmarks: Landmarks | None = None
     keypoints3d: Keypoints3D | None = None
 
 
@@ -131,6 +146,7 @@ class TrackFrame(_Open):
     bbox: BBox
     score: float | None = None
     keypoints2d: Keypoints2D
+    landmarks: Landmarks | None = None
     keypoints3d: Keypoints3D | None = None
 
 

@@ -32,6 +32,18 @@ H36M_LEFT = {4, 5, 6, 11, 12, 13}
 COCO_LEFT = {1, 3, 5, 7, 9, 11, 13, 15}
 
 
+# BlazePose's 33 landmarks (MediaPipe Pose), and where each COCO-17 joint is among them.
+BLAZEPOSE33 = (
+    "nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_eye_inner", "right_eye", "right_eye_outer",
+    "left_ear", "right_ear", "mouth_left", "mouth_right", "left_shoulder", "right_shoulder",
+    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_pinky", "right_pinky",
+    "left_index", "right_index", "left_thumb", "right_thumb", "left_hip", "right_hip",
+    "left_knee", "right_knee", "left_ankle", "right_ankle", "left_heel", "right_heel",
+    "left_foot_index", "right_foot_index",
+)  # fmt: skip
+BLAZEPOSE_TO_COCO = tuple(BLAZEPOSE33.index(name) for name in COCO17)
+
+
 def coco_to_h36m(keypoints: np.ndarray) -> np.ndarray:
     """(..., 17, C) COCO → (..., 17, C) Human3.6M, as mmpose's ``convert_keypoint_definition``:
     pelvis = mid-hips, thorax = mid-shoulders, spine = mid pelvis–thorax, head = mid-eyes,

@@ -148,7 +148,7 @@ def context_frames(spec: ModelSpec, delay: int) -> int:
     seq_len = int(spec.params["seq_len"])
     if spec.family == "videopose3d":
         return min(seq_len, (seq_len - 1) // 2 + delay + 1)
-    return seq_len
+    return max(seq_len, delay + 1)  # MotionBERT's clip; BlazePose's 1 (each frame its own 3D)
 
 
 class OnlineLift:
@@ -170,7 +170,7 @@ class OnlineLift:
             if person.track_id is not None and person.keypoints2d is not None:
                 self.tracks.setdefault(person.track_id, deque(maxlen=self.context)).append(TrackFrame(
                     frame_index=doc.frame_index, bbox=person.bbox, score=person.score,
-                    keypoints2d=person.keypoints2d))
+                    keypoints2d=person.keypoints2d, landmarks=person.landmarks))
         # a track not seen for a whole context decides nothing any more
         for track_id in [t for t, h in self.tracks.items() if doc.frame_index - h[-1].frame_index > self.context]:
             del self.tracks[track_id]
@@ -214,7 +214,7 @@ def warm_up(inner, lift: Callable[[list], list] | None = None) -> None:
     doc = result.doc
     if lift is not None and doc is not None and doc.persons:
         person = doc.persons[0]
-        frame = TrackFrame(frame_index=0, bbox=person.bbox, keypoints2d=person.keypoints2d)
+        frame = TrackFrame(frame_index=0, bbox=person.bbox, keypoints2d=person.keypoints2d, landmarks=person.landmarks)
         lift([TrackDocument(track_id=0, width=doc.width, height=doc.height, frames=[frame], lift_frames=[0])])
 
 

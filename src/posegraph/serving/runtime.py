@@ -9,7 +9,7 @@ from pathlib import Path
 from .. import fetchpolicy
 from ..errors import UsageError
 from ..names import THREADS_ENV
-from ..stages import STAGE_CLASSES, Stage
+from ..stages import Stage, make_stage
 from .archive import UnpackedArchive
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def load_stage(archive: UnpackedArchive, device: str = "cpu") -> Stage:
     threads = os.environ.get(THREADS_ENV) or None
     if threads is not None and not (threads.isdigit() and int(threads) > 0):
         raise UsageError(f"${THREADS_ENV} is {threads!r}: a whole number of threads, 1 or more")
-    stage = STAGE_CLASSES[archive.stage](archive.settings())
+    stage = make_stage(archive.stage, archive.settings())
     # A served stage shares its cores with concurrent requests and, in the embedded graph, with the
     # other stages: each batch is split over single-threaded runs (OrtNetwork, split_batch), which
     # took the served job at 1 person a frame from 0.81× to 1.09× the in-process pipeline (docs/jobs.md).
