@@ -278,3 +278,25 @@ def test_the_demo_falls_back_to_blazepose_when_the_zoo_is_out_of_reach(blazepose
     doc = json.loads((tmp_path / "demo" / "photo" / "frame.json").read_text())
     assert doc["stages"]["pose2d"]["model"] == "blazepose-full" and len(doc["persons"]) == 1
     assert "job demo-clip: succeeded" in done.stdout
+
+
+def test_live_runs_blazepose_frame_by_frame(blazepose_weights, clip_frames, tmp_path):
+    """posegraph live with the real-offline profile: each frame's 3D is its own (no window)."""
+    import subprocess
+    import sys
+
+    import cv2
+
+    clip = tmp_path / "slow.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 8, (640, 480))
+    for frame in clip_frames:
+        writer.write(frame)
+    writer.release()
+    done = subprocess.run([sys.executable, "-m", "posegraph", "live", str(clip), "--profile", "real-offline",
+                           "--checkpoints", str(blazepose_weights), "--out", str(tmp_path / "out"), "--quiet"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    docs = [json.loads(line) for line in (tmp_path / "out" / "frames.jsonl").read_text().splitlines()]
+    persons = [p for d in docs for p in d.get("persons") or []]
+    assert persons and all(p["keypoints3d"] and len(p["landmarks"]["world"]) == 33 for p in persons)
+    assert len({p["track_id"] for p in persons}) == 1
