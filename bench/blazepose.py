@@ -71,7 +71,7 @@ def main() -> None:
     pipelines = {"RTMDet-nano + RTMPose-m + VideoPose3D (cpu)": Pipeline(cpu, checkpoint_dir=checkpoints).load(),
                  "BlazePose (real-offline)": Pipeline(load_profile("real-offline"), checkpoint_dir=args.blazepose).load()}
     runs: dict[str, list] = {name: [] for name in pipelines}
-    for name, pipeline in pipelines.items():
+    for pipeline in pipelines.values():
         pipeline_fps(pipeline, frames[:4])  # first calls allocate
     for _ in range(args.repeat):
         for name, pipeline in pipelines.items():  # in turns
