@@ -26,25 +26,33 @@ AUTH = ("posegraph", PASSWORD)
 MAX_UPLOAD_MB = 5
 
 
+@contextlib.contextmanager
+def _posegraph_ui(data: Path, *args, env: dict[str, str] | None = None):
+    """`posegraph ui --data DATA ARGS…` on a free port, until the block ends: {url, data, log}."""
+    from services import free_port, stop_process, wait_for_port
+
+    port = free_port()
+    log = data / "ui.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "posegraph", "ui", "--port", str(port), "--data", str(data),
+                                 *map(str, args)], stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})}, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for_port(port, timeout=600, proc=proc, log=log)  # it listens once its graph is up (first start exports)
+        assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+        yield {"url": url, "data": data, "log": log}
+    finally:
+        stop_process(proc)
+
+
 @pytest.fixture(scope="module")
 @tier("servers")
 def ui(tmp_path_factory, checkpoints):
     """`posegraph ui` as a newcomer runs it, plus a password (the chart's default guard)."""
-    from services import free_port, stop_process, wait_for_port
-
-    data = tmp_path_factory.mktemp("ui")
-    port = free_port()
-    log = data / "ui.log"
-    env = {**os.environ, "POSEGRAPH_UI_PASSWORD": PASSWORD, "POSEGRAPH_RETRY_BASE_S": "0.1"}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "posegraph", "ui", "--port", str(port), "--data", str(data),
-                                 "--checkpoints", str(checkpoints), "--max-upload-mb", str(MAX_UPLOAD_MB)],
-                                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    wait_for_port(port, timeout=600, proc=proc, log=log)  # it listens once its graph is up (first start exports)
-    assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
-    yield {"url": url, "data": data, "log": log}
-    stop_process(proc)
+    with _posegraph_ui(tmp_path_factory.mktemp("ui"), "--checkpoints", checkpoints, "--max-upload-mb", MAX_UPLOAD_MB,
+                       env={"POSEGRAPH_UI_PASSWORD": PASSWORD, "POSEGRAPH_RETRY_BASE_S": "0.1"}) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -184,18 +192,9 @@ def test_photo_shows_2d_skeletons_and_a_3d_view(page, ui, tmp_path, astronaut, a
 @tier("servers")
 def real_ui(tmp_path_factory, blazepose_weights):
     """`posegraph ui --profile real-offline`: BlazePose's real weights (tests/test_blazepose.py)."""
-    from services import free_port, stop_process, wait_for_port
-
-    data = tmp_path_factory.mktemp("ui-real")
-    port = free_port()
-    log = data / "ui.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "posegraph", "ui", "--port", str(port), "--data", str(data),
-                                 "--profile", "real-offline", "--checkpoints", str(blazepose_weights)],
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    wait_for_port(port, timeout=600, proc=proc, log=log)
-    yield {"url": f"http://127.0.0.1:{port}"}
-    stop_process(proc)
+    with _posegraph_ui(tmp_path_factory.mktemp("ui-real"), "--profile", "real-offline",
+                       "--checkpoints", blazepose_weights) as running:
+        yield running
 
 
 def test_a_real_skeleton_on_the_astronaut(browser, real_ui, tmp_path, astronaut, artifacts):

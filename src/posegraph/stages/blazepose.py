@@ -30,7 +30,7 @@ from ..keypoints import BLAZEPOSE_TO_COCO, coco_to_h36m
 from ..media.imageio import pixels_of
 from ..motion.smoothing import smooth
 from .base import Stage
-from .detect import DetectSettings
+from .detect import PersonDetector
 from .lift3d import Lift3dSettings
 from .pose2d import Pose2dSettings
 
@@ -108,19 +108,12 @@ class LetterboxBatch:
     placements: list[tuple[float, int, int, int, int]] = field(default_factory=list)  # scale, left, top, w, h
 
 
-class BlazePoseDetectStage(Stage):
-    name = "detect"
-    splits_batch = True
-    Settings = DetectSettings
-
+class BlazePoseDetectStage(PersonDetector):
     def __init__(self, settings=None) -> None:
         super().__init__(settings)
         p = self.spec.params
         self.size = int(p["input_size"])
         self.anchors = ssd_anchors(self.size, p["strides"], p["anchors_per_location"])
-
-    def accepts(self, doc) -> bool:  # frames that come with persons pass through (--detect-every)
-        return isinstance(doc, FrameDocument) and doc.persons is None
 
     def preprocess(self, docs: Sequence[FrameDocument]) -> LetterboxBatch:
         s = self.size

@@ -63,16 +63,13 @@ class DetectBatch:
     scale_factors: list[tuple[float, float]]  # (w_scale, h_scale) per image
 
 
-class DetectStage(Stage):
+class PersonDetector(Stage):
+    """What every detect stage shares, whatever its network (RTMDet here, BlazePose's in
+    stages/blazepose.py): which frames it works on, and a passed-through frame's image check."""
+
     name = "detect"
     splits_batch = True
     Settings = DetectSettings
-
-    def __init__(self, settings=None) -> None:
-        super().__init__(settings)
-        p = self.spec.params
-        self.size = int(p["input_size"])
-        self.priors = grid_priors(self.size)
 
     def accepts(self, doc) -> bool:
         """Frames whose persons are not known yet. A frame that comes with persons (boxes from the
@@ -88,6 +85,14 @@ class DetectStage(Stage):
                     and doc._pixels is None:
                 raise MissingInput(self.name, ["image (base64 'data' or 'uri')"])
         return super().run(docs)
+
+
+class DetectStage(PersonDetector):
+    def __init__(self, settings=None) -> None:
+        super().__init__(settings)
+        p = self.spec.params
+        self.size = int(p["input_size"])
+        self.priors = grid_priors(self.size)
 
     def preprocess(self, docs: Sequence[FrameDocument]) -> DetectBatch:
         s = self.size
