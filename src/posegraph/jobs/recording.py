@@ -17,16 +17,13 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
-import numpy as np
-
 from ..errors import UsageError
-from ..frame import FrameDocument, TrackDocument, TrackFrame
+from ..frame import FrameDocument
 from ..live import STREAM_SCHEMES
-from ..motion.angles import joint_angles
 from ..names import FAILED, PARTIAL, RUNNING, SUCCEEDED, utc_now
 from ..tracking import Tracker
 from ..videopass import random_weights_in
-from .rows import FrameRow, PersonRow, landmarks_json
+from .sink import batch_rows, track_document, write_lifted_track
 from .store import ResultsStore
 
 log = logging.getLogger(__name__)
@@ -63,7 +60,6 @@ class LiveRecording:
         self._tracker: Tracker | None = None
         self.random_weights = False
         self.size: tuple[int, int] | None = None
-        self.frames = 0
 
     def add(self, doc: FrameDocument, tracker: Tracker) -> None:
         self._docs.append(doc)
@@ -75,19 +71,10 @@ class LiveRecording:
     def _commit(self) -> None:
         if not self._docs:
             return
-        frames, persons, extents = [], [], {}
-        for doc in self._docs:
-            frames.append(FrameRow(doc.frame_index, doc.timestamp_s, "ok", None, len(doc.persons or [])))
-            for p_index, person in enumerate(doc.persons or []):
-                persons.append(PersonRow(person.track_id, person.score, person.bbox, person.keypoints2d,
-                                         person.keypoints3d, landmarks_json(person), frame_index=doc.frame_index, person_index=p_index))
-                first, last = extents.get(person.track_id, (doc.frame_index, doc.frame_index))
-                extents[person.track_id] = (min(first, doc.frame_index), max(last, doc.frame_index))
+        frames, persons, extents = batch_rows((d.frame_index, d.timestamp_s, d, None) for d in self._docs)
         self.random_weights = self.random_weights or random_weights_in(self._docs)
-        self.store.commit_batch(self.job_id, frames, persons, [(k, a, b) for k, (a, b) in extents.items()],
-                                last_frame=self._docs[-1].frame_index,
+        self.store.commit_batch(self.job_id, frames, persons, extents, last_frame=self._docs[-1].frame_index,
                                 tracker_state=self._tracker.state() if self._tracker else None)
-        self.frames += len(self._docs)
         self._docs = []
 
     def finish(self, lift: Callable[[list], list], *, captured: int, fps: float | None) -> dict[str, Any]:
@@ -99,21 +86,14 @@ class LiveRecording:
         failed = 0
         for track_id in self.store.unlifted_tracks(self.job_id):
             rows = self.store.track_frames(self.job_id, track_id)
-            track = TrackDocument(track_id=track_id, width=width, height=height, frames=[
-                TrackFrame(frame_index=r.frame_index, bbox=r.bbox, score=r.score, keypoints2d=r.keypoints2d,
-                           landmarks=r.landmarks)
-                for r in rows])
             try:
-                (lifted,) = lift([track])
+                (lifted,) = lift([track_document(track_id, width, height, rows)])
             except Exception as exc:  # noqa: BLE001 - recorded on the track; the others go on
                 log.error("track %d could not be lifted: %s", track_id, exc)
                 self.store.update_track_error(self.job_id, track_id, str(exc))
                 failed += 1
                 continue
-            k3 = [f.keypoints3d for f in lifted.frames]
-            self.store.write_lifted(self.job_id, track_id, [(r.frame_index, r.person_index, k)
-                                                            for r, k in zip(rows, k3)],
-                                    joint_angles(np.asarray(k3)))
+            write_lifted_track(self.store, self.job_id, rows, lifted)
         note = f"{failed} tracks could not be lifted (recorded in tracks.error)" if failed else None
         status = PARTIAL if failed else SUCCEEDED
         self.store.update_job(self.job_id, status=status, note=note, finished_at=utc_now())

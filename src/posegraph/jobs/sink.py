@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
-from ..frame import TrackDocument, TrackFrame
+from ..frame import FrameDocument, TrackDocument, TrackFrame
 from ..motion.angles import joint_angles
 from ..tracking import Tracker
 from ..videopass import FrameResult, random_weights_in
@@ -17,6 +17,38 @@ if TYPE_CHECKING:
     from .runner import JobRunner
 
 log = logging.getLogger(__name__)
+
+
+def batch_rows(frames: Iterable[tuple[int, float | None, FrameDocument | None, str | None]]):
+    """(frame rows, person rows, (track, first frame, last frame) per track) of a batch of frames,
+    each given as (index, timestamp, its document or None when it failed, the error)."""
+    frame_rows, persons, extents = [], [], {}
+    for index, timestamp, doc, error in frames:
+        if doc is None:
+            frame_rows.append(FrameRow(index, timestamp, "failed", error, 0))
+            continue
+        frame_rows.append(FrameRow(index, timestamp, "ok", None, len(doc.persons or [])))
+        for p_index, person in enumerate(doc.persons or []):
+            persons.append(PersonRow(person.track_id, person.score, person.bbox, person.keypoints2d,
+                                     person.keypoints3d, landmarks_json(person), frame_index=index, person_index=p_index))
+            first, last = extents.get(person.track_id, (index, index))
+            extents[person.track_id] = (min(first, index), max(last, index))
+    return frame_rows, persons, [(k, a, b) for k, (a, b) in extents.items()]
+
+
+def track_document(track_id: int, width: int, height: int, rows: list[TrackPoint]) -> TrackDocument:
+    """A stored track's rows as the document lift3d takes."""
+    return TrackDocument(track_id=track_id, width=width, height=height, frames=[
+        TrackFrame(frame_index=r.frame_index, bbox=r.bbox, score=r.score, keypoints2d=r.keypoints2d,
+                   landmarks=r.landmarks)
+        for r in rows])
+
+
+def write_lifted_track(store, job_id: str, rows: list[TrackPoint], lifted: TrackDocument) -> None:
+    """A lifted track's 3D into the rows it was read from, with its joint angles."""
+    angles = joint_angles(np.asarray([f.keypoints3d for f in lifted.frames]))
+    store.write_lifted(job_id, lifted.track_id, [
+        (r.frame_index, r.person_index, f.keypoints3d) for r, f in zip(rows, lifted.frames)], angles)
 
 
 class StoreSink:
@@ -33,23 +65,12 @@ class StoreSink:
         self._rows: dict[int, list[TrackPoint]] = {}
 
     def add(self, results: list[FrameResult], tracker: Tracker) -> None:
-        frames, persons, extents = [], [], {}
-        for result in results:
-            index, timestamp, doc = result.frame.index, result.frame.timestamp_s, result.doc
-            if doc is None:
-                frames.append(FrameRow(index, timestamp, "failed", result.error, 0))
-                continue
-            frames.append(FrameRow(index, timestamp, "ok", None, len(doc.persons or [])))
-            for p_index, person in enumerate(doc.persons or []):
-                persons.append(PersonRow(person.track_id, person.score, person.bbox, person.keypoints2d,
-                                         person.keypoints3d, landmarks_json(person), frame_index=index, person_index=p_index))
-                first, last = extents.get(person.track_id, (index, index))
-                extents[person.track_id] = (min(first, index), max(last, index))
+        frames, persons, extents = batch_rows((r.frame.index, r.frame.timestamp_s, r.doc, r.error) for r in results)
         if not self.runner.random_weights and random_weights_in(r.doc for r in results if r.doc is not None):
             self.runner.random_weights = True
             self.store.update_job(self.job_id, random_weights=True)
-        self.store.commit_batch(self.job_id, frames, persons, [(k, a, b) for k, (a, b) in extents.items()],
-                                last_frame=results[-1].frame.index, tracker_state=tracker.state())
+        self.store.commit_batch(self.job_id, frames, persons, extents, last_frame=results[-1].frame.index,
+                                tracker_state=tracker.state())
         if self.job_id != self.runner.job_id:  # a range: the job's progress is every range's
             totals = self.store.range_progress(self.runner.job_id)
             self.runner.progress.report(done=totals.frames_seen, persons=totals.persons, failed=totals.frames_failed)
@@ -69,18 +90,12 @@ class StoreSink:
             if not rows:
                 continue
             self._rows[track_id] = rows
-            tracks.append(TrackDocument(track_id=track_id, width=self.width, height=self.height, frames=[
-                TrackFrame(frame_index=r.frame_index, bbox=r.bbox, score=r.score, keypoints2d=r.keypoints2d,
-                           landmarks=r.landmarks)
-                for r in rows]))
+            tracks.append(track_document(track_id, self.width, self.height, rows))
         return tracks
 
     def lifted(self, tracks: list[TrackDocument]) -> None:
         for doc in tracks:
-            rows = self._rows.pop(doc.track_id)
-            angles = joint_angles(np.asarray([f.keypoints3d for f in doc.frames]))
-            self.store.write_lifted(self.job_id, doc.track_id, [
-                (r.frame_index, r.person_index, f.keypoints3d) for r, f in zip(rows, doc.frames)], angles)
+            write_lifted_track(self.store, self.job_id, self._rows.pop(doc.track_id), doc)
 
     def lift_failed(self, tracks: list[TrackDocument], error: str) -> None:
         # Recorded, and tried again after the next batch (a graph that recovers lifts it then).
