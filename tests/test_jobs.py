@@ -325,8 +325,15 @@ def test_export_every_format_of_a_finished_job(graph, clip, tmp_path):
     assert long_tracks
     # The runner wrote the motion outputs even without rendering.
     assert (tmp_path / "out" / "motion" / "angles.csv").is_file()
+    assert sorted(p.name for p in (tmp_path / "out" / "motion").glob("*.glb")) == sorted(
+        f"track-{t}.glb" for t in long_tracks)
+    # lift3d placed every lifted person in space, and the store kept it (schema version 5).
+    store = open_store(db)
+    rows = store.track_rows("exported", long_tracks[0])
+    store.close()
+    assert all(r.root3d is not None and len(r.root3d) == 3 for r in rows if r.keypoints3d is not None)
 
-    for fmt in ("bvh", "csv", "angles", "jsonl"):
+    for fmt in ("bvh", "glb", "csv", "angles", "jsonl"):
         out = tmp_path / fmt
         done = export("--results", db, "--job-id", "exported", "--format", fmt, "--out", out)
         assert done.returncode == 0, done.stderr
@@ -339,6 +346,11 @@ def test_export_every_format_of_a_finished_job(graph, clip, tmp_path):
             parsed = parse_bvh((out / f"track-{long_tracks[0]}.bvh").read_text())
             assert parsed["frames"] == tracks[long_tracks[0]].frames
             assert abs(parsed["frame_time"] - 1 / 12) < 1e-6  # the clip is 12 fps, every frame processed
+        elif fmt == "glb":
+            assert names == sorted(f"track-{t}.glb" for t in long_tracks)
+            head = (out / names[0]).read_bytes()[:12]
+            assert head[:4] == b"glTF" and int.from_bytes(head[4:8], "little") == 2
+            assert (out / names[0]).read_bytes() == (tmp_path / "out" / "motion" / names[0]).read_bytes()
         elif fmt == "csv":
             assert names == sorted(f"track-{t}.csv" for t in tracks)
             rows = (out / f"track-{long_tracks[0]}.csv").read_text().splitlines()

@@ -193,13 +193,23 @@ def _add_job(sub) -> None:
 
 
 def _add_export(sub) -> None:
-    export = sub.add_parser("export", help="a finished job's motion as files: BVH, CSV, joint angles, JSON Lines")
+    from .motion.rigs import RIG_CHOICES
+
+    export = sub.add_parser("export", help="a finished job's motion as files: BVH, GLB, FBX, CSV, joint angles, "
+                                           "JSON Lines")
     export.add_argument("--results", default="sqlite:///posegraph-jobs/results.db")
     export.add_argument("--job-id", required=True)
-    export.add_argument("--format", required=True, choices=["bvh", "csv", "angles", "jsonl"],
-                        help="bvh: one file per track (Blender: File → Import → Motion Capture); csv: keypoints per "
-                             "track; angles: angles.csv and a plot per track; jsonl: every frame's document")
+    export.add_argument("--format", required=True, choices=["bvh", "glb", "fbx", "csv", "angles", "jsonl"],
+                        help="bvh, glb, fbx: one animated skeleton per track (glb: glTF 2.0 with a mesh; fbx: "
+                             "through Blender, which must be installed); csv: keypoints per track; angles: "
+                             "angles.csv and a plot per track; jsonl: every frame's document")
     export.add_argument("--out", type=Path, required=True, help="directory (created)")
+    export.add_argument("--in-place", action="store_true",
+                        help="bvh/glb/fbx: the pelvis stays over the origin (default: it travels, on the floor)")
+    export.add_argument("--lock-feet", action="store_true",
+                        help="bvh/glb/fbx: a foot in contact with the floor stays put (the leg bends to it)")
+    export.add_argument("--rig", choices=RIG_CHOICES, default="posegraph",
+                        help="bvh/glb/fbx joint names: posegraph's (Human3.6M) or Mixamo's, for retargeting")
 
 
 def _add_db(sub) -> None:
@@ -590,7 +600,7 @@ def cmd_ui(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .jobs.export import export_job
+    from .jobs.export import MotionOptions, export_job
     from .jobs.store import open_store
 
     if args.results.startswith("sqlite:///") and not Path(args.results[len("sqlite:///"):]).expanduser().is_file():
@@ -598,7 +608,8 @@ def cmd_export(args) -> int:
     store = open_store(args.results)
     try:
         store.migrate()
-        done = export_job(store, args.job_id, args.format, args.out)
+        done = export_job(store, args.job_id, args.format, args.out, motion=MotionOptions(
+            root_motion=not args.in_place, lock_feet=args.lock_feet, rig=args.rig))
     finally:
         store.close()
     for line in done.skipped:

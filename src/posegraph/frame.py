@@ -97,6 +97,26 @@ class Landmarks(_Open):
         "33 × [x, y, z]: metres, centred between the hips, camera axes (x right, y down, z away)"))
 
 
+def _check_root(value: list[float]) -> list[float]:
+    if len(value) != 3 or not np.isfinite(np.asarray(value, dtype=np.float64)).all():
+        raise ValueError("root3d must be 3 finite numbers: x, y, z")
+    return value
+
+
+# Where the pelvis is: [x, y, z] metres in camera axes (lift3d, posegraph.motion.root).
+Root3D = Annotated[list[float], AfterValidator(_check_root), Field(description=(
+    "the pelvis in camera space: x, y, z metres (camera axes: x right, y down, z away), fitted from "
+    "the 2D keypoints and the root-relative 3D under a pinhole camera (see camera)"))]
+
+
+class Camera(_Open):
+    """What lift3d needs to know of the camera to place a person in space."""
+
+    focal_px: float = Field(..., gt=0, description=(
+        "focal length in pixels (principal point: the image centre). Absent: the image diagonal, "
+        "a 53° diagonal field of view (posegraph.motion.root)"))
+
+
 Roi = Annotated[list[float], Field(min_length=4, max_length=4, description=(
     "a rotated square around the whole body: centre x, y and side in image pixels, rotation in radians"))]
 
@@ -109,6 +129,7 @@ class Person(_Open):
     keypoints2d: Keypoints2D | None = None
     landmarks: Landmarks | None = None
     keypoints3d: Keypoints3D | None = None
+    root3d: Root3D | None = None
 
 
 class FrameDocument(_Open):
@@ -119,6 +140,7 @@ class FrameDocument(_Open):
     frame_index: int | None = Field(None, ge=0)
     timestamp_s: float | None = None
     persons: list[Person] | None = Field(None, description="absent: not detected yet; []: nobody found")
+    camera: Camera | None = None
     stages: dict[str, StageRecord] = Field(default_factory=dict)
     keep_image: bool | None = Field(None, description=(
         "true: the inline image comes back in the answer. By default pose2d, the last stage that reads "
@@ -148,6 +170,7 @@ class TrackFrame(_Open):
     keypoints2d: Keypoints2D
     landmarks: Landmarks | None = None
     keypoints3d: Keypoints3D | None = None
+    root3d: Root3D | None = None
 
 
 class TrackDocument(_Open):
@@ -158,6 +181,7 @@ class TrackDocument(_Open):
     width: int = Field(..., gt=0)
     height: int = Field(..., gt=0)
     frames: list[TrackFrame] = Field(..., min_length=1)
+    camera: Camera | None = None
     lift_frames: list[int] | None = Field(None, max_length=16, description=(
         "frame_index values of the frames to lift; the others are context, the 2D a temporal model "
         "sees around them. Absent: every frame. `posegraph live` sends a track's recent frames and "

@@ -200,7 +200,7 @@ class OnlineLift:
         lifted = self.lift([track for _, track in asks])
         for (person, _), track in zip(asks, lifted):
             (frame,) = [f for f in track.frames if f.frame_index == doc.frame_index]
-            person.keypoints3d = frame.keypoints3d
+            person.keypoints3d, person.root3d = frame.keypoints3d, frame.root3d
         if "lift3d" in lifted[0].stages:
             doc.stages["lift3d"] = lifted[0].stages["lift3d"]
         return doc

@@ -1,5 +1,5 @@
-"""A finished job's results as files: BVH per track, keypoints CSV per track, joint angles (CSV, and
-a plot per track of two frames or more), frames as JSON Lines. One module for `posegraph export`,
+"""A finished job's results as files: per track BVH, glTF (GLB) and FBX (through Blender), keypoints
+CSV per track, joint angles (CSV, and a plot per track of two frames or more), frames as JSON Lines. One module for `posegraph export`,
 the job runner's outputs and the web UI's downloads, so all three give the same bytes.
 
 Everything is written into a temporary folder beside the destination and moved in only when the
@@ -9,6 +9,7 @@ whole export succeeded: an error never leaves half a set of files.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -23,11 +24,17 @@ import numpy as np
 from ..errors import UsageError
 from ..keypoints import COCO17, H36M17
 from ..motion.angles import ANGLES, joint_angles, plot_track_angles, stored_angle
-from ..motion.bvh import TrackTooShort, export_track_bvh
+from ..motion import world
+from ..motion.blender import BlenderMissing, find_blender, glb_to_fbx
+from ..motion.bvh import Solved, TrackTooShort, write_bvh
+from ..motion.gltf import write_glb
+from ..motion.rigs import joint_names
+from ..motion.root import default_focal_px, focal_from_fov
 from .rows import JobRow, TrackPoint, TrackRow
 from .store import stored_frame_document
 
-FORMATS = ("bvh", "csv", "angles", "jsonl")
+FORMATS = ("bvh", "glb", "fbx", "csv", "angles", "jsonl")
+MOTION_FORMATS = ("bvh", "glb", "fbx")  # one file per track, of the track's motion (MotionOptions)
 FINISHED = ("succeeded", "partial")
 
 
@@ -106,15 +113,84 @@ def frames_jsonl(store, job: JobRow, chunk: int = 512) -> Iterator[str]:
             yield json.dumps(doc.to_json(), separators=(",", ":")) + "\n"
 
 
-def track_bvh(store, job: JobRow, track_id: int, path: Path) -> None:
-    """One track as BVH; UsageError (one line) when it is too short to solve rotations."""
+@dataclass(frozen=True)
+class MotionOptions:
+    """How a track's motion is exported (docs/motion.md): the root moving through space or in
+    place, feet held during their contacts or not, and whose joint names."""
 
+    root_motion: bool = True
+    lock_feet: bool = False
+    rig: str = "posegraph"
+
+    def __post_init__(self) -> None:
+        joint_names(self.rig)  # an unknown rig: UsageError, one line
+
+
+def job_focal_px(job: JobRow) -> float:
+    """The focal length the job ran with (its --focal-px / --fov), else the default: what places
+    the persons of a job stored before lift3d wrote root3d."""
+    params = job.params or {}
+    if params.get("focal_px"):
+        return float(params["focal_px"])
+    if params.get("fov"):
+        return focal_from_fov(float(params["fov"]), job.width)
+    return default_focal_px(job.width, job.height)
+
+
+def track_motion(store, job: JobRow, track_id: int) -> world.TrackMotion:
+    """A stored track in the world (posegraph.motion.world); UsageError (one line) when it has too
+    few frames with 3D, or no path."""
     rows = [r for r in store.track_rows(job.job_id, track_id) if r.keypoints3d is not None]
+    k3 = np.asarray([r.keypoints3d for r in rows], np.float64).reshape(-1, 17, 3)
+    if rows and all(r.root3d is not None for r in rows):
+        root = np.asarray([r.root3d for r in rows], np.float64)
+    elif rows:  # stored before version 5: fitted now, as lift3d would have
+        root = world.track_root([r.keypoints2d for r in rows], k3, job.width, job.height, job_focal_px(job),
+                                [r.frame_index for r in rows])
+    else:
+        root = np.zeros((0, 3))
     try:
-        export_track_bvh(np.asarray([r.keypoints3d for r in rows], np.float64).reshape(-1, 17, 3),
-                         frame_rate(job), path)
-    except TrackTooShort as exc:
+        return world.track_motion(k3, root, frame_rate(job), [r.frame_index for r in rows], track=track_id)
+    except (TrackTooShort, world.NoRootPath) as exc:
         raise UsageError(f"track {track_id}: {exc}") from None
+
+
+def track_solved(store, job: JobRow, track_id: int, options: MotionOptions) -> tuple[world.TrackMotion, Solved]:
+    motion = track_motion(store, job, track_id)
+    solved = world.solve(motion, root_motion=options.root_motion, lock_feet=options.lock_feet, track=track_id)
+    return motion, dataclasses.replace(solved, names=joint_names(options.rig))
+
+
+def motion_extras(motion: world.TrackMotion, solved: Solved) -> dict[str, Any]:
+    """What the web UI's 3D view reads beside the animation (the GLB scene's extras)."""
+    return {"posegraph": {"frame_index": motion.frame_index.tolist(), "fps": motion.fps,
+                          "contacts": {"left": motion.contacts[:, 0].tolist(), "right": motion.contacts[:, 1].tolist()},
+                          "ground": {"fitted": motion.ground.fitted}, "joints": list(solved.names)}}
+
+
+def track_file(store, job: JobRow, track_id: int, path: Path, fmt: str,
+               options: MotionOptions = MotionOptions()) -> None:
+    """One track's motion as ``fmt`` (MOTION_FORMATS) at ``path``; UsageError (one line) when the
+    track cannot be solved, or FBX without Blender."""
+    motion, solved = track_solved(store, job, track_id, options)
+    if fmt == "bvh":
+        write_bvh(solved, path)
+        return
+    name = f"{job.job_id} track {track_id}"
+    if fmt == "glb":
+        write_glb(solved, path, rig=options.rig, extras=motion_extras(motion, solved), name=name)
+        return
+    glb = path.with_name(f".{path.name}.glb")
+    try:
+        write_glb(solved, glb, rig=options.rig, extras=motion_extras(motion, solved), name=name)
+        glb_to_fbx(glb, path)
+    finally:
+        glb.unlink(missing_ok=True)
+
+
+def track_bvh(store, job: JobRow, track_id: int, path: Path, options: MotionOptions = MotionOptions()) -> None:
+    """One track as BVH; UsageError (one line) when it is too short to solve rotations."""
+    track_file(store, job, track_id, path, "bvh", options)
 
 
 @dataclass
@@ -123,11 +199,15 @@ class Exported:
     skipped: list[str]  # tracks left out, each with why
 
 
-def export_job(store, job_id: str, fmt: str, out_dir: Path, *, finishing: bool = False) -> Exported:
+def export_job(store, job_id: str, fmt: str, out_dir: Path, *, finishing: bool = False,
+               motion: MotionOptions = MotionOptions()) -> Exported:
     """Write one format of a finished job into out_dir (created): see FORMATS. ``finishing``: the
-    job runner writing its own outputs, before it marks the job finished."""
+    job runner writing its own outputs, before it marks the job finished. ``motion``: how BVH,
+    GLB and FBX carry the motion."""
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt!r}: one of {', '.join(FORMATS)}")
+    if fmt == "fbx":
+        find_blender()  # before any work: without Blender, one line naming what to install
     job = store.job(job_id) if finishing else finished_job(store, job_id)
     random_weights = job.random_weights
     out_dir = Path(out_dir)
@@ -158,15 +238,17 @@ def export_job(store, job_id: str, fmt: str, out_dir: Path, *, finishing: bool =
                                   title=f"job {job_id}, track {t.track_id}: joint angles",
                                   random_weights=random_weights)
             (work / "angles.csv").write_text(angles_csv(all_angles))
-        else:  # bvh
+        else:  # bvh, glb, fbx: a file per track
             for t in tracks:
                 try:
-                    track_bvh(store, job, t.track_id, work / f"track-{t.track_id}.bvh")
+                    track_file(store, job, t.track_id, work / f"track-{t.track_id}.{fmt}", fmt, motion)
+                except BlenderMissing:
+                    raise
                 except UsageError as exc:
                     skipped.append(str(exc))
             if not any(work.iterdir()):
-                raise UsageError(f"job {job_id} has no track long enough for BVH (2 frames with 3D keypoints): "
-                                 + "; ".join(skipped[:3]))
+                raise UsageError(f"job {job_id} has no track long enough for {fmt.upper()} (2 frames with 3D "
+                                 "keypoints): " + "; ".join(skipped[:3]))
         files = []
         for path in sorted(work.iterdir()):
             target = out_dir / path.name

@@ -49,6 +49,10 @@ class JobOptions:
     in_flight: int = 2
     frame_format: str = "jpeg"  # how frames travel to the graph: jpeg, or png (lossless, ~10x the bytes)
     detect_every: int | None = None  # the detector on every N-th frame (None: the profile's tracking.detect_every)
+    # The camera, for where each person is (posegraph.motion.root): a focal length in pixels, or a
+    # horizontal field of view; neither: the video's metadata, else the documented default.
+    focal_px: float | None = None
+    fov: float | None = None
     progress_file: str | None = None
     metrics_port: int | None = None
     report_posejob: str | None = None  # namespace/name: patch its status.progress (in a cluster)
@@ -85,6 +89,12 @@ class JobOptions:
             raise BadInput("--video-format must be webm or mp4")
         if self.frame_format not in FRAME_FORMATS:
             raise BadInput("--frame-format must be jpeg or png")
+        if self.focal_px is not None and self.fov is not None:
+            raise BadInput("--focal-px and --fov both give the focal length: use one")
+        if self.focal_px is not None and not 0 < self.focal_px < 1e6:
+            raise BadInput(f"--focal-px must be a positive number of pixels, got {self.focal_px}")
+        if self.fov is not None and not 1 <= self.fov <= 179:
+            raise BadInput(f"--fov must be between 1 and 179 degrees (across the image width), got {self.fov}")
 
     def argv(self) -> list[str]:
         """``job run`` and the flags that give these options (defaults left out), for
@@ -150,6 +160,9 @@ FLAGS: tuple[Flag, ...] = (
          "how frames go to the graph: jpeg (default), or png, lossless at ~10x the bytes", choices=FRAME_FORMATS),
     Flag("--detect-every", "detect_every", "the detector on every N-th frame only, boxes from the last keypoints "
          "between (default: the profile's tracking.detect_every, 1); N > 1 sends one frame at a time", type=int),
+    Flag("--focal-px", "focal_px", "the camera's focal length in pixels, for each person's place in space "
+         "(default: the video's metadata, else the image diagonal; docs/motion.md)", type=float),
+    Flag("--fov", "fov", "or the camera's horizontal field of view, degrees", type=float),
     Flag("--retries", "retries", "retries of a failing graph call (with backoff: 1, 2, 4, … s)", type=int),
     Flag("--progress-file", "progress_file", "keep a JSON progress report here"),
     Flag("--metrics-port", "metrics_port", "serve Prometheus job gauges here", type=int),

@@ -67,14 +67,15 @@ def _render(store, job_id, o, video, info, random_weights, work: Path) -> dict[s
 
 
 def motion_outputs(store: ResultsStore, job_id: str, output: str) -> tuple[dict[str, str], list[str]]:
-    """BVH per track, joint angles (CSV, a plot per track) under <output>/motion/ (docs/motion.md);
+    """BVH and GLB per track (root motion, posegraph's joint names), joint angles (CSV, a plot per
+    track) under <output>/motion/ (docs/motion.md);
     with the notes of what could not be made (e.g. no track long enough for a BVH: the job still
     succeeds)."""
     work = Path(tempfile.mkdtemp(prefix=f"posegraph-{job_id}-motion-"))
     outputs, notes = {}, []
-    types = {".bvh": "application/octet-stream", ".csv": "text/csv", ".png": "image/png"}
+    types = {".bvh": "application/octet-stream", ".glb": "model/gltf-binary", ".csv": "text/csv", ".png": "image/png"}
     try:
-        for fmt in ("bvh", "angles"):
+        for fmt in ("bvh", "glb", "angles"):
             try:
                 done = export_job(store, job_id, fmt, work, finishing=True)
             except UsageError as exc:

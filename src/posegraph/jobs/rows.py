@@ -75,6 +75,7 @@ class StoredPerson:
     keypoints2d: list[list[float]] | None
     keypoints3d: list[list[float]] | None
     landmarks: dict | None = None  # BlazePose's (frame.Landmarks as JSON)
+    root3d: list[float] | None = None  # the pelvis in camera space (frame.Person.root3d)
 
 
 def landmarks_json(person) -> dict | None:
@@ -143,6 +144,7 @@ class TrackPoint:
     keypoints3d: list[list[float]] | None = None
     timestamp_s: float | None = None
     landmarks: dict | None = None
+    root3d: list[float] | None = None
 
 
 @dataclass

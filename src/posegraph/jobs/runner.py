@@ -31,7 +31,10 @@ from .. import processes
 from ..client import GraphClient
 from ..config import load_profile
 from ..errors import BadInput, PosegraphError, UsageError
+from ..frame import Camera
+from ..media.camera_tags import focal_35mm
 from ..media.video import VideoReader
+from ..motion.root import focal_from_35mm, focal_from_fov
 from ..names import FAILED, INTERRUPTED, PARTIAL, RUNNING, SUCCEEDED, utc_now
 from ..tracking import Tracker
 from ..uri import fetch_to_cache
@@ -56,6 +59,20 @@ from .store import ResultsStore, open_store
 log = logging.getLogger(__name__)
 
 
+def camera_for(options: JobOptions, video: Path, info) -> Camera | None:
+    """The camera lift3d places persons with: --focal-px, else --fov, else the video's metadata,
+    else None (lift3d's default, posegraph.motion.root)."""
+    if options.focal_px is not None:
+        return Camera(focal_px=options.focal_px)
+    if options.fov is not None:
+        return Camera(focal_px=focal_from_fov(options.fov, info.width))
+    f35 = focal_35mm(video)
+    if f35 is not None:
+        log.info("%s: focal length %.1f mm (35 mm equivalent) from its metadata", video.name, f35)
+        return Camera(focal_px=focal_from_35mm(f35, info.width, info.height))
+    return None
+
+
 class JobRunner:
     def __init__(self, options: JobOptions,
                  local_graph: Callable[[ExitStack], tuple[str, str]] | None = None) -> None:
@@ -70,6 +87,7 @@ class JobRunner:
         self.random_weights = False
         self.split = max(options.workers, options.ranges)  # ranges the job is split into; 1: not split
         self._clients_made: tuple | None = None
+        self.camera: Camera | None = None  # the video's, once it is open (camera_for)
 
     # -- the graph ---------------------------------------------------------------------------------------
     def _graph(self, stack: ExitStack) -> tuple[str, str | None]:
@@ -98,7 +116,8 @@ class JobRunner:
         self.store = open_store(o.results)
         self.store.migrate()
         params = {k: v for k, v in asdict(o).items() if k in {"graph", "stride", "batch", "max_frames", "output",
-                                                               "render", "motion", "video_format"}}
+                                                               "render", "motion", "video_format", "focal_px",
+                                                               "fov"}}
         job = self.store.begin_job(self.job_id, o.video, params, ranges=self.split if self.split > 1 else None)
         self.progress = Progress(self.job_id, quiet=o.quiet, progress_file=o.progress_file,
                                  metrics_port=o.metrics_port, posejob=o.report_posejob)
@@ -134,6 +153,7 @@ class JobRunner:
     def _run(self, stack: ExitStack, job: JobRow) -> dict[str, Any]:
         local = fetch_to_cache(self.o.video)
         reader = stack.enter_context(VideoReader(local))
+        self.camera = camera_for(self.o, local, reader.info)
         self._ingest(stack, reader, job)
         return self._finish(local, reader)
 
@@ -167,7 +187,7 @@ class JobRunner:
         resume_from = (job.last_frame + 1) if job.last_frame is not None else 0
         self.progress.start(total=total, done=job.frames_seen,
                             phase=RUNNING)
-        sink = StoreSink(self, info.width, info.height)
+        sink = StoreSink(self, info.width, info.height, camera=self.camera)
         frames, in_flight, batch = self._frames(client)
         run_video(video_frames(reader, stride=o.stride, max_frames=o.max_frames, start=resume_from), frames,
                   GraphLift(lift_client.infer, retries=o.retries), sink, self._tracker(job.tracker_state),
@@ -200,6 +220,7 @@ class JobRunner:
         index = self._range_index()
         local = fetch_to_cache(self.o.video)
         reader = stack.enter_context(VideoReader(local))
+        self.camera = camera_for(self.o, local, reader.info)
         plan = self._plan(reader.info)[index]
         if job.last_frame is None:  # not merged yet
             range_id = range_job_id(self.job_id, index, self.split)
@@ -223,7 +244,7 @@ class JobRunner:
         self.progress.start(total=self.store.job(self.job_id).frames_total, done=totals.frames_seen, phase=RUNNING)
         self.store.update_job(range_id, status=RUNNING, started_at=row.started_at or utc_now(),
                               width=info.width, height=info.height, fps=info.fps)
-        sink = StoreSink(self, info.width, info.height, job_id=range_id, lift=False)
+        sink = StoreSink(self, info.width, info.height, job_id=range_id, lift=False, camera=self.camera)
         frames, in_flight, batch = self._frames(client)
         run_video(video_frames(reader, stride=o.stride, max_frames=plan.stop_position, start=resume_from), frames,
                   GraphLift(client.infer, retries=o.retries), sink, self._tracker(row.tracker_state),
@@ -241,7 +262,7 @@ class JobRunner:
         """Whole tracks of the merged job through lift3d (those not lifted yet: a resumed job lifts the rest)."""
         _, lift_client = self._clients(stack)
         self.progress.report(phase="lifting", force=True)
-        sink = StoreSink(self, info.width, info.height)
+        sink = StoreSink(self, info.width, info.height, camera=self.camera)
         lift_tracks(sink.finished_tracks(set()), GraphLift(lift_client.infer, retries=self.o.retries), sink,
                     lift_batch=self.o.batch)
 
@@ -252,6 +273,7 @@ class JobRunner:
         o = self.o
         local = fetch_to_cache(o.video)
         reader = stack.enter_context(VideoReader(local))
+        self.camera = camera_for(self.o, local, reader.info)
         plans = self._plan(reader.info)
         left = self.store.ranges_left(self.job_id) if job.last_frame is None else []
         if left:

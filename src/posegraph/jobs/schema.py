@@ -3,7 +3,7 @@
     jobs     one row per job: video, status, counts, timings, error, the resume point and tracker state
     frames   (job_id, frame_index) PK: status ok|failed, error, persons
     persons  (job_id, frame_index, person_index) PK: track_id, score, bbox, keypoints2d, keypoints3d,
-             landmarks (JSON; BlazePose's 33, version 4)
+             landmarks (JSON; BlazePose's 33, version 4), root3d (the pelvis in camera space, version 5)
              index (job_id, track_id, frame_index): one track, fast
     tracks   (job_id, track_id) PK: first/last frame, whether it has been lifted
     joint_angles (job_id, track_id, frame_index) PK: degrees per angle (version 2)
@@ -113,6 +113,12 @@ SCHEMA = [
     # which its lift3d reads when a track is lifted from the store.
     """
     ALTER TABLE persons ADD COLUMN landmarks {json};
+    """,
+    # version 5: where the person is, the pelvis in camera space (frame.Person.root3d, lift3d's
+    # posegraph.motion.root), written with the track's 3D. Rows from before have none: the exports
+    # fit it then from the stored 2D and 3D (posegraph.motion.world.track_root).
+    """
+    ALTER TABLE persons ADD COLUMN root3d {json};
     """,
 ]
 

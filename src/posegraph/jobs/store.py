@@ -147,11 +147,13 @@ class ResultsStore(RangeStore):
                 [(job_id, f.frame_index, f.timestamp_s, f.status, f.error, f.persons) for f in frames])
             cur.executemany(self._sql(
                 "INSERT INTO persons (job_id, frame_index, person_index, track_id, score, bbox, keypoints2d, keypoints3d, "
-                "landmarks) VALUES (?, ?, ?, ?, ?, {j}, {j}, {j}, {j}) ON CONFLICT (job_id, frame_index, person_index) "
+                "landmarks, root3d) VALUES (?, ?, ?, ?, ?, {j}, {j}, {j}, {j}, {j}) "
+                "ON CONFLICT (job_id, frame_index, person_index) "
                 "DO UPDATE SET track_id = excluded.track_id, score = excluded.score, bbox = excluded.bbox, "
-                "keypoints2d = excluded.keypoints2d, keypoints3d = excluded.keypoints3d, landmarks = excluded.landmarks"),
+                "keypoints2d = excluded.keypoints2d, keypoints3d = excluded.keypoints3d, landmarks = excluded.landmarks, "
+                "root3d = excluded.root3d"),
                 [(job_id, p.frame_index, p.person_index, p.track_id, p.score, dump(p.bbox), dump(p.keypoints2d),
-                  dump(p.keypoints3d), dump(p.landmarks)) for p in persons])
+                  dump(p.keypoints3d), dump(p.landmarks), dump(p.root3d)) for p in persons])
             cur.executemany(self._sql(
                 "INSERT INTO tracks (job_id, track_id, first_frame, last_frame) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (job_id, track_id) DO UPDATE SET "
@@ -190,14 +192,14 @@ class ResultsStore(RangeStore):
                               (job_id, track_id)).fetchall()
         return [TrackPoint(r[0], r[1], r[2], load(r[3]), load(r[4]), landmarks=load(r[5])) for r in rows]
 
-    def write_lifted(self, job_id: str, track_id: int, rows: list[tuple[int, int, list]],
+    def write_lifted(self, job_id: str, track_id: int, rows: list[tuple[int, int, list, list | None]],
                      angles: dict[str, Any] | None = None) -> None:
-        """``rows``: (frame_index, person_index, keypoints3d); ``angles``: {name: (T,) degrees} in the
-        same frame order. Marks the track lifted, atomically, with its angles."""
+        """``rows``: (frame_index, person_index, keypoints3d, root3d); ``angles``: {name: (T,) degrees}
+        in the same frame order. Marks the track lifted, atomically, with its angles."""
         with self.transaction() as cur:
-            cur.executemany(self._sql("UPDATE persons SET keypoints3d = {j} WHERE job_id = ? AND frame_index = ? "
-                                      "AND person_index = ?"),
-                            [(dump(k3), job_id, f, p) for f, p, k3 in rows])
+            cur.executemany(self._sql("UPDATE persons SET keypoints3d = {j}, root3d = {j} WHERE job_id = ? "
+                                      "AND frame_index = ? AND person_index = ?"),
+                            [(dump(k3), dump(root), job_id, f, p) for f, p, k3, root in rows])
             if angles is not None:
 
                 self._exec(cur, "DELETE FROM joint_angles WHERE job_id = ? AND track_id = ?", (job_id, track_id))
@@ -205,7 +207,7 @@ class ResultsStore(RangeStore):
                     f"INSERT INTO joint_angles (job_id, track_id, frame_index, {', '.join(ANGLES)}) "
                     f"VALUES (?, ?, ?, {', '.join('?' for _ in ANGLES)})"),
                     [(job_id, track_id, f, *(stored_angle(angles[a][i]) for a in ANGLES))
-                     for i, (f, _, _) in enumerate(rows)])
+                     for i, (f, *_) in enumerate(rows)])
             self._exec(cur, "UPDATE tracks SET lifted = TRUE, error = NULL WHERE job_id = ? AND track_id = ?",
                        (job_id, track_id))
 
@@ -228,11 +230,13 @@ class ResultsStore(RangeStore):
                                      "AND frame_index >= ? AND frame_index < ? ORDER BY frame_index",
                                 (job_id, start, stop)).fetchall()
             persons = self._exec(cur, "SELECT frame_index, person_index, track_id, score, bbox, keypoints2d, "
-                                      "keypoints3d, landmarks FROM persons WHERE job_id = ? AND frame_index >= ? AND "
-                                      "frame_index < ? ORDER BY frame_index, person_index", (job_id, start, stop)).fetchall()
+                                      "keypoints3d, landmarks, root3d FROM persons WHERE job_id = ? AND frame_index >= ? "
+                                      "AND frame_index < ? ORDER BY frame_index, person_index",
+                                 (job_id, start, stop)).fetchall()
         out = {f[0]: StoredFrame(*f) for f in frames}
         for p in persons:
-            out[p[0]].persons.append(StoredPerson(p[2], p[3], load(p[4]), load(p[5]), load(p[6]), load(p[7])))
+            out[p[0]].persons.append(StoredPerson(p[2], p[3], load(p[4]), load(p[5]), load(p[6]), load(p[7]),
+                                                  load(p[8])))
         return out
 
     # -- reading back (the web UI, exports) ------------------------------------------------------------
@@ -254,10 +258,12 @@ class ResultsStore(RangeStore):
         """One person's rows over the video, with timestamps and both keypoint sets."""
         with self.transaction() as cur:
             rows = self._exec(cur, "SELECT p.frame_index, f.timestamp_s, p.person_index, p.score, p.bbox, "
-                                   "p.keypoints2d, p.keypoints3d FROM persons p JOIN frames f ON f.job_id = p.job_id "
-                                   "AND f.frame_index = p.frame_index WHERE p.job_id = ? AND p.track_id = ? "
-                                   "ORDER BY p.frame_index", (job_id, track_id)).fetchall()
-        return [TrackPoint(r[0], r[2], r[3], load(r[4]), load(r[5]), load(r[6]), timestamp_s=r[1]) for r in rows]
+                                   "p.keypoints2d, p.keypoints3d, p.root3d FROM persons p JOIN frames f "
+                                   "ON f.job_id = p.job_id AND f.frame_index = p.frame_index "
+                                   "WHERE p.job_id = ? AND p.track_id = ? ORDER BY p.frame_index",
+                              (job_id, track_id)).fetchall()
+        return [TrackPoint(r[0], r[2], r[3], load(r[4]), load(r[5]), load(r[6]), timestamp_s=r[1], root3d=load(r[7]))
+                for r in rows]
 
     def counts(self, job_id: str) -> JobCounts:
         with self.transaction() as cur:

@@ -11,9 +11,11 @@ skeleton of fixed bone lengths posed by per-joint rotations, so a track is *solv
   (−Y), spine, neck and head straight up (+Y), arms out sideways, the left arm along +X, the right
   along −X. Each bone's length is its MEDIAN over the track: one fixed skeleton, robust to the
   per-frame length jitter of lifted 3D.
-* **Root.** posegraph's 3D is root-relative, so the motion is *in place*: the pelvis never leaves
-  x = z = 0. It is lifted by the median height of the pelvis above the lower ankle of each
-  frame, so that the ankles stand near y = 0 rather than the pelvis sitting on the floor.
+* **Root.** ``solve_positions`` takes joints already placed on a floor (posegraph.motion.world:
+  the root travels with the person, or stays in place) and the root follows the pelvis;
+  ``solve_track`` takes root-relative 3D alone and keeps the motion *in place*: the pelvis never
+  leaves x = z = 0, lifted by the median height of the pelvis above the lower ankle of each frame,
+  so that the ankles stand near y = 0 rather than the pelvis sitting on the floor.
 * **Rotations.** Per frame and joint, a LOCAL rotation (relative to the parent's rotated frame):
   a joint with one child gets the shortest-arc rotation taking its rest bone direction onto the
   observed one (exact); the pelvis (right hip, left hip, spine) and the thorax (neck, both
@@ -124,7 +126,7 @@ def _euler_zxy(r: np.ndarray) -> np.ndarray:
     return np.degrees([z, x, y])
 
 
-def _check(keypoints3d, track) -> np.ndarray:
+def check_track(keypoints3d, track) -> np.ndarray:
     where = f"track {track}: " if track is not None else ""
     if not isinstance(keypoints3d, np.ndarray):  # a list of frames, None where a frame has no 3D
         keypoints3d = [np.full((17, 3), np.nan) if f is None else f for f in keypoints3d]
@@ -157,16 +159,11 @@ def forward_kinematics(offsets: np.ndarray, root_positions: np.ndarray, rotation
     return pos
 
 
-def solve_track(keypoints3d: np.ndarray, fps: float, *, track: object = None) -> Solved:
-    """Solve a (T, 17, 3) track of posegraph 3D keypoints into a BVH skeleton and motion (see the
-    module docstring). ``track`` only names the track in error messages."""
-    kp = _check(keypoints3d, track)
-    if not (np.isfinite(fps) and fps > 0):
-        raise ValueError(f"fps must be a positive number, got {fps!r}")
-    pts = kp @ CAMERA_TO_BVH.T
+def _solve_rotations(pts: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray], np.ndarray]:
+    """(T, J, 3) joint positions in BVH axes → offsets (median bone lengths along the rest
+    directions), End Sites and (T, J, 3, 3) local rotations (see the module docstring)."""
     names, parents = H36M17, H36M_PARENTS
     frames, joints = len(pts), len(names)
-
     offsets = np.zeros((joints, 3))
     for j in range(1, joints):
         length = np.median(np.linalg.norm(pts[:, j] - pts[:, parents[j]], axis=1))
@@ -187,16 +184,43 @@ def solve_track(keypoints3d: np.ndarray, fps: float, *, track: object = None) ->
             elif len(kids) > 1:
                 rotations[t, j] = _kabsch(rest[list(kids)], seen)
             glob[j] = parent_glob @ rotations[t, j]
+    return offsets, end_sites, rotations
 
+
+def _solved(fps, offsets, end_sites, root_positions, rotations) -> Solved:
+    euler = np.array([[_euler_zxy(r) for r in frame] for frame in rotations])
+    positions = forward_kinematics(offsets, root_positions, rotations)
+    return Solved(float(fps), offsets, end_sites, root_positions, rotations, euler, positions)
+
+
+def _check_fps(fps: float) -> None:
+    if not (np.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a positive number, got {fps!r}")
+
+
+def solve_track(keypoints3d: np.ndarray, fps: float, *, track: object = None) -> Solved:
+    """Solve a (T, 17, 3) track of root-relative posegraph 3D keypoints into a BVH skeleton and
+    motion in place (see the module docstring). ``track`` only names the track in error messages."""
+    kp = check_track(keypoints3d, track)
+    _check_fps(fps)
+    pts = kp @ CAMERA_TO_BVH.T
+    offsets, end_sites, rotations = _solve_rotations(pts)
     # In place (root-relative input), lifted by the median height of the pelvis above the lower
     # ankle, measured on this solution's own skeleton (median lengths, fitted hips), so that the
     # exported ankles stand near y = 0.
+    frames = len(pts)
     at_origin = forward_kinematics(offsets, np.zeros((frames, 3)), rotations)
     height = -np.median(at_origin[:, list(ANKLES), 1].min(axis=1))
-    root_positions = np.tile([0.0, height, 0.0], (frames, 1))
-    euler = np.array([[_euler_zxy(r) for r in frame] for frame in rotations])
-    positions = at_origin + root_positions[:, None]
-    return Solved(float(fps), offsets, end_sites, root_positions, rotations, euler, positions)
+    return _solved(fps, offsets, end_sites, np.tile([0.0, height, 0.0], (frames, 1)), rotations)
+
+
+def solve_positions(positions: np.ndarray, fps: float, *, track: object = None) -> Solved:
+    """Solve (T, 17, 3) joint positions already in BVH axes (Y up, metres, the floor at y = 0 when
+    posegraph.motion.world placed them), root motion included: the root follows the pelvis."""
+    pts = check_track(positions, track)
+    _check_fps(fps)
+    offsets, end_sites, rotations = _solve_rotations(pts)
+    return _solved(fps, offsets, end_sites, pts[:, 0].copy(), rotations)
 
 
 def _bvh_text(solved: Solved, scale: float) -> str:

@@ -28,6 +28,7 @@ from ..errors import MissingInput
 from ..frame import FrameDocument, Landmarks, Person, TrackDocument
 from ..keypoints import BLAZEPOSE_TO_COCO, coco_to_h36m
 from ..media.imageio import pixels_of
+from ..motion.root import place_roots
 from ..motion.smoothing import smooth
 from .base import Stage
 from .detect import PersonDetector
@@ -288,4 +289,5 @@ class BlazePoseLift3dStage(Stage):
             for frame, joints in zip(docs[d].frames, k3):
                 if wanted is None or frame.frame_index in wanted:
                     frame.keypoints3d = joints.tolist()
+        place_roots(docs, self.settings.smoothing)
         return list(docs)

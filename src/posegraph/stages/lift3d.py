@@ -21,6 +21,7 @@ from ..errors import MissingInput
 from ..frame import FrameDocument, TrackDocument
 from ..keypoints import coco_to_h36m
 from ..models.engine import load_network
+from ..motion.root import place_roots
 from ..motion.smoothing import SmoothingSettings, smooth
 from ..uri import local_path
 from .base import Stage, StageSettings
@@ -227,4 +228,5 @@ class Lift3dStage(Stage):
                     frame.keypoints3d = k3.tolist()
             else:
                 docs[d].persons[p].keypoints3d = metres[0].tolist()
+        place_roots(docs, self.settings.smoothing)
         return list(docs)
