@@ -14,7 +14,7 @@ test: bootstrap-test images
 	POSEGRAPH_FULL_SUITE=1 $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # The unit tier, the command to run while developing: no Go build, no images, no servers, no
-# control plane, no browser (tests/tiers.py; a fast test that opens a socket fails). `make test`
+# control plane, no browser, no Blender (tests/tiers.py; a fast test that opens a socket fails). `make test`
 # runs it too, with everything else. One worker per core, a test module to a worker (its module
 # fixtures made once): on this 2-core machine 2 min 4 s to 2 min 30 s warm (2026-12-07; README).
 test-fast: bootstrap-venv-test

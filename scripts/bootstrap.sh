@@ -57,6 +57,10 @@ case "$mode" in
     scripts/install-chromium.sh
     step "An RTSP server (mediamtx, from its Go module) and ffmpeg for the live stream tests"
     scripts/install-rtsp.sh >/dev/null
+    step "The Khronos glTF validator (npm) for the glTF export tests"
+    scripts/install-gltf-validator.sh >/dev/null
+    step "Blender (Debian's) for the BVH/GLB import tests and the FBX export"
+    scripts/install-blender.sh
     step "BlazePose's weights, out of the mediapipe wheel on PyPI (real weights for the tests)"
     "$venv/bin/posegraph" models fetch --profile real-offline \
       --dir "${POSEGRAPH_CACHE:-$HOME/.cache/posegraph}/blazepose" >/dev/null

@@ -122,15 +122,16 @@ def test_the_operators_job_runs_every_posejob_option():
     from posegraph.operator.resources import posejob_job
 
     values = {"stride": 3, "batch": 4, "maxFrames": 50, "render": False, "videoFormat": "mp4", "inFlight": 5,
-              "frameFormat": "png", "detectEvery": 5}
-    assert set(values) == set(Options.model_fields), "a PoseJob option without a test value: add it here"
+              "frameFormat": "png", "detectEvery": 5, "focalPx": 1400.0}
+    # fov is the other way to give focalPx (both at once are refused): it has a job of its own below.
+    assert set(values) | {"fov"} == set(Options.model_fields), "a PoseJob option without a test value: add it here"
     body = yaml.safe_load((EXAMPLES / "posejob.yaml").read_text())
     body["metadata"] = {**body["metadata"], "namespace": "poses", "uid": str(uuid.uuid4())}
     body["spec"] = {**body["spec"], "options": values, "parallelism": 4}
     args = posejob_job(body, "http://demo.poses.svc")["spec"]["template"]["spec"]["containers"][0]["args"]
     back = parsed(args)
     snake = {"maxFrames": "max_frames", "videoFormat": "video_format", "inFlight": "in_flight",
-             "frameFormat": "frame_format", "detectEvery": "detect_every"}
+             "frameFormat": "frame_format", "detectEvery": "detect_every", "focalPx": "focal_px"}
     assert {snake.get(k, k): getattr(back, snake.get(k, k)) for k in values} == {snake.get(k, k): v
                                                                                 for k, v in values.items()}
     name = body["metadata"]["name"]
@@ -138,6 +139,9 @@ def test_the_operators_job_runs_every_posejob_option():
                                                       body["spec"]["output"]["prefix"])
     assert (back.results, back.report_posejob, back.ranges, back.quiet) == ("$(POSEGRAPH_RESULTS)", f"poses/{name}",
                                                                            4, True)
+    body["spec"]["options"] = {"fov": 70.0}
+    args = posejob_job(body, "http://demo.poses.svc")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert (parsed(args).fov, parsed(args).focal_px) == (70.0, None)
 
 
 def test_a_local_graph_is_the_callers_to_start(clip_path, tmp_path):

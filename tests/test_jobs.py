@@ -355,6 +355,8 @@ def test_export_every_format_of_a_finished_job(graph, clip, tmp_path):
             assert names == sorted(f"track-{t}.csv" for t in tracks)
             rows = (out / f"track-{long_tracks[0]}.csv").read_text().splitlines()
             assert len(rows) == 1 + tracks[long_tracks[0]].frames and rows[0].startswith("frame_index,")
+            assert rows[0].endswith(",pelvis_camera_x_m,pelvis_camera_y_m,pelvis_camera_z_m")
+            assert all(line.rsplit(",", 3)[1:] != ["", "", ""] for line in rows[1:]), "each lifted frame's place"
         elif fmt == "angles":
             assert names == sorted(["angles.csv", *(f"track-{t}-angles.png" for t in long_tracks)])
             lines = (out / "angles.csv").read_text().splitlines()

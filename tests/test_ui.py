@@ -277,7 +277,8 @@ def test_video_job_from_upload_to_playback_and_downloads(page, ui, clip_path, ar
     # Downloads: frame documents, joint angles, a CSV per track and a BVH per track of 2+ frames.
     links = page.locator("#download-list a")
     bvh_tracks = [t for t in job["track_list"] if t["lifted"] and t["frames"] >= 2]
-    assert links.count() == 2 + len(job["track_list"]) + len(bvh_tracks)  # a long tail folds into <details>
+    # a long tail folds into <details>; per motion track BVH, GLB, GLB with the feet locked and FBX
+    assert links.count() == 2 + len(job["track_list"]) + 4 * len(bvh_tracks)
     track = max(job["track_list"], key=lambda t: t["frames"])
     with page.expect_download() as download:
         page.click(f"#download-list a[href$='/tracks/{track['track_id']}.bvh']")
@@ -308,13 +309,12 @@ def test_video_job_from_upload_to_playback_and_downloads(page, ui, clip_path, ar
     page.screenshot(path=str(artifacts / "ui-jobs.png"), full_page=True)
 
 
-def test_motion_downloads_refuse_what_they_cannot_give(ui, clip_path):
+def test_motion_downloads_refuse_what_they_cannot_give(ui, clip_path, finished_job):
     """Runs after the video job above: a one-frame track has no BVH (409), an unknown track is a
     404, and a job that has not finished has no angles yet (409). Each says why."""
     from posegraph.jobs.store import open_store
 
-    done = next(j for j in _jobs(ui) if j["status"] == "succeeded")
-    job = httpx.get(f"{ui['url']}/api/jobs/{done['job_id']}", auth=AUTH).json()
+    done = job = finished_job["job"]  # the video job above's, or one of its own when run alone
     short = next(t for t in job["track_list"] if t["frames"] == 1)
     base = f"{ui['url']}/api/jobs/{done['job_id']}"
     refused = httpx.get(f"{base}/tracks/{short['track_id']}.bvh", auth=AUTH)
@@ -328,6 +328,124 @@ def test_motion_downloads_refuse_what_they_cannot_give(ui, clip_path):
     store.close()
     busy = httpx.get(f"{ui['url']}/api/jobs/still-running/angles.csv", auth=AUTH)
     assert busy.status_code == 409 and "once it has finished" in busy.json()["error"]
+
+
+# ---- a track's motion: GLB and FBX downloads, and the job page's motion view -------------------------
+
+@pytest.fixture(scope="module")
+def finished_job(ui, clip_path) -> dict:
+    """A succeeded video job (the one test_video_job_… made, or a new one when run alone) and the
+    longest of its tracks that has a motion (lifted, 2 frames or more)."""
+    import time
+
+    done = next((j for j in _jobs(ui) if j["status"] == "succeeded"), None)
+    if done is None:
+        created = httpx.post(f"{ui['url']}/api/jobs", auth=AUTH, timeout=120,
+                             files={"file": ("clip.mp4", clip_path.read_bytes())})
+        assert created.status_code == 201, created.text
+        job_id, deadline = created.json()["job_id"], time.monotonic() + 300
+        while (done := httpx.get(f"{ui['url']}/api/jobs/{job_id}", auth=AUTH).json())["status"] not in (
+                "succeeded", "failed", "partial"):
+            assert time.monotonic() < deadline, f"job {job_id} did not finish: {done}"
+            time.sleep(1)
+        assert done["status"] == "succeeded", done.get("error")
+    job = httpx.get(f"{ui['url']}/api/jobs/{done['job_id']}", auth=AUTH).json()
+    # The page's own choice (its track select): the longest, then the lowest id.
+    track = min((t for t in job["track_list"] if t["lifted"] and t["frames"] >= 2),
+                key=lambda t: (-t["frames"], t["track_id"]))
+    return {"job": job, "track": track, "base": f"{ui['url']}/api/jobs/{job['job_id']}"}
+
+
+def _glb_json(data: bytes) -> dict:
+    """A GLB's header checked (magic, version 2, length) and its JSON chunk."""
+    import struct
+
+    magic, version, length = struct.unpack_from("<4sII", data, 0)
+    assert (magic, version, length) == (b"glTF", 2, len(data))
+    chunk_length, chunk_type = struct.unpack_from("<II", data, 12)
+    assert chunk_type == 0x4E4F534A  # "JSON"
+    return json.loads(data[20:20 + chunk_length])
+
+
+def test_glb_download_is_the_tracks_motion_and_bad_requests_are_one_line(ui, finished_job):
+    base, track, job = finished_job["base"], finished_job["track"], finished_job["job"]
+    response = httpx.get(f"{base}/tracks/{track['track_id']}.glb", auth=AUTH, timeout=120)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "model/gltf-binary"
+    assert f'filename="{job["job_id"]}-track{track["track_id"]}.glb"' in response.headers["content-disposition"]
+    doc = _glb_json(response.content)
+    extras = doc["scenes"][doc.get("scene", 0)]["extras"]["posegraph"]
+    assert len(extras["frame_index"]) == len(extras["contacts"]["left"]) == track["frames"]
+    assert extras["joints"][0] == "root" and "left_foot" in extras["joints"]
+    assert len(doc["animations"]) == 1
+    # The options reach MotionOptions: Mixamo's joint names, and in place (the root stays over the origin).
+    mixamo = _glb_json(httpx.get(f"{base}/tracks/{track['track_id']}.glb?rig=mixamo&in_place=1&lock_feet=1",
+                                 auth=AUTH, timeout=120).content)
+    assert mixamo["scenes"][0]["extras"]["posegraph"]["joints"][0] == "mixamorig:Hips"
+    # Bad requests: a 4xx and one line saying why.
+    for query, status, words in [(".glb?rig=unreal", 400, "unknown rig 'unreal'"),
+                                 (".glb?lock_feet=maybe", 400, "lock_feet must be 1 or 0"),
+                                 (".glb?feet=1", 400, "unknown option 'feet'")]:
+        bad = httpx.get(f"{base}/tracks/{track['track_id']}{query}", auth=AUTH)
+        assert bad.status_code == status and words in bad.json()["error"], (query, bad.text)
+        assert "\n" not in bad.json()["error"]
+    missing = httpx.get(f"{base}/tracks/99999.glb", auth=AUTH)
+    assert missing.status_code == 404 and missing.json()["error"] == f"job {job['job_id']} has no track 99999"
+    short = next((t for t in job["track_list"] if t["frames"] == 1), None)
+    if short is not None:
+        refused = httpx.get(f"{base}/tracks/{short['track_id']}.glb", auth=AUTH)
+        assert refused.status_code == 409 and f"track {short['track_id']}" in refused.json()["error"]
+
+
+def test_fbx_download_without_blender_says_what_to_install(ui, finished_job, tmp_path, monkeypatch):
+    """The server process may well have Blender: this app, over the same results store, has none."""
+    from starlette.testclient import TestClient
+
+    from posegraph.ui.app import UISettings, create_app
+    from posegraph.ui.launchers import LocalLauncher
+
+    monkeypatch.setenv("POSEGRAPH_BLENDER", "/nonexistent/blender")
+    results = f"sqlite:///{ui['data'] / 'results.db'}"
+    settings = UISettings(graph="http://127.0.0.1:9", results=results, data_dir=tmp_path / "data",
+                          launcher=LocalLauncher(graph="http://127.0.0.1:9", lift3d=None, results=results,
+                                                 output_dir=tmp_path / "out"))
+    track = finished_job["track"]
+    with TestClient(create_app(settings)) as client:
+        response = client.get(f"/api/jobs/{finished_job['job']['job_id']}/tracks/{track['track_id']}.fbx")
+        assert response.status_code == 501, response.text
+        error = response.json()["error"]
+        assert "POSEGRAPH_BLENDER=/nonexistent/blender" in error and "Blender" in error and "\n" not in error
+        assert client.get(f"/api/jobs/{finished_job['job']['job_id']}/tracks/99999.fbx").status_code == 404
+        assert client.get(f"/api/jobs/{finished_job['job']['job_id']}/tracks/{track['track_id']}.fbx?rig=x"
+                          ).status_code == 400
+
+
+def test_job_page_plays_the_tracks_glb_following_the_video(page, ui, finished_job, artifacts):
+    job, track = finished_job["job"], finished_job["track"]
+    page.goto(f"{ui['url']}/#/jobs/{job['job_id']}")
+    page.wait_for_selector("#job-motion[data-glb-loaded='1']", timeout=60_000)
+    motion = "#job-motion"
+    assert int(page.get_attribute(motion, "data-samples")) == track["frames"]
+    assert track["track_id"] == int(page.eval_on_selector("#job-angles-track", "s => s.value"))
+    page.wait_for_function("document.querySelector('#job-video').readyState >= 1", timeout=30_000)
+    glb = _glb_json(httpx.get(f"{finished_job['base']}/tracks/{track['track_id']}.glb", auth=AUTH, timeout=120).content)
+    frames = glb["scenes"][0]["extras"]["posegraph"]["frame_index"]
+
+    def seek(frame: int) -> dict:
+        page.eval_on_selector("#job-video", f"v => {{ v.pause(); v.currentTime = {(frame + 0.5) / job['video_fps']}; }}")
+        page.wait_for_function(f"document.querySelector('{motion}').dataset.frame === '{frame}'", timeout=30_000)
+        return page.eval_on_selector(motion, "e => ({...e.dataset})")
+
+    first, last = seek(frames[0]), seek(frames[-1])
+    assert first["visible"] == last["visible"] == "1"
+    assert first["rootX"] != last["rootX"], "the root moves with the video"
+    assert int(page.get_attribute(motion, "data-rendered")) >= 2 and _painted_pixels(page, f"{motion} canvas") > 200
+    contacts = glb["scenes"][0]["extras"]["posegraph"]["contacts"]
+    assert int(last["contacts"]) == int(contacts["left"][-1]) + int(contacts["right"][-1])
+    # The downloads beside the BVH: GLB, GLB with the feet locked, FBX.
+    for href in (".glb", ".glb?lock_feet=1", ".fbx"):
+        assert page.locator(f"#download-list a[href$='/tracks/{track['track_id']}{href}']").count() == 1
+    page.screenshot(path=str(artifacts / "ui-motion.png"), full_page=True)
 
 
 def test_a_video_that_cannot_be_decoded_gets_a_message_and_no_job(page, ui, clip_path, tmp_path, artifacts):

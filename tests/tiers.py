@@ -20,6 +20,7 @@ TIERS = {
     "node": "a real one-node cluster: kubelet, containerd, the chart's pods",
     "images": "builds or runs the container images with Docker",
     "browser": "drives Debian's Chromium",
+    "blender": "runs Debian's Blender headless (importing the motion exports, converting GLB to FBX)",
     "reference": "the OpenMMLab reference stack (fidelity)",
     "fast": "none of the above: the unit tier, `make test-fast`",
 }

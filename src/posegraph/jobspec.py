@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from .graph.spec import Resources, Strict
@@ -76,6 +76,17 @@ class Options(Strict):
     detectEvery: int | None = Field(_RUNNER.detect_every, ge=1, le=100, description=(
         "the detector on every N-th frame only; between, boxes come from the last keypoints "
         "(default: the runner's profile, every frame)"))
+    focalPx: float | None = Field(_RUNNER.focal_px, ge=1, le=100000, description=(
+        "the camera's focal length in pixels, for where each person is in space (default: the video's "
+        "metadata, else the image diagonal); or fov"))
+    fov: float | None = Field(_RUNNER.fov, ge=1, le=179, description=(
+        "the camera's horizontal field of view in degrees (instead of focalPx)"))
+
+    @model_validator(mode="after")
+    def _one_focal_length(self) -> "Options":
+        if self.focalPx is not None and self.fov is not None:
+            raise ValueError("focalPx and fov both give the focal length: use one")
+        return self
 
 
 class PoseJobSpec(Strict):

@@ -58,17 +58,20 @@ def _num(value: Any) -> Any:
 
 
 def track_csv(track_id: int, rows: list[TrackPoint]) -> str:
-    """One person's frames: box, COCO-17 2D keypoints (px, score), Human3.6M-17 3D keypoints (m)."""
+    """One person's frames: box, COCO-17 2D keypoints (px, score), Human3.6M-17 3D keypoints (m,
+    root-relative), and where the pelvis is (m, camera space: root3d)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["frame_index", "timestamp_s", "track_id", "person_index", "score", "x1", "y1", "x2", "y2",
                      *[f"{n}_{c}" for n in COCO17 for c in ("x", "y", "score")],
-                     *[f"{n}_{c}_m" for n in H36M17 for c in ("x", "y", "z")]])
+                     *[f"{n}_{c}_m" for n in H36M17 for c in ("x", "y", "z")],
+                     "pelvis_camera_x_m", "pelvis_camera_y_m", "pelvis_camera_z_m"])
     for r in rows:
         k2 = r.keypoints2d or [[None] * 3] * 17
         k3 = r.keypoints3d or [[None] * 3] * 17
         writer.writerow([r.frame_index, r.timestamp_s, track_id, r.person_index, _num(r.score), *map(_num, r.bbox),
-                         *[_num(v) for p in k2 for v in p], *[_num(v) for p in k3 for v in p]])
+                         *[_num(v) for p in k2 for v in p], *[_num(v) for p in k3 for v in p],
+                         *map(_num, r.root3d or [None] * 3)])
     return buffer.getvalue()
 
 

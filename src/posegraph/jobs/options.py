@@ -91,7 +91,7 @@ class JobOptions:
             raise BadInput("--frame-format must be jpeg or png")
         if self.focal_px is not None and self.fov is not None:
             raise BadInput("--focal-px and --fov both give the focal length: use one")
-        if self.focal_px is not None and not 0 < self.focal_px < 1e6:
+        if self.focal_px is not None and not 1 <= self.focal_px <= 100_000:
             raise BadInput(f"--focal-px must be a positive number of pixels, got {self.focal_px}")
         if self.fov is not None and not 1 <= self.fov <= 179:
             raise BadInput(f"--fov must be between 1 and 179 degrees (across the image width), got {self.fov}")

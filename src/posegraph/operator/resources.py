@@ -147,7 +147,7 @@ def posejob_job(body: dict[str, Any], graph_url: str, *, image: str = JOB_IMAGE)
         video=spec.video, graph=graph_url, results="$(POSEGRAPH_RESULTS)", output=spec.output.prefix,
         stride=options.stride, batch=options.batch, max_frames=options.maxFrames, render=options.render,
         video_format=options.videoFormat, in_flight=options.inFlight, frame_format=options.frameFormat,
-        detect_every=options.detectEvery,
+        detect_every=options.detectEvery, focal_px=options.focalPx, fov=options.fov,
         job_id=posejob_store_id(namespace, name), report_posejob=f"{namespace}/{name}", metrics_port=PORTS["runnerMetrics"],
         # Each pod's range is $JOB_COMPLETION_INDEX, set by the Indexed Job.
         ranges=spec.parallelism, quiet=True).argv()

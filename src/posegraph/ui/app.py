@@ -40,6 +40,7 @@ from ..jobs.store import ResultsStore, open_store
 from ..keypoints import COCO_LEFT, COCO_SKELETON, H36M_LEFT, H36M_SKELETON
 from ..media.imageio import decode_image, image_ref
 from ..media.video import VideoReader, sniff_container
+from ..motion.blender import BlenderMissing, find_blender
 from ..names import FAILED, QUEUED, RUNNING
 from ..uri import fetch_to_cache, is_remote_video_uri
 from .launchers import JobRequest, KubernetesLauncher, LocalLauncher
@@ -383,22 +384,77 @@ async def angles_csv(request: Request) -> Response:
         "Content-Disposition": f'attachment; filename="{job.job_id}-angles.csv"'})
 
 
-async def track_bvh(request: Request) -> Response:
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+_MOTION_QUERY = ("lock_feet", "in_place", "rig")
+
+
+def _motion_options(request: Request) -> export.MotionOptions:
+    """``?lock_feet=1&in_place=1&rig=mixamo`` as MotionOptions; anything else a 400, one line."""
+    query = request.query_params
+    unknown = sorted(set(query) - set(_MOTION_QUERY))
+    if unknown:
+        raise ClientError(400, f"unknown option {unknown[0]!r}: the options are {', '.join(_MOTION_QUERY)}")
+
+    def flag(key: str) -> bool:
+        raw = query.get(key, "").strip().lower()
+        if raw not in _TRUE + _FALSE:
+            raise ClientError(400, f"{key} must be 1 or 0, not {query.get(key)!r}")
+        return raw in _TRUE
+
+    lock_feet, in_place = flag("lock_feet"), flag("in_place")
+    try:
+        return export.MotionOptions(root_motion=not in_place, lock_feet=lock_feet,
+                                    rig=query.get("rig", "").strip() or "posegraph")
+    except UsageError as exc:  # an unknown rig
+        raise ClientError(400, str(exc)) from None
+
+
+async def _track_motion(request: Request, fmt: str, media_type: str) -> Response:
+    """One track's motion as BVH, GLB or FBX (export.track_file, the bytes `posegraph export` writes)."""
     store = _ui(request).store
+    options = _motion_options(request)
     job, track = await _track(request)
     _finished(store, job)
+    if not track.lifted:
+        raise ClientError(409, f"track {track.track_id} has no 3D keypoints ({track.error or 'not lifted'}): "
+                               f"no {fmt.upper()}")
+    if fmt == "fbx":
+        # Without Blender: 501 Not Implemented, not 409. 409 says the *resource* is not in a state to
+        # answer (a track too short, a job still running: the user can wait or pick another); here no
+        # track ever gets an FBX from this server until its operator installs Blender, which is what
+        # 501 means ("the server does not support the functionality required"). Checked first: a
+        # missing Blender is answered at once, before any track is solved.
+        try:
+            await _in_thread(find_blender)
+        except BlenderMissing as exc:
+            raise ClientError(501, str(exc)) from None
 
     def write() -> bytes:
         with tempfile.TemporaryDirectory() as tmp:
-            export.track_bvh(store, job, track.track_id, Path(tmp) / "t.bvh")
-            return (Path(tmp) / "t.bvh").read_bytes()
+            path = Path(tmp) / f"t.{fmt}"
+            export.track_file(store, job, track.track_id, path, fmt, options)
+            return path.read_bytes()
 
     try:
         body = await _in_thread(write)
-    except UsageError as exc:  # too short to solve rotations
+    except BlenderMissing as exc:
+        raise ClientError(501, str(exc)) from None
+    except UsageError as exc:  # too short to solve rotations, no root path, Blender failed
         raise ClientError(409, str(exc)) from None
-    return Response(body, media_type="application/octet-stream", headers={
-        "Content-Disposition": f'attachment; filename="{job.job_id}-track{track.track_id}.bvh"'})
+    return Response(body, media_type=media_type, headers={
+        "Content-Disposition": f'attachment; filename="{job.job_id}-track{track.track_id}.{fmt}"'})
+
+
+async def track_bvh(request: Request) -> Response:
+    return await _track_motion(request, "bvh", "application/octet-stream")
+
+
+async def track_glb(request: Request) -> Response:
+    return await _track_motion(request, "glb", "model/gltf-binary")
+
+
+async def track_fbx(request: Request) -> Response:
+    return await _track_motion(request, "fbx", "application/octet-stream")
 
 
 async def video(request: Request) -> Response:
@@ -430,6 +486,8 @@ ROUTES = [
     Route("/api/jobs/{job_id}/frames.jsonl", frames_jsonl),
     Route("/api/jobs/{job_id}/tracks/{track_id:int}.csv", track_csv),
     Route("/api/jobs/{job_id}/tracks/{track_id:int}.bvh", track_bvh),
+    Route("/api/jobs/{job_id}/tracks/{track_id:int}.glb", track_glb),
+    Route("/api/jobs/{job_id}/tracks/{track_id:int}.fbx", track_fbx),
     Route("/api/jobs/{job_id}/tracks/{track_id:int}/angles", track_angles),
     Route("/api/jobs/{job_id}/angles.csv", angles_csv),
     Route("/api/jobs/{job_id}/video", video),

@@ -6,6 +6,7 @@ const PERSON_COLORS = [0x4cc9f0, 0xf72585, 0xffd166, 0x06d6a0, 0xef476f, 0x118ab
 let META = null;
 let THREE = null;
 let OrbitControls = null;
+let GLTFLoader = null;
 
 // ---- messages ------------------------------------------------------------------------------------
 function banner(text, kind = "error") {
@@ -126,6 +127,202 @@ function make3D(container) {
   }
   if (!container._view) container._view = new Skeleton3D(container);
   return container._view;
+}
+
+// ---- motion view: a track's GLB (armature + animation) on the floor, following the video ---------------
+// The GLB is what /api/jobs/<id>/tracks/<n>.glb downloads: metres, Y up, floor at y = 0, one animation
+// sampled at the track's frames (sample k at k / fps), and the scene's extras.posegraph with the
+// frame_index of each sample, the fps and the foot contacts per sample.
+class MotionView {
+  constructor(container) {
+    this.container = container;
+    this.renderer = new THREE.WebGLRenderer({ antialias: true, preserveDrawingBuffer: true });
+    this.renderer.setPixelRatio(window.devicePixelRatio || 1);
+    this.renderer.setClearColor(0x11151c);
+    container.replaceChildren(this.renderer.domElement);
+    this.scene = new THREE.Scene();
+    this.scene.add(new THREE.HemisphereLight(0xffffff, 0x445066, 2.2));
+    const sun = new THREE.DirectionalLight(0xffffff, 1.5);
+    sun.position.set(2, 5, 3);
+    this.scene.add(sun);
+    this.camera = new THREE.PerspectiveCamera(45, 4 / 3, 0.05, 200);
+    this.controls = new OrbitControls(this.camera, this.renderer.domElement);
+    this.controls.addEventListener("change", () => this.render());
+    this.grid = new THREE.GridHelper(40, 80, 0x3a4356, 0x262c38);  // the floor, y = 0, 0.5 m squares
+    this.scene.add(this.grid);
+    // Foot contacts: a disc on the floor under each ankle while that foot is planted.
+    this.discs = [0xff9f1c, 0x4cc9f0].map((color) => {
+      const disc = new THREE.Mesh(new THREE.CircleGeometry(0.09, 32),
+                                  new THREE.MeshBasicMaterial({ color, transparent: true, opacity: 0.85 }));
+      disc.rotation.x = -Math.PI / 2;
+      disc.visible = false;
+      this.scene.add(disc);
+      return disc;
+    });
+    this.model = null;
+    this.url = null;
+    new ResizeObserver(() => this.resize()).observe(container);
+    this.resize();
+  }
+
+  resize() {
+    const w = this.container.clientWidth || 400, h = this.container.clientHeight || 300;
+    this.renderer.setSize(w, h, false);
+    this.camera.aspect = w / h;
+    this.camera.updateProjectionMatrix();
+    this.render();
+  }
+
+  clear() {
+    if (this.model) {
+      this.scene.remove(this.model);
+      this.model.traverse((o) => { if (o.geometry) o.geometry.dispose(); if (o.material) o.material.dispose(); });
+    }
+    this.model = this.mixer = this.extras = this.root = this.url = null;
+    this.followed = false;
+    this.feet = [];
+    this.discs.forEach((d) => { d.visible = false; });
+    delete this.container.dataset.glbLoaded;
+  }
+
+  async load(url) {
+    if (url === this.url) return;
+    this.clear();
+    this.url = url;
+    let gltf;
+    try {
+      gltf = await new GLTFLoader().loadAsync(url);
+    } catch (err) {
+      if (url === this.url) this.url = null;  // choosing it again tries again
+      throw err;
+    }
+    if (url !== this.url) return;  // another track was chosen meanwhile
+    const extras = gltf.scene.userData.posegraph;
+    if (!extras || !gltf.animations.length) throw new Error("the GLB has no posegraph motion");
+    // GLTFLoader sanitises node names (PropertyBinding); the original is kept in userData.name.
+    const byName = (name) => {
+      let found = null;
+      gltf.scene.traverse((o) => { if (!found && o.isBone && (o.userData.name === name || o.name === name)) found = o; });
+      return found;
+    };
+    this.root = byName(extras.joints[0]);
+    this.feet = ["left", "right"].map((side) =>
+      byName(extras.joints.find((n) => new RegExp(`^${side}_?foot$`, "i").test(n.replace(/^mixamorig:/, "")))));
+    gltf.scene.traverse((o) => { if (o.isMesh) o.frustumCulled = false; });  // it walks off its bind-pose bounds
+    this.model = gltf.scene;
+    this.extras = extras;
+    this.mixer = new THREE.AnimationMixer(gltf.scene);
+    this.clip = gltf.animations[0];
+    this.mixer.clipAction(this.clip).play();
+    this.scene.add(gltf.scene);
+    // Frame the person: the camera's distance from the person's size at the first frame (a skeleton
+    // from random weights can be metres tall), kept afterwards as the user orbits and zooms.
+    this.mixer.setTime(0);
+    gltf.scene.updateMatrixWorld(true);
+    const box = new THREE.Box3();
+    gltf.scene.traverse((o) => { if (o.isBone) box.expandByPoint(o.getWorldPosition(new THREE.Vector3())); });
+    const size = box.isEmpty() ? 1.8 : Math.max(1.0, ...box.getSize(new THREE.Vector3()).toArray());
+    this.offset = new THREE.Vector3(0.35, 0.2, 1).normalize().multiplyScalar(size * 2.2);
+    this.camera.far = Math.max(200, size * 50);
+    this.camera.updateProjectionMatrix();
+    this.lookHeight = box.isEmpty() ? 0.9 : Math.max(0.3, (box.min.y + box.max.y) / 2 - box.min.y);
+    this.container.dataset.glbLoaded = "1";
+    this.container.dataset.samples = String(extras.frame_index.length);
+  }
+
+  // f: the player's frame (fractional, in processed frames). Between two of the track's samples the
+  // animation interpolates; outside the track's first and last frame the person is hidden.
+  show(f) {
+    if (!this.model) return;
+    const frames = this.extras.frame_index, n = frames.length;
+    const inside = f >= frames[0] - 0.5 && f <= frames[n - 1] + 0.5;
+    this.model.visible = inside;
+    let contacts = 0;
+    if (inside) {
+      const g = Math.min(Math.max(f, frames[0]), frames[n - 1]);
+      let k = 0;
+      while (k + 1 < n && frames[k + 1] <= g) k++;
+      const frac = k + 1 < n ? (g - frames[k]) / (frames[k + 1] - frames[k]) : 0;
+      const time = Math.min((k + frac) / this.extras.fps, this.clip.duration);
+      this.mixer.setTime(time);
+      this.model.updateMatrixWorld(true);
+      const sample = Math.min(n - 1, Math.round(k + frac));
+      const planted = [this.extras.contacts.left[sample], this.extras.contacts.right[sample]];
+      this.feet.forEach((foot, i) => {
+        const disc = this.discs[i];
+        disc.visible = !!(foot && planted[i]);
+        if (!disc.visible) return;
+        const p = foot.getWorldPosition(new THREE.Vector3());
+        disc.position.set(p.x, 0.003, p.z);
+        contacts += 1;
+      });
+      this.container.dataset.sample = String(sample);
+      this.container.dataset.frame = String(frames[sample]);
+    } else {
+      this.discs.forEach((d) => { d.visible = false; });
+    }
+    if (this.root) {
+      // The camera follows the root, keeping the user's orbit (the offset from target to camera).
+      const p = this.root.getWorldPosition(new THREE.Vector3());
+      const target = new THREE.Vector3(p.x, this.lookHeight, p.z);
+      if (this.followed) this.offset.subVectors(this.camera.position, this.controls.target);
+      this.followed = true;
+      this.controls.target.copy(target);
+      this.camera.position.copy(target).add(this.offset);
+      this.controls.update();
+      this.container.dataset.rootX = p.x.toFixed(4);
+      this.container.dataset.rootZ = p.z.toFixed(4);
+    }
+    this.container.dataset.visible = inside ? "1" : "0";
+    this.container.dataset.contacts = String(contacts);
+    this.render();
+  }
+
+  render() {
+    this.renderer.render(this.scene, this.camera);
+    this.container.dataset.rendered = String(Number(this.container.dataset.rendered || 0) + 1);
+  }
+}
+
+function motionView() {
+  let container = $("#job-motion");
+  if (!container) {  // a third figure beside the video and the per-frame 3D view
+    const figure = document.createElement("figure");
+    figure.innerHTML = '<div id="job-motion" class="three" aria-label="the chosen track\'s motion (GLB) over the floor"></div>' +
+      '<figcaption id="job-motion-label">Motion</figcaption>';
+    $("#job-player .media").appendChild(figure);
+    container = $("#job-motion");
+  }
+  if (!THREE || !GLTFLoader) {
+    container.innerHTML = '<p class="unavailable">Motion view unavailable: three.js\'s GLTFLoader is not vendored (run scripts/vendor-ui.sh).</p>';
+    return null;
+  }
+  if (!container._view) container._view = new MotionView(container);
+  return container._view;
+}
+
+// Load the chosen track's GLB into the motion view (once the player is up), then follow the video.
+async function loadMotion() {
+  const trackId = jobState.motionTrack;
+  if (!jobState.base || !jobState.frames || trackId === null || trackId === undefined) return;
+  const view = motionView();
+  if (!view) return;
+  $("#job-motion-label").textContent = `Motion: track ${trackId} (loading…)`;
+  try {
+    await view.load(`${jobState.base}/tracks/${trackId}.glb`);
+  } catch (err) {
+    $("#job-motion-label").textContent = `Motion: track ${trackId}: ${err.message}`;
+    return;
+  }
+  if (jobState.motionTrack !== trackId) return;
+  $("#job-motion-label").textContent = `Motion: track ${trackId} (GLB; floor grid 0.5 m; discs: feet planted)`;
+  followMotion();
+}
+
+function followMotion() {
+  const view = $("#job-motion") && $("#job-motion")._view;
+  if (!view || !jobState.fps) return;
+  view.show($("#job-video").currentTime * jobState.fps - 0.5);  // frame k is shown from k / fps to (k + 1) / fps
 }
 
 // ---- 2D overlay -------------------------------------------------------------------------------------
@@ -275,10 +472,15 @@ function escapeHtml(text) {
 }
 
 // ---- one job ----------------------------------------------------------------------------------------
-const jobState = { id: null, frames: null, fps: null, loaded: false, angles: null, frameIndex: null };
+const jobState = { id: null, frames: null, fps: null, loaded: false, angles: null, frameIndex: null,
+                   base: null, motionTrack: null };
 
 async function showJob(jobId) {
-  if (jobState.id !== jobId) Object.assign(jobState, { id: jobId, frames: null, fps: null, loaded: false });
+  if (jobState.id !== jobId) {
+    Object.assign(jobState, { id: jobId, frames: null, fps: null, loaded: false, base: null, motionTrack: null });
+    const old = $("#job-motion") && $("#job-motion")._view;
+    if (old) old.clear();
+  }
   let job;
   try { job = await api(`/api/jobs/${encodeURIComponent(jobId)}`); } catch (err) { banner(`Job: ${err.message}`); return; }
   $("#job-title").textContent = `${job.params?.filename || job.video_uri} — ${job.job_id}`;
@@ -319,7 +521,10 @@ async function loadPlayer(job) {
     li.innerHTML = `Track ${t.track_id} (${frames}${t.lifted ? "" : ", not lifted to 3D"}): ` +
       `<a href="${base}/tracks/${t.track_id}.csv" download>keypoints CSV</a>` +
       // BVH needs rotations between frames: two frames with 3D at least.
-      (t.lifted && t.frames >= 2 ? ` · <a href="${base}/tracks/${t.track_id}.bvh" download>BVH (Blender, Maya, Unity)</a>` : "");
+      (t.lifted && t.frames >= 2 ? ` · <a href="${base}/tracks/${t.track_id}.bvh" download>BVH (Blender, Maya, Unity)</a>` +
+        ` · <a href="${base}/tracks/${t.track_id}.glb" download>GLB (glTF)</a>` +
+        ` · <a href="${base}/tracks/${t.track_id}.glb?lock_feet=1" download="${escapeHtml(job.job_id)}-track${t.track_id}-feet-locked.glb">GLB, feet locked</a>` +
+        ` · <a href="${base}/tracks/${t.track_id}.fbx" download title="converted by Blender on the server: takes a few seconds">FBX (Unity, Unreal)</a>` : "");
     list.appendChild(li);
   };
   tracks.slice(0, 12).forEach((t) => trackItem(downloads, t));
@@ -338,12 +543,14 @@ async function loadPlayer(job) {
   const data = await api(`${base}/frames`);
   jobState.frames = data.frames;
   jobState.fps = job.video_fps || 25;
+  jobState.base = base;
   $("#job-player").hidden = false;
   const video = $("#job-video");
   video.src = `${base}/video`;
   const scrub = $("#job-scrub");
   scrub.max = String(Math.max(0, jobState.frames.length - 1));
   showFrame(0);
+  await loadMotion();
 }
 
 // ---- joint angles beside the player -------------------------------------------------------------------
@@ -359,6 +566,8 @@ async function loadAngles(base, tracks) {
   if (!tracks.length) return;
   select.replaceChildren(...tracks.map((t) => new Option(`track ${t.track_id} (${t.frames} frames)`, t.track_id)));
   select.onchange = async () => {
+    jobState.motionTrack = Number(select.value);  // the motion view shows the same track
+    loadMotion();
     try {
       jobState.angles = await api(`${base}/tracks/${select.value}/angles`);
     } catch (err) { banner(`Joint angles: ${err.message}`); return; }
@@ -425,6 +634,7 @@ function setupPlayer() {
   const follow = () => {
     if (!jobState.frames) return;
     showFrame(Math.min(jobState.frames.length - 1, Math.floor(video.currentTime * jobState.fps + 1e-3)));
+    followMotion();
   };
   video.addEventListener("timeupdate", follow);
   video.addEventListener("seeked", follow);
@@ -437,6 +647,7 @@ function setupPlayer() {
     video.pause();
     video.currentTime = (Number(scrub.value) + 0.5) / jobState.fps;
     showFrame(Number(scrub.value));
+    followMotion();
   });
 }
 
@@ -606,6 +817,11 @@ async function main() {
     try {
       THREE = await import("three");
       ({ OrbitControls } = await import("/static/vendor/OrbitControls.js"));
+      try {  // the motion view's loader (vendored since three's GLTF stamp); without it, that view says so
+        ({ GLTFLoader } = await import("/static/vendor/loaders/GLTFLoader.js"));
+      } catch (err) {
+        GLTFLoader = null;
+      }
       $("#footer-three").textContent = `3D view: three.js r${THREE.REVISION}.`;
     } catch (err) {
       THREE = null;
