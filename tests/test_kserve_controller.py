@@ -25,7 +25,11 @@ HELM = REPO / ".tools" / "helm4" / "helm"
 KSERVE = "serving.kserve.io"
 RELEASE_NS = "kserve-chart"  # the chart: the operator and the four ClusterServingRuntimes
 PIPELINE = "pose"            # in every variant's namespace, so the InferenceServices are named alike
-STAGES = ("detect", "pose2d", "lift3d")
+# A four-stage pipeline: the built-in three and a user's stage (spec.extraStages, docs/write-a-stage.md),
+# reconciled like the others.
+BUILTIN = ("detect", "pose2d", "lift3d")
+USER_STAGE = "form-judge"
+STAGES = (*BUILTIN, USER_STAGE)
 GPU_STAGE = "pose2d"         # the stage that asks for a GPU in the -gpu variants
 TOKEN = "kserve-graph-t0ken"
 FETCH_ALLOW = ["s3://photos/incoming/"]
@@ -82,9 +86,10 @@ def pipeline_manifest(variant: str) -> dict:
             "modelName": isvc_name(stage),
             **({"gpus": gpus} if stage == GPU_STAGE and gpus else {}),
         }
+    extra = {"name": USER_STAGE, **stages.pop(USER_STAGE)}
     return {"apiVersion": "posegraph.io/v1alpha1", "kind": "PosePipeline",
             "metadata": {"name": PIPELINE, "namespace": namespace_of(variant)},
-            "spec": {"runtime": runtime, "deploymentMode": mode, "stages": stages,
+            "spec": {"runtime": runtime, "deploymentMode": mode, "stages": stages, "extraStages": [extra],
                      "authSecretRef": {"name": "stage-token", "key": "token"}, "fetchAllow": FETCH_ALLOW,
                      "graph": {"routerTimeouts": {"serviceClient": 30}}}}
 
@@ -300,7 +305,7 @@ def test_each_predictor_pod_gets_kserves_storage_initializer(core, custom, pipel
         assert pod.status.phase == "Pending"
         assert condition(children(custom, namespace)[stage]) != "True"
     status = get_pipeline(custom, namespace).get("status") or {}
-    assert status.get("phase") != "Ready" and status.get("readyStages") == "0/3", status
+    assert status.get("phase") != "Ready" and status.get("readyStages") == f"0/{len(STAGES)}", status
     # Printed, not asserted: which reasons KServe gives a predictor before its Pods run (the operator
     # counts MinimumReplicasUnavailable as starting; others may still read Degraded).
     print(f"{variant} before any Pod runs: {status.get('phase')}, "
@@ -355,7 +360,7 @@ def test_restricted_pod_security_refuses_kserves_router_only(control_plane, core
         def router_refused_and_stages_admitted():
             router = [m for m in failed_creates() if 'container "pose" must set securityContext.seccompProfile' in m]
             stages = core.list_namespaced_pod(namespace, label_selector="component=predictor").items
-            return router if router and len(stages) == 3 else None
+            return router if router and len(stages) == len(STAGES) else None
         router = wait(router_refused_and_stages_admitted, timeout=180,
                       what="PodSecurity refusing KServe's router and admitting the stages")
         assert 'violates PodSecurity "restricted:latest"' in router[0]
@@ -386,7 +391,7 @@ def test_the_pipeline_goes_ready_through_the_whole_chain(custom, apps, pipelines
         assert status["stages"][stage]["ready"] is True
     assert condition(made["graph"]) == "True"
     assert made["graph"]["status"]["url"] == f"http://{PIPELINE}.{namespace}.svc.cluster.local"
-    assert status["readyStages"] == "3/3" and status["graphURL"] == f"http://{PIPELINE}.{namespace}.svc.cluster.local"
+    assert status["readyStages"] == f"{len(STAGES)}/{len(STAGES)}" and status["graphURL"] == f"http://{PIPELINE}.{namespace}.svc.cluster.local"
     assert apps.read_namespaced_deployment(PIPELINE, namespace).status.available_replicas == 1
 
 

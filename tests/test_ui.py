@@ -448,6 +448,150 @@ def test_job_page_plays_the_tracks_glb_following_the_video(page, ui, finished_jo
     page.screenshot(path=str(artifacts / "ui-motion.png"), full_page=True)
 
 
+def _stored_walk_job(tmp_path: Path, walk) -> tuple[str, list]:
+    """A results store holding one finished job whose one track is the synthetic walk (as
+    tests/test_root_motion.py's _stored_walk writes it, with root3d and joint angles), and the
+    job's rendered video: the walk's 2D skeleton drawn on grey, 640 × 360, VP8 WebM. Returns the
+    store's DSN and the frames drawn (grey, a quarter size: what the player's picture is matched to)."""
+    import cv2
+    import numpy as np
+
+    from posegraph.jobs.rows import FrameRow, PersonRow
+    from posegraph.jobs.store import open_store
+    from posegraph.keypoints import COCO_LEFT, COCO_SKELETON
+    from posegraph.media.video import open_video_writer
+    from posegraph.motion.angles import joint_angles
+
+    scale, size = 0.5, (walk.width // 2, walk.height // 2)
+    video, drawn = tmp_path / "walk.webm", []
+    writer = open_video_writer(video, walk.fps, size)
+    try:
+        for i, k2 in enumerate(walk.keypoints2d):
+            pixels = np.full((size[1], size[0], 3), 110, np.uint8)
+            points = np.round(k2[:, :2] * scale).astype(int)
+            for a, b in COCO_SKELETON:
+                colour = (28, 159, 255) if a in COCO_LEFT or b in COCO_LEFT else (240, 201, 76)
+                cv2.line(pixels, tuple(points[a]), tuple(points[b]), colour, 3, cv2.LINE_AA)
+            for x, y in points:
+                cv2.circle(pixels, (x, y), 3, (255, 255, 255), -1, cv2.LINE_AA)
+            cv2.putText(pixels, f"frame {i}", (10, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2)
+            writer.write(pixels)
+            drawn.append(cv2.resize(cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY), (size[0] // 4, size[1] // 4),
+                                    interpolation=cv2.INTER_AREA).astype(np.float32))
+    finally:
+        writer.release()
+
+    dsn = f"sqlite:///{tmp_path / 'walk.db'}"
+    store = open_store(dsn)
+    try:
+        store.migrate()
+        store.begin_job("walk", str(video), {"focal_px": walk.focal_px, "filename": "walk.webm", "stride": 1})
+        store.update_job("walk", width=walk.width, height=walk.height, fps=walk.fps)
+        frames = [FrameRow(i, i / walk.fps, "ok", None, 1) for i in range(len(walk.keypoints2d))]
+        persons = [PersonRow(1, 0.9, [*k2[:, :2].min(0), *k2[:, :2].max(0)], k2.tolist(), None, frame_index=i,
+                             person_index=0) for i, k2 in enumerate(walk.keypoints2d)]
+        store.commit_batch("walk", frames, persons, [(1, 0, len(frames) - 1)], last_frame=len(frames) - 1,
+                           tracker_state=None)
+        rows = [(i, 0, k3.tolist(), walk.root[i].tolist()) for i, k3 in enumerate(walk.keypoints3d)]
+        store.write_lifted("walk", 1, rows, angles=joint_angles(walk.keypoints3d))
+        # The page plays the job's rendered overlay (the /video route serves outputs["overlay"]).
+        store.update_job("walk", status="succeeded", frames_total=len(frames), outputs={"overlay": str(video)})
+    finally:
+        store.close()
+    return dsn, drawn
+
+
+def test_motion_view_walks_the_synthetic_walk_with_the_video(browser, starts_servers, tmp_path, artifacts):
+    """The motion view on a motion with a ground truth (posegraph.motion.synthetic.walk): the root
+    travels as far as the person walked, the view's frame follows the video, and the planted-feet
+    discs are the GLB's contacts. Its screenshot is the one to look at (ui-motion-walk.png)."""
+    import numpy as np
+
+    from posegraph.motion.synthetic import walk as synthetic_walk
+
+    walk = synthetic_walk(4.0, fps=30.0)
+    data = tmp_path / "ui"
+    data.mkdir()
+    results, drawn = _stored_walk_job(tmp_path, walk)
+    # No graph: the job page reads only the store (photos would go to this closed port).
+    with _posegraph_ui(data, "--graph", "http://127.0.0.1:9", "--results", results,
+                       env={"POSEGRAPH_UI_PASSWORD": PASSWORD}) as running:
+        base = f"{running['url']}/api/jobs/walk"
+        job = httpx.get(base, auth=AUTH).json()
+        assert job["status"] == "succeeded" and [t["track_id"] for t in job["track_list"]] == [1]
+        glb = _glb_json(httpx.get(f"{base}/tracks/1.glb", auth=AUTH, timeout=120).content)
+        extras = glb["scenes"][glb.get("scene", 0)]["extras"]["posegraph"]
+        assert extras["frame_index"] == list(range(len(walk.world)))
+        contacts = np.array([extras["contacts"]["left"], extras["contacts"]["right"]], bool).T
+
+        context = browser.new_context(http_credentials={"username": AUTH[0], "password": PASSWORD},
+                                      viewport={"width": 1280, "height": 1000})
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        try:
+            page.goto(f"{running['url']}/#/jobs/walk")
+            page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+            page.wait_for_selector("#job-angles-track option[value='1']", state="attached", timeout=30_000)
+            page.select_option("#job-angles-track", "1")  # the walk's track (the only one)
+            motion = "#job-motion"
+            page.wait_for_selector(f"{motion}[data-glb-loaded='1']", timeout=60_000)
+            assert int(page.get_attribute(motion, "data-samples")) == len(walk.world)
+            page.wait_for_function("document.querySelector('#job-video').readyState >= 1", timeout=30_000)
+            duration = page.eval_on_selector("#job-video", "v => v.duration")
+            assert abs(duration - len(walk.world) / walk.fps) < 0.2, duration
+
+            def picture() -> np.ndarray:
+                """The player's current picture, grey and a quarter size like ``drawn``."""
+                import base64
+
+                import cv2
+
+                url = page.eval_on_selector("#job-video", """v => { const c = document.createElement('canvas');
+                    c.width = v.videoWidth; c.height = v.videoHeight; c.getContext('2d').drawImage(v, 0, 0);
+                    return c.toDataURL('image/png'); }""")
+                pixels = cv2.imdecode(np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8),
+                                      cv2.IMREAD_GRAYSCALE)
+                assert pixels.shape[::-1] == (walk.width // 2, walk.height // 2)
+                return cv2.resize(pixels, drawn[0].shape[::-1], interpolation=cv2.INTER_AREA).astype(np.float32)
+
+            def seek(seconds: float) -> dict:
+                frame = int(round(seconds * walk.fps))
+                at = (frame + 0.5) / walk.fps  # frame k is shown from k / fps to (k + 1) / fps
+                page.eval_on_selector("#job-video", f"v => {{ v.pause(); v.currentTime = {at}; }}")
+                page.wait_for_function(f"document.querySelector('{motion}').dataset.frame === '{frame}' && "
+                                       "!document.querySelector('#job-video').seeking", timeout=30_000)
+                shown = page.eval_on_selector(motion, "e => ({...e.dataset})")
+                assert shown["visible"] == "1" and int(shown["sample"]) == frame, shown
+                assert int(shown["contacts"]) == int(contacts[frame].sum()), (frame, shown, contacts[frame])
+                # The video shows that frame: of the frames drawn into it, the one its picture is closest to.
+                seen = picture()
+                closest = int(np.argmin([np.mean((seen - d) ** 2) for d in drawn]))
+                assert abs(closest - frame) <= 1, (frame, closest)
+                return {"frame": frame, "at": np.array([float(shown["rootX"]), float(shown["rootZ"])]),
+                        "contacts": int(shown["contacts"]), "closest": closest,
+                        "time": page.eval_on_selector("#job-video", "v => v.currentTime")}
+
+            seeks = [seek(s) for s in (0.5, 1.5, 3.0)]
+            for s in seeks:  # the video is where the view says
+                assert abs(s["time"] * walk.fps - 0.5 - s["frame"]) < 0.05, s
+            # Monotonic along the path: each seek farther from the first, each step the same way.
+            a, b, c = (s["at"] for s in seeks)
+            assert 0 < np.linalg.norm(b - a) < np.linalg.norm(c - a), (a, b, c)
+            assert np.dot(b - a, c - b) > 0, (a, b, c)
+            # Straight-line distances, the view's and the truth's (on the walk's 6 m arc the path is 0.7 % longer).
+            shown = np.linalg.norm(c - a)
+            truth = walk.world[:, 0, [0, 2]]
+            walked = np.linalg.norm(truth[seeks[-1]["frame"]] - truth[seeks[0]["frame"]])
+            assert shown == pytest.approx(walked, rel=0.25), (shown, walked)
+            assert any(s["contacts"] > 0 for s in seeks), "a planted foot is shown"
+            assert _painted_pixels(page, f"{motion} canvas") > 200
+            page.locator("#job-player").screenshot(path=str(artifacts / "ui-motion-walk.png"))
+        finally:
+            context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
 def test_a_video_that_cannot_be_decoded_gets_a_message_and_no_job(page, ui, clip_path, tmp_path, artifacts):
     truncated = tmp_path / "broken.mp4"
     truncated.write_bytes(clip_path.read_bytes()[:1500])  # looks like MP4, decodes nothing

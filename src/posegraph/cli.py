@@ -52,7 +52,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db(sub)
     _add_ui(sub)
     _add_schema(sub)
+    _add_stage(sub)
     return parser
+
+
+def _add_stage(sub) -> None:
+    stage = sub.add_parser("stage", help="a stage of your own: a model or any code as a node of the graph")
+    ssub = stage.add_subparsers(dest="stage_command", required=True, metavar="ACTION")
+    new = ssub.add_parser("new", help="write a working stage directory with its test (docs/write-a-stage.md)")
+    new.add_argument("name", help="the stage's name: lowercase letters, digits and '-'")
+    new.add_argument("--out", type=Path, required=True, help="a new directory")
+
+
+def cmd_stage(args) -> int:
+    from .stages.skeleton import new_stage
+
+    written = new_stage(args.name, args.out)
+    print(f"stage {args.name} in {args.out}:")
+    for path in written:
+        print(f"  {path}")
+    print(f"next: pytest {args.out}   then: posegraph models archive --stage-dir {args.out} --out archives/{args.name}")
+    return 0
 
 
 def _add_run(sub) -> None:
@@ -64,6 +84,9 @@ def _add_run(sub) -> None:
     run.add_argument("--detect-every", type=int, default=None, metavar="N",
                      help="video: the detector on every N-th frame only, boxes from the last keypoints between "
                           "(the profile's tracking.detect_every; default 1: every frame)")
+    run.add_argument("--stage-dir", type=Path, action="append", default=[], metavar="DIR",
+                     help="a stage of your own, run after the built-in ones (repeatable, in order; "
+                          "docs/write-a-stage.md)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
     _profile_args(run)
@@ -119,7 +142,10 @@ def _add_models(sub) -> None:
     init.add_argument("--seed", type=int, default=0)
 
     archive = msub.add_parser("archive", help="build a stage's model archive in KServe's TorchServe layout")
-    archive.add_argument("--stage", required=True, choices=STAGES)
+    which = archive.add_mutually_exclusive_group(required=True)
+    which.add_argument("--stage", choices=STAGES, help="a built-in stage")
+    which.add_argument("--stage-dir", type=Path, help="a user's stage directory (posegraph stage new; "
+                                                      "docs/write-a-stage.md)")
     archive.add_argument("--checkpoint", default=None,
                          help="weights URI (.pth or .onnx); default: <checkpoint dir>/<model>.pth")
     archive.add_argument("--out", type=Path, required=True, help="layout directory (config/ + model-store/)")
@@ -138,7 +164,7 @@ def _add_models(sub) -> None:
 
 def _add_serve(sub) -> None:
     serve = sub.add_parser("serve", help="serve one stage archive on 127.0.0.1 (KServe v1 protocol)")
-    serve.add_argument("stage", choices=STAGES)
+    serve.add_argument("stage", help=f"the stage: {', '.join(STAGES)}, or a user's stage's name")
     serve.add_argument("--runtime", choices=RUNTIMES, default="torchserve")
     serve.add_argument("--model-dir", type=Path, required=True, help="archive layout (from `models archive`)")
     serve.add_argument("--port", type=int, default=None, help="HTTP port (default: a free one)")
@@ -199,10 +225,11 @@ def _add_export(sub) -> None:
                                            "JSON Lines")
     export.add_argument("--results", default="sqlite:///posegraph-jobs/results.db")
     export.add_argument("--job-id", required=True)
-    export.add_argument("--format", required=True, choices=["bvh", "glb", "fbx", "csv", "angles", "jsonl"],
+    export.add_argument("--format", required=True, choices=["bvh", "glb", "fbx", "csv", "angles", "jsonl", "reps"],
                         help="bvh, glb, fbx: one animated skeleton per track (glb: glTF 2.0 with a mesh; fbx: "
                              "through Blender, which must be installed); csv: keypoints per track; angles: "
-                             "angles.csv and a plot per track; jsonl: every frame's document")
+                             "angles.csv and a plot per track; jsonl: every frame's document; reps: reps.csv, "
+                             "the repetitions a track stage found (examples/form_judge)")
     export.add_argument("--out", type=Path, required=True, help="directory (created)")
     export.add_argument("--in-place", action="store_true",
                         help="bvh/glb/fbx: the pelvis stays over the origin (default: it travels, on the floor)")
@@ -264,7 +291,12 @@ def cmd_run(args) -> int:
     from .config import load_profile
     from .pipeline import Pipeline, run_input
 
-    pipeline = Pipeline(load_profile(args.profile, _overrides(args)), checkpoint_dir=args.checkpoints).load()
+    from .stages.user import builtin_chain, check_chain, load_user_stage
+
+    users = [load_user_stage(directory) for directory in args.stage_dir]  # each refused in one line
+    check_chain(builtin_chain(STAGES) + [(u.name, u.documents, u.reads, u.writes) for u in users])
+    pipeline = Pipeline(load_profile(args.profile, _overrides(args)), checkpoint_dir=args.checkpoints,
+                        user_stages=users).load()
     result = run_input(pipeline, args.input, args.out, stride=args.stride, max_frames=args.max_frames,
                        show_progress=not args.quiet)
     _report(result, as_json=args.json)
@@ -407,11 +439,18 @@ def cmd_archive(args) -> int:
     from .models.checkpoints import resolve_checkpoint
     from .serving.archive import ArchiveOptions, build_archive
 
+    options = ArchiveOptions(model_name=args.model_name, batch_size=args.batch_size,
+                             max_batch_delay_ms=args.max_batch_delay, workers=args.workers)
+    if args.stage_dir is not None:
+        from .serving.archive import build_user_archive
+
+        mar = build_user_archive(args.stage_dir, args.out, options=options)
+        print(f"{mar.stem}: {mar} ({mar.stat().st_size / 1e3:.1f} kB, a user's stage), "
+              f"config {args.out / 'config' / 'config.properties'}")
+        return 0
     profile = load_profile(args.profile, args.overrides)
     settings = profile.stage_settings(args.stage)
     checkpoint = resolve_checkpoint(settings.model, args.checkpoint or settings.checkpoint, args.checkpoints)
-    options = ArchiveOptions(model_name=args.model_name, batch_size=args.batch_size,
-                             max_batch_delay_ms=args.max_batch_delay, workers=args.workers)
     mar = build_archive(args.stage, checkpoint, args.out, settings=settings, options=options)
     print(f"{args.stage}: {mar} ({mar.stat().st_size / 1e6:.1f} MB), config {args.out / 'config' / 'config.properties'}")
     return 0
@@ -628,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"run": cmd_run, "live": cmd_live, "models": cmd_models, "schema": cmd_schema, "demo": cmd_demo,
                 "serve": cmd_serve,
                 "graph": cmd_graph, "up": cmd_up, "call": cmd_call, "job": cmd_job, "db": cmd_db, "ui": cmd_ui,
-                "export": cmd_export}
+                "export": cmd_export, "stage": cmd_stage}
     if args.command not in NETWORK_SERVICES:
         fetchpolicy.install(fetchpolicy.FetchPolicy.command_line())
     try:

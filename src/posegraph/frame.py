@@ -182,6 +182,9 @@ class TrackDocument(_Open):
     height: int = Field(..., gt=0)
     frames: list[TrackFrame] = Field(..., min_length=1)
     camera: Camera | None = None
+    fps: float | None = Field(None, gt=0, description=(
+        "frames per second of frame_index (a video's rate over the job's stride): what a whole-track "
+        "stage measures time by"))
     lift_frames: list[int] | None = Field(None, max_length=16, description=(
         "frame_index values of the frames to lift; the others are context, the 2D a temporal model "
         "sees around them. Absent: every frame. `posegraph live` sends a track's recent frames and "

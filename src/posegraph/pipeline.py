@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from .media.video import VideoReader, VideoWriter, is_image_file
 from .models.checkpoints import resolve_checkpoint
 from .names import STAGES
 from .stages import Stage, make_stage
+from .stages.user import UserStageRunner
 from .tracking import Tracker
 from .uri import fetch_to_cache
 from .videopass import InProcessLift, MemorySink, batch_for, in_process_frames, run_video, video_frames
@@ -31,12 +32,17 @@ log = logging.getLogger(__name__)
 
 
 class Pipeline:
-    def __init__(self, profile: Profile | None = None, *, checkpoint_dir: Path | None = None) -> None:
+    def __init__(self, profile: Profile | None = None, *, checkpoint_dir: Path | None = None,
+                 user_stages: Sequence[UserStageRunner] = ()) -> None:
+        """``user_stages``: a user's stages (posegraph.stages.user), loaded, run after the built-in
+        ones in order: frame stages on every frame's document, track stages on every lifted track."""
         self.profile = profile or load_profile("cpu")
         self.checkpoint_dir = checkpoint_dir
         self.stages: dict[str, Stage] = {
             name: make_stage(name, self.profile.stage_settings(name)) for name in STAGES
         }
+        self.user_stages = list(user_stages)
+        self.tracks: list[dict] = []  # the last video's tracks, with what a user's track stages wrote
 
     def load(self) -> "Pipeline":
         p = self.profile
@@ -56,7 +62,13 @@ class Pipeline:
     def image(self, pixels: np.ndarray, **fields) -> FrameDocument:
         doc = FrameDocument.from_pixels(pixels, **fields)
         self.detect_and_pose([doc])
-        return self.stages["lift3d"].run([doc])[0]
+        return self.after_lift3d(self.stages["lift3d"].run([doc]))[0]
+
+    def after_lift3d(self, docs: list) -> list:
+        """A user's stages on documents lift3d is done with (each passes the other kind through)."""
+        for stage in self.user_stages:
+            docs = stage.run(docs)
+        return docs
 
     def tracker(self, state: dict | None = None) -> Tracker:
         return Tracker.for_settings(self.profile.tracking, state)
@@ -80,10 +92,14 @@ class Pipeline:
         every = self.profile.tracking.detect_every
         lift_s = run_video(video_frames(reader, stride=stride, max_frames=max_frames),
                            in_process_frames(self.stages, self.profile.tracking),
-                           InProcessLift(lift), sink, self.tracker(),
+                           InProcessLift(lift, self.after_lift3d), sink, self.tracker(),
                            batch_frames=batch_for(every, batch_frames), in_flight=1 if every == 1 else 2,
                            progress=progress)
         sink.stamp_lift(lift.spec.name, lift.random_weights, lift_s * 1000)
+        self.tracks = sink.tracks
+        if self.user_stages:  # frame stages see each frame once its tracks gave it 3D
+            sink.docs = [doc for start in range(0, len(sink.docs), 64)
+                         for doc in self.after_lift3d(sink.docs[start:start + 64])]
         return sink.docs
 
 
@@ -177,6 +193,11 @@ def run_input(
             writer.close()
             kind, truncated = "video", reader.truncated
     _write_jsonl(documents, docs, source_uri)
+    files = [documents]
+    if kind == "video" and pipeline.tracks:  # a user's track stages wrote something
+        tracks_path = out_dir / "tracks.jsonl"
+        tracks_path.write_text("".join(json.dumps(t, separators=(",", ":")) + "\n" for t in pipeline.tracks))
+        files.append(tracks_path)
     plot_3d(poses_for_plot(docs), plot_path, title=f"{local.name}: 3D poses (Human3.6M joints)",
             random_weights=pipeline.random_weights)
     track_ids = {p.track_id for d in docs for p in d.persons or [] if p.track_id is not None}
@@ -184,5 +205,5 @@ def run_input(
         kind=kind, out_dir=out_dir, documents=documents, overlay=overlay, plot=plot_path, frames=len(docs),
         persons=sum(len(d.persons or []) for d in docs), tracks=len(track_ids),
         seconds=time.perf_counter() - started, random_weights=pipeline.random_weights, truncated=truncated,
-        files=[documents, overlay, plot_path],
+        files=[*files, overlay, plot_path],
     )

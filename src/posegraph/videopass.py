@@ -249,11 +249,13 @@ class Lift(Protocol):
 
 
 class InProcessLift:
-    def __init__(self, stage) -> None:
-        self.stage = stage
+    def __init__(self, stage, then: Callable[[list], list] | None = None) -> None:
+        """``then``: what runs on the lifted tracks next (a user's track stages)."""
+        self.stage, self.then = stage, then
 
     def __call__(self, tracks: list[TrackDocument]) -> list[TrackDocument]:
-        return self.stage.run(tracks)
+        lifted = self.stage.run(tracks)
+        return self.then(lifted) if self.then else lifted
 
 
 class GraphLift:
@@ -290,6 +292,7 @@ class MemorySink:
     def __init__(self, on_frame: Callable[[FrameDocument, np.ndarray], None] | None = None) -> None:
         self.docs: list[FrameDocument] = []
         self.failed: list[FrameResult] = []
+        self.tracks: list[dict] = []  # each lifted track's own fields (a user's track stages'), by id
         self.on_frame = on_frame
         self._lifted: set[int] = set()
         self.random_weights = False
@@ -312,6 +315,9 @@ class MemorySink:
 
     def lifted(self, tracks: list[TrackDocument]) -> None:
         apply_tracks(self.docs, tracks)
+        self.tracks += [{"track_id": t.track_id, **t.model_extra,
+                         "stages": {k: v.model_dump(exclude_none=True) for k, v in t.stages.items()}}
+                        for t in tracks if t.model_extra]
 
     def lift_failed(self, tracks: list[TrackDocument], error: str) -> None:
         raise StepFailed(f"tracks {[t.track_id for t in tracks]} could not be lifted: {error}")

@@ -78,8 +78,8 @@ def _download_prefix(uri: str) -> Path:
 def archives_for_pipeline(pipeline: PosePipeline) -> dict[str, Path]:
     """Where each stage's archive layout is on this machine: local paths as they are, s3:// copied."""
     layouts = {}
-    for stage, deployment in pipeline.spec.stages.items():
-        uri = deployment.storageUri
+    for stage in pipeline.stage_names():
+        uri = pipeline.deployment(stage).storageUri
         if uri.startswith("s3://"):
             layouts[stage] = _download_prefix(uri)
         else:

@@ -22,7 +22,6 @@ from ..errors import UsageError
 from ..graph.kserve_objects import inference_graph, to_dict
 from ..graph.spec import PosePipeline, parse_pipeline
 from ..models.checkpoints import default_checkpoint_dir, ensure_checkpoints
-from ..names import STAGES
 from .archives import archives_for_profile
 from .routers import check_router, start_router
 from .servers import StageServer, free_port, start_stage_server
@@ -113,7 +112,7 @@ def start_local_graph(pipeline: PosePipeline, layouts: dict[str, Path], *, port:
     workdir = Path(tempfile.mkdtemp(prefix="posegraph-up-"))
     servers: dict[str, StageServer] = {}
     try:
-        for stage in STAGES:
+        for stage in pipeline.stage_names():
             servers[stage] = start_stage_server(stage, layouts[stage], runtime=runtime or pipeline.runtime_of(stage),
                                                 workdir=workdir / stage, env=env)
         for server in servers.values():

@@ -2,7 +2,7 @@
 
 One InferenceService per stage (model format ``pytorch``, protocol v1, the archive's
 ``storageUri``, resources, GPU scheduling), and one InferenceGraph whose ``root`` is a Sequence
-detect → pose2d → lift3d. Each step uses ``data: $response``, ``mapPredictionsToInstances: true``
+detect → pose2d → lift3d, then a user's stages (``extraStages``) in order. Each step uses ``data: $response``, ``mapPredictionsToInstances: true``
 and ``dependency: Hard``, and the graph sets router timeouts.
 
 The operator reconciles these same objects. Nothing else writes them, so the cluster and
@@ -26,7 +26,7 @@ from ..names import (
     LABEL_PIPELINE,
     LABEL_STAGE,
 )
-from .spec import STAGE_NAMES, PosePipeline, StageDeployment
+from .spec import PosePipeline, StageDeployment
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"effect": "NoSchedule", "key": GPU_RESOURCE, "operator": "Exists"}
@@ -94,7 +94,7 @@ def _tolerations(stage_spec: StageDeployment) -> list[dict[str, Any]]:
 
 
 def inference_service(pipeline: PosePipeline, stage: str) -> dict[str, Any]:
-    s = pipeline.spec.stages[stage]
+    s = pipeline.deployment(stage)
     runtime = pipeline.runtime_of(stage)
     model = _present(
         env=_env(pipeline, s) or None,
@@ -149,9 +149,12 @@ LIFT3D_CONDITION = "predictions.#(per_track_3d!=~true)"
 
 
 def inference_graph(pipeline: PosePipeline) -> dict[str, Any]:
-    steps = [{**({"condition": LIFT3D_CONDITION} if stage == "lift3d" else {}),  # first, in the SDK's order
+    # With a user's stages after lift3d the graph must not end there: lift3d passes a video job's
+    # frames through untouched instead (Lift3dStage.accepts), at the cost of that round trip.
+    ends_early = not pipeline.spec.extraStages
+    steps = [{**({"condition": LIFT3D_CONDITION} if stage == "lift3d" and ends_early else {}),  # first: SDK order
               "data": "$response", "dependency": "Hard", "mapPredictionsToInstances": True, "name": stage,
-              **step_target(pipeline, stage)} for stage in STAGE_NAMES]
+              **step_target(pipeline, stage)} for stage in pipeline.stage_names()]
     g = pipeline.spec.graph
     t = g.routerTimeouts
     return {
@@ -175,7 +178,7 @@ def to_dict(obj: dict[str, Any]) -> dict[str, Any]:
 
 def render(pipeline: PosePipeline) -> list[dict[str, Any]]:
     """The KServe objects of a pipeline as plain manifests (camelCase dicts)."""
-    return [inference_service(pipeline, s) for s in STAGE_NAMES] + [inference_graph(pipeline)]
+    return [inference_service(pipeline, s) for s in pipeline.stage_names()] + [inference_graph(pipeline)]
 
 
 def render_yaml(pipeline: PosePipeline) -> str:

@@ -13,6 +13,8 @@ operator reconciles, so a file that works with ``posegraph up``/``graph render``
         detect: {storageUri: s3://models/demo/detect/}
         pose2d: {storageUri: s3://models/demo/pose2d/, gpus: 1}
         lift3d: {storageUri: s3://models/demo/lift3d/}
+      extraStages:                       # a user's stages, after the built-in ones, in order
+      - {name: form-judge, storageUri: s3://models/demo/form-judge/}
       graph:
         routerTimeouts: {serviceClient: 60}
 """
@@ -117,6 +119,23 @@ class StageDeployment(Strict):
         return self
 
 
+class ExtraStage(StageDeployment):
+    """A user's stage (posegraph.stages.user; its archive from ``posegraph models archive --stage-dir``),
+    served like the built-in ones, run after them in the order listed."""
+
+    name: str = Field(..., description="the stage's name (its archive's and its InferenceService's suffix): a DNS "
+                                       "label, not detect, pose2d or lift3d")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value):
+        if not _DNS_LABEL.match(value) or len(value) > 40:
+            raise ValueError("must be a DNS label (lowercase letters, digits, '-') of at most 40 characters")
+        if value in STAGE_NAMES:
+            raise ValueError(f"{value!r} is a built-in stage: configure it under stages")
+        return value
+
+
 class RouterTimeouts(Strict):
     """KServe's InferenceGraph routerTimeouts, in seconds. ``serviceClient`` bounds each step call."""
 
@@ -169,6 +188,9 @@ class PipelineSpec(Strict):
         "sources a request's image.uri may name (s3://bucket/prefix/, https://host[/path]); empty: the stage "
         "servers read inline image data only. Set as POSEGRAPH_FETCH_ALLOW on every stage (docs/serving.md)"))
     stages: dict[str, StageDeployment] = Field(..., json_schema_extra=_three_stages_schema)
+    extraStages: list[ExtraStage] = Field(default_factory=list, description=(
+        "a user's stages (posegraph models archive --stage-dir), each its own InferenceService, run after the "
+        "built-in stages in this order (docs/write-a-stage.md)"))
     graph: GraphSettings = GraphSettings()
 
     @field_validator("fetchAllow")
@@ -182,7 +204,7 @@ class PipelineSpec(Strict):
         # Knative scales on requests and to zero; Standard/RawDeployment mode has an HPA on cpu or
         # memory and keeps at least one replica (KServe's docs, v0.20).
         knative = self.deploymentMode in ("Serverless", "Knative")
-        for name, stage in (self.stages or {}).items():
+        for name, stage in [*(self.stages or {}).items(), *((e.name, e) for e in self.extraStages)]:
             if stage.minReplicas == 0 and not knative:
                 raise ValueError(f"stages.{name}.minReplicas 0 (scale to zero) needs deploymentMode Serverless "
                                  "(Knative)")
@@ -190,6 +212,15 @@ class PipelineSpec(Strict):
                 raise ValueError(f"stages.{name}.scaleMetric {stage.scaleMetric} needs deploymentMode Serverless "
                                  "(Knative); Standard/RawDeployment scales on cpu or memory")
         return self
+
+    @field_validator("extraStages")
+    @classmethod
+    def _distinct(cls, value):
+        names = [e.name for e in value]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"stage {twice[0]!r} is listed twice")
+        return value
 
     @field_validator("stages")
     @classmethod
@@ -237,11 +268,23 @@ class PosePipeline(BaseModel):
     def isvc_name(self, stage: str) -> str:
         return inference_service_name(self.name, stage)
 
+    def stage_names(self) -> tuple[str, ...]:
+        """Every stage in graph order: the built-in ones, then the user's (extraStages)."""
+        return (*STAGE_NAMES, *(e.name for e in self.spec.extraStages))
+
+    def deployment(self, stage: str) -> StageDeployment:
+        if stage in self.spec.stages:
+            return self.spec.stages[stage]
+        for extra in self.spec.extraStages:
+            if extra.name == stage:
+                return extra
+        raise KeyError(stage)
+
     def model_name(self, stage: str) -> str:
-        return self.spec.stages[stage].modelName or stage
+        return self.deployment(stage).modelName or stage
 
     def runtime_of(self, stage: str) -> str:
-        return self.spec.stages[stage].runtime or self.spec.runtime
+        return self.deployment(stage).runtime or self.spec.runtime
 
 
 # ---- status: written by the operator; a model only to generate the CRD's status schema ----------------

@@ -33,7 +33,7 @@ from ..motion.root import default_focal_px, focal_from_fov
 from .rows import JobRow, TrackPoint, TrackRow
 from .store import stored_frame_document
 
-FORMATS = ("bvh", "glb", "fbx", "csv", "angles", "jsonl")
+FORMATS = ("bvh", "glb", "fbx", "csv", "angles", "jsonl", "reps")
 MOTION_FORMATS = ("bvh", "glb", "fbx")  # one file per track, of the track's motion (MotionOptions)
 FINISHED = ("succeeded", "partial")
 
@@ -196,6 +196,24 @@ def track_bvh(store, job: JobRow, track_id: int, path: Path, options: MotionOpti
     track_file(store, job, track_id, path, "bvh", options)
 
 
+def reps_csv(tracks: list[TrackRow]) -> str | None:
+    """Repetitions a user's track stage wrote (``reps``: a list of objects per track, as the form
+    judge in examples/form_judge writes them), one row each; None when no track has any. The
+    columns are the reps' keys in the order first seen; lists (feedback) are joined by "; "."""
+    rows = [(t.track_id, (t.results or {}).get("exercise"), rep) for t in tracks
+            for rep in (t.results or {}).get("reps") or [] if isinstance(rep, dict)]
+    if not rows:
+        return None
+    keys = list(dict.fromkeys(k for _, _, rep in rows for k in rep))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["track_id", "exercise", *keys])
+    for track_id, exercise, rep in rows:
+        cells = ["; ".join(map(str, v)) if isinstance(v, list) else _num(v) for v in (rep.get(k) for k in keys)]
+        writer.writerow([track_id, exercise or "", *cells])
+    return buffer.getvalue()
+
+
 @dataclass
 class Exported:
     files: list[Path]
@@ -222,6 +240,12 @@ def export_job(store, job_id: str, fmt: str, out_dir: Path, *, finishing: bool =
         if fmt == "jsonl":
             with open(work / "frames.jsonl", "w") as f:
                 f.writelines(frames_jsonl(store, job))
+        elif fmt == "reps":
+            text = reps_csv(tracks)
+            if text is None:
+                raise UsageError(f"job {job_id} has no repetitions: a track stage that writes 'reps' (the form "
+                                 "judge in examples/form_judge) was not in its pipeline")
+            (work / "reps.csv").write_text(text)
         elif fmt == "csv":
             for t in tracks:
                 rows = store.track_rows(job_id, t.track_id)

@@ -99,24 +99,25 @@ class RangeStore:
                                              "WHERE job_id = ? AND frame_index >= ? AND frame_index < ? "
                                              "ORDER BY frame_index", (job_id, first, past)).fetchall()
                     persons = self._exec(cur, "SELECT frame_index, person_index, track_id, score, bbox, keypoints2d, "
-                                              "keypoints3d, landmarks, root3d FROM persons WHERE job_id = ? "
+                                              "keypoints3d, landmarks, root3d, extras FROM persons WHERE job_id = ? "
                                               "AND frame_index >= ? AND frame_index < ? ORDER BY frame_index, person_index",
                                          (job_id, first, past)).fetchall()
                     cur.executemany(self._sql("INSERT INTO frames (job_id, frame_index, timestamp_s, status, error, "
                                               "persons) VALUES (?, ?, ?, ?, ?, ?)"),
                                     [(parent_id, *f) for f in frames])
                     rows = []
-                    for f, p_index, local, score, bbox, k2, k3, marks, root in persons:
+                    for f, p_index, local, score, bbox, k2, k3, marks, root, extras in persons:
                         track = stitch.global_id(local)
                         if track is not None:
                             stitch.remember(f, load(bbox), track)
                             extent = extents.setdefault(track, [f, f])
                             extent[0], extent[1] = min(extent[0], f), max(extent[1], f)
                         rows.append((parent_id, f, p_index, track, score, dump(load(bbox)), dump(load(k2)),
-                                     dump(load(k3)), dump(load(marks)), dump(load(root))))
+                                     dump(load(k3)), dump(load(marks)), dump(load(root)), dump(load(extras))))
                     cur.executemany(self._sql(
                         "INSERT INTO persons (job_id, frame_index, person_index, track_id, score, bbox, keypoints2d, "
-                        "keypoints3d, landmarks, root3d) VALUES (?, ?, ?, ?, ?, {j}, {j}, {j}, {j}, {j})"), rows)
+                        "keypoints3d, landmarks, root3d, extras) VALUES (?, ?, ?, ?, ?, {j}, {j}, {j}, {j}, {j}, {j})"),
+                        rows)
                     if frames:
                         last = frames[-1][0]
             cur.executemany(self._sql("INSERT INTO tracks (job_id, track_id, first_frame, last_frame) "

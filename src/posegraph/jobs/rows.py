@@ -76,6 +76,12 @@ class StoredPerson:
     keypoints3d: list[list[float]] | None
     landmarks: dict | None = None  # BlazePose's (frame.Landmarks as JSON)
     root3d: list[float] | None = None  # the pelvis in camera space (frame.Person.root3d)
+    extras: dict | None = None  # a user's stages' fields on this person (posegraph.stages.user)
+
+
+def extras_json(model) -> dict | None:
+    """The fields a document item carries beyond posegraph's own (a user's stages'), or None."""
+    return dict(model.model_extra) or None if model.model_extra else None
 
 
 def landmarks_json(person) -> dict | None:
@@ -127,6 +133,7 @@ class TrackRow:
     lifted: bool
     error: str | None
     frames: int
+    results: dict | None = None  # a user's track stages' fields (e.g. the form judge's reps)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -145,6 +152,7 @@ class TrackPoint:
     timestamp_s: float | None = None
     landmarks: dict | None = None
     root3d: list[float] | None = None
+    extras: dict | None = None
 
 
 @dataclass

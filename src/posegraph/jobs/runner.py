@@ -187,7 +187,7 @@ class JobRunner:
         resume_from = (job.last_frame + 1) if job.last_frame is not None else 0
         self.progress.start(total=total, done=job.frames_seen,
                             phase=RUNNING)
-        sink = StoreSink(self, info.width, info.height, camera=self.camera)
+        sink = StoreSink(self, info.width, info.height, camera=self.camera, fps=info.fps / self.o.stride)
         frames, in_flight, batch = self._frames(client)
         run_video(video_frames(reader, stride=o.stride, max_frames=o.max_frames, start=resume_from), frames,
                   GraphLift(lift_client.infer, retries=o.retries), sink, self._tracker(job.tracker_state),
@@ -262,7 +262,7 @@ class JobRunner:
         """Whole tracks of the merged job through lift3d (those not lifted yet: a resumed job lifts the rest)."""
         _, lift_client = self._clients(stack)
         self.progress.report(phase="lifting", force=True)
-        sink = StoreSink(self, info.width, info.height, camera=self.camera)
+        sink = StoreSink(self, info.width, info.height, camera=self.camera, fps=info.fps / self.o.stride)
         lift_tracks(sink.finished_tracks(set()), GraphLift(lift_client.infer, retries=self.o.retries), sink,
                     lift_batch=self.o.batch)
 

@@ -3,9 +3,11 @@
     jobs     one row per job: video, status, counts, timings, error, the resume point and tracker state
     frames   (job_id, frame_index) PK: status ok|failed, error, persons
     persons  (job_id, frame_index, person_index) PK: track_id, score, bbox, keypoints2d, keypoints3d,
-             landmarks (JSON; BlazePose's 33, version 4), root3d (the pelvis in camera space, version 5)
+             landmarks (JSON; BlazePose's 33, version 4), root3d (the pelvis in camera space, version 5),
+             extras (a user's stages' fields, version 6)
              index (job_id, track_id, frame_index): one track, fast
-    tracks   (job_id, track_id) PK: first/last frame, whether it has been lifted
+    tracks   (job_id, track_id) PK: first/last frame, whether it has been lifted, results (a user's
+             track stages' fields, version 6)
     joint_angles (job_id, track_id, frame_index) PK: degrees per angle (version 2)
 
 A migration is a new entry at the end of SCHEMA, never an edit of one applied already
@@ -119,6 +121,12 @@ SCHEMA = [
     # fit it then from the stored 2D and 3D (posegraph.motion.world.track_root).
     """
     ALTER TABLE persons ADD COLUMN root3d {json};
+    """,
+    # version 6: what a user's stages (posegraph.stages.user) add: a person's or a track frame's own
+    # fields (persons.extras) and a whole track's (tracks.results, e.g. the form judge's reps).
+    """
+    ALTER TABLE persons ADD COLUMN extras {json};
+    ALTER TABLE tracks ADD COLUMN results {json};
     """,
 ]
 

@@ -11,7 +11,7 @@ from ..frame import Camera, FrameDocument, TrackDocument, TrackFrame
 from ..motion.angles import joint_angles
 from ..tracking import Tracker
 from ..videopass import FrameResult, random_weights_in
-from .rows import FrameRow, PersonRow, TrackPoint, landmarks_json
+from .rows import FrameRow, PersonRow, TrackPoint, extras_json, landmarks_json
 
 if TYPE_CHECKING:
     from .runner import JobRunner
@@ -30,27 +30,29 @@ def batch_rows(frames: Iterable[tuple[int, float | None, FrameDocument | None, s
         frame_rows.append(FrameRow(index, timestamp, "ok", None, len(doc.persons or [])))
         for p_index, person in enumerate(doc.persons or []):
             persons.append(PersonRow(person.track_id, person.score, person.bbox, person.keypoints2d,
-                                     person.keypoints3d, landmarks_json(person), person.root3d, frame_index=index,
-                                     person_index=p_index))
+                                     person.keypoints3d, landmarks_json(person), person.root3d,
+                                     extras_json(person), frame_index=index, person_index=p_index))
             first, last = extents.get(person.track_id, (index, index))
             extents[person.track_id] = (min(first, index), max(last, index))
     return frame_rows, persons, [(k, a, b) for k, (a, b) in extents.items()]
 
 
 def track_document(track_id: int, width: int, height: int, rows: list[TrackPoint],
-                   camera: Camera | None = None) -> TrackDocument:
+                   camera: Camera | None = None, fps: float | None = None) -> TrackDocument:
     """A stored track's rows as the document lift3d takes."""
-    return TrackDocument(track_id=track_id, width=width, height=height, camera=camera, frames=[
+    return TrackDocument(track_id=track_id, width=width, height=height, camera=camera, fps=fps, frames=[
         TrackFrame(frame_index=r.frame_index, bbox=r.bbox, score=r.score, keypoints2d=r.keypoints2d,
                    landmarks=r.landmarks)
         for r in rows])
 
 
 def write_lifted_track(store, job_id: str, rows: list[TrackPoint], lifted: TrackDocument) -> None:
-    """A lifted track's 3D and root path into the rows it was read from, with its joint angles."""
+    """A lifted track's 3D and root path into the rows it was read from, with its joint angles and
+    what a user's track stages added (its frames' fields and its own)."""
     angles = joint_angles(np.asarray([f.keypoints3d for f in lifted.frames]))
     store.write_lifted(job_id, lifted.track_id, [
-        (r.frame_index, r.person_index, f.keypoints3d, f.root3d) for r, f in zip(rows, lifted.frames)], angles)
+        (r.frame_index, r.person_index, f.keypoints3d, f.root3d, extras_json(f)) for r, f in zip(rows, lifted.frames)],
+        angles, results=extras_json(lifted))
 
 
 class StoreSink:
@@ -59,11 +61,11 @@ class StoreSink:
     from the store for lifting, their 3D poses and joint angles written to it."""
 
     def __init__(self, runner: JobRunner, width: int, height: int, *, job_id: str | None = None,
-                 lift: bool = True, camera: Camera | None = None) -> None:
+                 lift: bool = True, camera: Camera | None = None, fps: float | None = None) -> None:
         """``job_id``: a range's row (default: the runner's job); ``lift=False``: a range's tracks
         wait for the merge, to be lifted whole."""
         self.runner, self.store, self.job_id = runner, runner.store, job_id or runner.job_id
-        self.width, self.height, self.lift, self.camera = width, height, lift, camera
+        self.width, self.height, self.lift, self.camera, self.fps = width, height, lift, camera, fps
         self._rows: dict[int, list[TrackPoint]] = {}
 
     def add(self, results: list[FrameResult], tracker: Tracker) -> None:
@@ -92,7 +94,7 @@ class StoreSink:
             if not rows:
                 continue
             self._rows[track_id] = rows
-            tracks.append(track_document(track_id, self.width, self.height, rows, self.camera))
+            tracks.append(track_document(track_id, self.width, self.height, rows, self.camera, self.fps))
         return tracks
 
     def lifted(self, tracks: list[TrackDocument]) -> None:

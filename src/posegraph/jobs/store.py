@@ -33,7 +33,9 @@ def stored_frame_document(frame: StoredFrame, *, width: int | None, height: int 
                           video_uri: str) -> FrameDocument:
     """A frame read back from the store (``frame_results``) as a frame document. A failed frame has
     no persons and carries its error as an extra field, so exports show the failure."""
-    persons = [vars(p) for p in frame.persons] if frame.ok else None
+    # A user's stages' fields go back where they were written: onto the person.
+    persons = [{**{k: v for k, v in vars(p).items() if k != "extras"}, **(p.extras or {})}
+               for p in frame.persons] if frame.ok else None
     doc = FrameDocument(width=width, height=height, frame_index=frame.frame_index, timestamp_s=frame.timestamp_s,
                         image=ImageRef(uri=video_uri), persons=persons)
     if not frame.ok:
@@ -147,13 +149,13 @@ class ResultsStore(RangeStore):
                 [(job_id, f.frame_index, f.timestamp_s, f.status, f.error, f.persons) for f in frames])
             cur.executemany(self._sql(
                 "INSERT INTO persons (job_id, frame_index, person_index, track_id, score, bbox, keypoints2d, keypoints3d, "
-                "landmarks, root3d) VALUES (?, ?, ?, ?, ?, {j}, {j}, {j}, {j}, {j}) "
+                "landmarks, root3d, extras) VALUES (?, ?, ?, ?, ?, {j}, {j}, {j}, {j}, {j}, {j}) "
                 "ON CONFLICT (job_id, frame_index, person_index) "
                 "DO UPDATE SET track_id = excluded.track_id, score = excluded.score, bbox = excluded.bbox, "
                 "keypoints2d = excluded.keypoints2d, keypoints3d = excluded.keypoints3d, landmarks = excluded.landmarks, "
-                "root3d = excluded.root3d"),
+                "root3d = excluded.root3d, extras = excluded.extras"),
                 [(job_id, p.frame_index, p.person_index, p.track_id, p.score, dump(p.bbox), dump(p.keypoints2d),
-                  dump(p.keypoints3d), dump(p.landmarks), dump(p.root3d)) for p in persons])
+                  dump(p.keypoints3d), dump(p.landmarks), dump(p.root3d), dump(p.extras)) for p in persons])
             cur.executemany(self._sql(
                 "INSERT INTO tracks (job_id, track_id, first_frame, last_frame) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (job_id, track_id) DO UPDATE SET "
@@ -192,14 +194,25 @@ class ResultsStore(RangeStore):
                               (job_id, track_id)).fetchall()
         return [TrackPoint(r[0], r[1], r[2], load(r[3]), load(r[4]), landmarks=load(r[5])) for r in rows]
 
-    def write_lifted(self, job_id: str, track_id: int, rows: list[tuple[int, int, list, list | None]],
-                     angles: dict[str, Any] | None = None) -> None:
-        """``rows``: (frame_index, person_index, keypoints3d, root3d); ``angles``: {name: (T,) degrees}
-        in the same frame order. Marks the track lifted, atomically, with its angles."""
+    def write_lifted(self, job_id: str, track_id: int, rows: list[tuple], angles: dict[str, Any] | None = None,
+                     results: dict | None = None) -> None:
+        """``rows``: (frame_index, person_index, keypoints3d, root3d[, extras]); ``angles``: {name:
+        (T,) degrees} in the same frame order; ``results``: the track's own fields a user's track
+        stages wrote. Marks the track lifted, atomically, with its angles."""
         with self.transaction() as cur:
-            cur.executemany(self._sql("UPDATE persons SET keypoints3d = {j}, root3d = {j} WHERE job_id = ? "
-                                      "AND frame_index = ? AND person_index = ?"),
-                            [(dump(k3), dump(root), job_id, f, p) for f, p, k3, root in rows])
+            added = {(f, p): extra[0] for f, p, _, _, *extra in rows if extra and extra[0]}
+            merged = {}
+            if added:  # a track stage's fields join what frame stages wrote on the same persons
+                held = self._exec(cur, "SELECT frame_index, person_index, extras FROM persons WHERE job_id = ? "
+                                       "AND track_id = ?", (job_id, track_id)).fetchall()
+                merged = {(f, p): {**(load(e) or {}), **added[(f, p)]} for f, p, e in held if (f, p) in added}
+            cur.executemany(self._sql("UPDATE persons SET keypoints3d = {j}, root3d = {j}, "
+                                      "extras = COALESCE({j}, extras) WHERE job_id = ? AND frame_index = ? "
+                                      "AND person_index = ?"),
+                            [(dump(k3), dump(root), dump(merged.get((f, p))), job_id, f, p)
+                             for f, p, k3, root, *_ in rows])
+            self._exec(cur, self._sql("UPDATE tracks SET results = {j} WHERE job_id = ? AND track_id = ?"),
+                       (dump(results), job_id, track_id))
             if angles is not None:
 
                 self._exec(cur, "DELETE FROM joint_angles WHERE job_id = ? AND track_id = ?", (job_id, track_id))
@@ -230,13 +243,13 @@ class ResultsStore(RangeStore):
                                      "AND frame_index >= ? AND frame_index < ? ORDER BY frame_index",
                                 (job_id, start, stop)).fetchall()
             persons = self._exec(cur, "SELECT frame_index, person_index, track_id, score, bbox, keypoints2d, "
-                                      "keypoints3d, landmarks, root3d FROM persons WHERE job_id = ? AND frame_index >= ? "
-                                      "AND frame_index < ? ORDER BY frame_index, person_index",
+                                      "keypoints3d, landmarks, root3d, extras FROM persons WHERE job_id = ? "
+                                      "AND frame_index >= ? AND frame_index < ? ORDER BY frame_index, person_index",
                                  (job_id, start, stop)).fetchall()
         out = {f[0]: StoredFrame(*f) for f in frames}
         for p in persons:
             out[p[0]].persons.append(StoredPerson(p[2], p[3], load(p[4]), load(p[5]), load(p[6]), load(p[7]),
-                                                  load(p[8])))
+                                                  load(p[8]), load(p[9])))
         return out
 
     # -- reading back (the web UI, exports) ------------------------------------------------------------
@@ -250,20 +263,20 @@ class ResultsStore(RangeStore):
     def tracks(self, job_id: str) -> list[TrackRow]:
         with self.transaction() as cur:
             rows = self._exec(cur, "SELECT t.track_id, t.first_frame, t.last_frame, t.lifted, t.error, "
-                                   "(SELECT COUNT(*) FROM persons p WHERE p.job_id = t.job_id AND p.track_id = t.track_id) "
-                                   "FROM tracks t WHERE t.job_id = ? ORDER BY t.track_id", (job_id,)).fetchall()
-        return [TrackRow(r[0], r[1], r[2], bool(r[3]), r[4], r[5]) for r in rows]
+                                   "(SELECT COUNT(*) FROM persons p WHERE p.job_id = t.job_id AND p.track_id = t.track_id), "
+                                   "t.results FROM tracks t WHERE t.job_id = ? ORDER BY t.track_id", (job_id,)).fetchall()
+        return [TrackRow(r[0], r[1], r[2], bool(r[3]), r[4], r[5], load(r[6])) for r in rows]
 
     def track_rows(self, job_id: str, track_id: int) -> list[TrackPoint]:
         """One person's rows over the video, with timestamps and both keypoint sets."""
         with self.transaction() as cur:
             rows = self._exec(cur, "SELECT p.frame_index, f.timestamp_s, p.person_index, p.score, p.bbox, "
-                                   "p.keypoints2d, p.keypoints3d, p.root3d FROM persons p JOIN frames f "
+                                   "p.keypoints2d, p.keypoints3d, p.root3d, p.extras FROM persons p JOIN frames f "
                                    "ON f.job_id = p.job_id AND f.frame_index = p.frame_index "
                                    "WHERE p.job_id = ? AND p.track_id = ? ORDER BY p.frame_index",
                               (job_id, track_id)).fetchall()
-        return [TrackPoint(r[0], r[2], r[3], load(r[4]), load(r[5]), load(r[6]), timestamp_s=r[1], root3d=load(r[7]))
-                for r in rows]
+        return [TrackPoint(r[0], r[2], r[3], load(r[4]), load(r[5]), load(r[6]), timestamp_s=r[1], root3d=load(r[7]),
+                           extras=load(r[8])) for r in rows]
 
     def counts(self, job_id: str) -> JobCounts:
         with self.transaction() as cur:

@@ -32,7 +32,6 @@ from ..names import (
     POSEPIPELINE_INVALID,
     POSEPIPELINE_READY,
     POSEPIPELINES,
-    STAGES,
     inference_service_name,
     utc_now,
 )
@@ -44,6 +43,7 @@ from .resources import (
     job_name,
     pipeline_children,
     pipeline_status,
+    stage_names_of,
     pod_problem,
     posejob_job,
     posejob_status_from_job,
@@ -74,10 +74,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 # ---- PosePipeline ----------------------------------------------------------------------------------
 
-def _children_state(namespace: str, name: str) -> tuple[dict[str, dict | None], dict | None]:
+def _children_state(namespace: str, name: str, stages: tuple[str, ...]) -> tuple[dict[str, dict | None], dict | None]:
     isvcs = {stage: kube.get_custom(KSERVE_GROUP, INFERENCESERVICE_VERSION, namespace, INFERENCESERVICES,
                                     inference_service_name(name, stage))
-             for stage in STAGES}
+             for stage in stages}
     graph = kube.get_custom(KSERVE_GROUP, INFERENCEGRAPH_VERSION, namespace, INFERENCEGRAPHS, name)
     return isvcs, graph
 
@@ -104,7 +104,7 @@ def reconcile_pipeline(body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, logg
         return
     for child in children:
         kube.apply_custom(child)
-    isvcs, graph = _children_state(meta["namespace"], meta["name"])
+    isvcs, graph = _children_state(meta["namespace"], meta["name"], stage_names_of(dict(body)))
     patch.status.update(pipeline_status(dict(body), isvcs, graph))
 
 
@@ -121,7 +121,7 @@ def child_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
     pipeline = kube.get_custom(GROUP, VERSION, namespace, POSEPIPELINES, name)
     if pipeline is None or pipeline["metadata"].get("deletionTimestamp"):
         return
-    isvcs, graph = _children_state(namespace, name)
+    isvcs, graph = _children_state(namespace, name, stage_names_of(pipeline))
     status = pipeline_status(pipeline, isvcs, graph)
     current = pipeline.get("status") or {}
     if any(current.get(k) != v for k, v in status.items()):

@@ -90,11 +90,19 @@ def _ready(conditions: list[dict[str, Any]] | None) -> tuple[bool, str, str]:
     return False, "Pending", "no Ready condition yet"
 
 
+def stage_names_of(body: dict[str, Any]) -> tuple[str, ...]:
+    """The stages a PosePipeline object names, built-in then extraStages, read leniently (a status
+    is written even for a spec the operator refuses)."""
+    extras = (body.get("spec") or {}).get("extraStages") or []
+    return (*STAGE_NAMES, *(e["name"] for e in extras if isinstance(e, dict) and isinstance(e.get("name"), str)))
+
+
 def pipeline_status(body: dict[str, Any], isvcs: dict[str, dict | None], graph: dict | None) -> dict[str, Any]:
     """The pipeline's status from its children (None: not created yet)."""
     name = body["metadata"]["name"]
     stages = {}
-    for stage in STAGE_NAMES:
+    names = stage_names_of(body)
+    for stage in names:
         child = isvcs.get(stage)
         isvc_name = inference_service_name(name, stage)
         if child is None:
@@ -108,7 +116,7 @@ def pipeline_status(body: dict[str, Any], isvcs: dict[str, dict | None], graph: 
     graph_ready, graph_reason, graph_message = _ready(((graph or {}).get("status") or {}).get("conditions"))
     ready_count = sum(1 for s in stages.values() if s["ready"])
     url = ((graph or {}).get("status") or {}).get("url")
-    if ready_count == len(STAGE_NAMES) and graph_ready:
+    if ready_count == len(names) and graph_ready:
         phase, message = POSEPIPELINE_READY, f"graph ready at {url}" if url else "graph ready"
     else:
         waiting = [s for s, v in stages.items() if not v["ready"]] + ([] if graph_ready else ["graph"])
@@ -117,7 +125,7 @@ def pipeline_status(body: dict[str, Any], isvcs: dict[str, dict | None], graph: 
         message = f"waiting for {', '.join(waiting)}" + (f": {graph_message}" if graph_message and not graph_ready
                                                           and graph_reason != "Pending" else "")
     status = {"phase": phase, "message": message, "stages": stages,
-              "readyStages": f"{ready_count}/{len(STAGE_NAMES)}",
+              "readyStages": f"{ready_count}/{len(names)}",
               "observedGeneration": body["metadata"].get("generation")}
     if url:
         status["graphURL"] = url

@@ -1,5 +1,8 @@
 """Model archives: one stage as a TorchServe ``.mar`` in KServe's TorchServe storage layout.
 
+A built-in stage's archive holds its exported network; a user's stage (posegraph.stages.user)
+holds its directory as ``user-stage.zip`` (code, description, model files) instead.
+
     DIR/config/config.properties      TorchServe configuration (what KServe's runtime passes as --ts-config)
     DIR/model-store/<name>.mar        the archive:
         <stage>.onnx                  the exported network (+ <stage>.window.onnx for VideoPose3D)
@@ -34,6 +37,7 @@ from ..errors import PosegraphError, UsageError
 from ..models.engine import converted_tflite, exported_onnx
 from ..names import STAGES
 from ..stages import STAGE_CLASSES, StageSettings, make_stage
+from ..stages.user import load_user_stage, read_stage_file
 from ..uri import _describe, cache_dir, file_sha256, local_path, s3_client, split_s3
 
 ARCHIVE_FORMAT = "posegraph/archive/v1"
@@ -195,24 +199,84 @@ def build_archive(stage: str, checkpoint_uri: str, out_dir: Path, *, settings: S
             "random_weights": bool(random_init),
         }
         extra.append(_yaml(work / "stage.yaml", manifest))
-        handler = work / "posegraph_handler.py"
-        handler.write_text(HANDLER_SOURCE)
-        model_config = _yaml(work / "model-config.yaml", {
-            "minWorkers": options.workers, "maxWorkers": options.workers, "batchSize": options.batch_size,
-            "maxBatchDelay": options.max_batch_delay_ms, "responseTimeout": options.response_timeout_s,
-        })
-        cmd = [
-            sys.executable, "-m", "model_archiver.model_packaging",
-            "--model-name", model_name, "--version", "1.0", "--serialized-file", str(model_file),
-            "--handler", str(handler), "--extra-files", ",".join(str(p) for p in extra),
-            "--config-file", str(model_config), "--export-path", str(store), "--force",
-        ]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise PosegraphError(f"torch-model-archiver failed: {done.stderr.strip().splitlines()[-1:]}")
+        _package(model_name, model_file, extra, work, store, options)
     (out_dir / "config" / "config.properties").write_text(config_properties(model_name, options))
     _yaml(out_dir / "config" / "metrics.yaml", metrics_declarations())
     return store / f"{model_name}.mar"
+
+
+USER_CODE = "user-stage.zip"  # a user's stage directory, inside its archive
+_SKIPPED = {"__pycache__", ".pytest_cache", ".git"}
+
+
+def _zip_stage_dir(stage_dir: Path, target: Path) -> None:
+    """The stage directory's files (its code, its description, its model files) into one zip, in a
+    fixed order with fixed times: the same directory packs to the same bytes."""
+    files = sorted(p for p in stage_dir.rglob("*")
+                   if p.is_file() and not _SKIPPED & set(p.relative_to(stage_dir).parts))
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as z:
+        for path in files:
+            info = zipfile.ZipInfo(path.relative_to(stage_dir).as_posix(), date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            z.writestr(info, path.read_bytes(), zipfile.ZIP_DEFLATED)
+
+
+def build_user_archive(stage_dir: Path, out_dir: Path, *, options: ArchiveOptions | None = None) -> Path:
+    """A user's stage directory (posegraph.stages.user) as an archive both runtimes serve: loaded and
+    probed first, so a broken stage is refused here, not in a pod."""
+    stage_dir = Path(stage_dir)
+    runner = load_user_stage(stage_dir)
+    description = read_stage_file(stage_dir)
+    options = options or ArchiveOptions()
+    model_name = options.model_name or runner.name
+    if not model_name.replace("-", "").isalnum():
+        raise UsageError(f"model name {model_name!r}: use letters, digits and '-' (it becomes a URL path)")
+    out_dir = Path(out_dir)
+    store = out_dir / "model-store"
+    store.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="posegraph-archive-") as tmp:
+        work = Path(tmp)
+        code = work / USER_CODE
+        _zip_stage_dir(stage_dir, code)
+        manifest = {
+            "format": ARCHIVE_FORMAT,
+            "posegraph_version": __version__,
+            "stage": runner.name,
+            "kind": "user",
+            "model_name": model_name,
+            "settings": runner.stage.settings.model_dump(mode="json"),
+            "files": {"code": USER_CODE},
+            "user": {"module": description["module"], "class": description["class"], "documents": runner.documents,
+                     "reads": list(runner.reads), "writes": list(runner.writes)},
+            "source": {"stage_dir": str(stage_dir.resolve()), "code_sha256": file_sha256(code)},
+            "random_weights": False,
+        }
+        extra = [_yaml(work / "stage.yaml", manifest)]
+        _package(model_name, code, extra, work, store, options)
+    (out_dir / "config" / "config.properties").write_text(config_properties(model_name, options))
+    _yaml(out_dir / "config" / "metrics.yaml", metrics_declarations())
+    return store / f"{model_name}.mar"
+
+
+def _package(model_name: str, serialized: Path, extra: list[Path], work: Path, store: Path,
+             options: ArchiveOptions) -> None:
+    """torch-model-archiver: the .mar TorchServe loads and the KServe runtime unpacks."""
+    handler = work / "posegraph_handler.py"
+    handler.write_text(HANDLER_SOURCE)
+    model_config = _yaml(work / "model-config.yaml", {
+        "minWorkers": options.workers, "maxWorkers": options.workers, "batchSize": options.batch_size,
+        "maxBatchDelay": options.max_batch_delay_ms, "responseTimeout": options.response_timeout_s,
+    })
+    cmd = [
+        sys.executable, "-m", "model_archiver.model_packaging",
+        "--model-name", model_name, "--version", "1.0", "--serialized-file", str(serialized),
+        "--handler", str(handler), "--extra-files", ",".join(str(p) for p in extra),
+        "--config-file", str(model_config), "--export-path", str(store), "--force",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise PosegraphError(f"torch-model-archiver failed: {done.stderr.strip().splitlines()[-1:]}")
 
 
 @dataclass
@@ -231,6 +295,23 @@ class UnpackedArchive:
     @property
     def model_path(self) -> Path:
         return self.directory / self.manifest["files"]["model"]
+
+    @property
+    def is_user_stage(self) -> bool:
+        return self.manifest.get("kind") == "user"
+
+    def user_stage_dir(self) -> Path:
+        """A user's stage directory, unpacked beside the manifest (once; a rename makes it whole)."""
+        target = self.directory / "user-stage"
+        if not target.is_dir():
+            tmp = Path(tempfile.mkdtemp(dir=self.directory, prefix=".user-stage-"))
+            with zipfile.ZipFile(self.directory / self.manifest["files"]["code"]) as z:
+                z.extractall(tmp)
+            try:
+                os.replace(tmp, target)
+            except OSError:  # another worker unpacked it first
+                shutil.rmtree(tmp, ignore_errors=True)
+        return target
 
     def settings(self) -> dict[str, Any]:
         return dict(self.manifest["settings"])

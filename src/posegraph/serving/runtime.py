@@ -10,6 +10,7 @@ from .. import fetchpolicy
 from ..errors import UsageError
 from ..names import THREADS_ENV
 from ..stages import Stage, make_stage
+from ..stages.user import UserStageRunner, load_user_stage
 from .archive import UnpackedArchive
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def pick_device(gpu_id: int | None = None) -> str:
     return "cpu"
 
 
-def load_stage(archive: UnpackedArchive, device: str = "cpu") -> Stage:
+def load_stage(archive: UnpackedArchive, device: str = "cpu") -> Stage | UserStageRunner:
     """The archive's stage, loaded, in a process whose fetch policy is a served one: requests'
     ``image.uri`` are refused unless the deployment allows their source ($POSEGRAPH_FETCH_ALLOW,
     set from the PosePipeline's ``fetchAllow`` by the operator)."""
@@ -51,6 +52,10 @@ def load_stage(archive: UnpackedArchive, device: str = "cpu") -> Stage:
     threads = os.environ.get(THREADS_ENV) or None
     if threads is not None and not (threads.isdigit() and int(threads) > 0):
         raise UsageError(f"${THREADS_ENV} is {threads!r}: a whole number of threads, 1 or more")
+    if archive.is_user_stage:  # a user's code: imported from the archive, probed before it serves
+        runner = load_user_stage(archive.user_stage_dir(), archive.settings())
+        log.info("serving the user stage %s as %r", archive.stage, archive.model_name)
+        return runner
     stage = make_stage(archive.stage, archive.settings())
     # A served stage shares its cores with concurrent requests and, in the embedded graph, with the
     # other stages: each batch is split over single-threaded runs (OrtNetwork, split_batch), which
