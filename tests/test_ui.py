@@ -24,6 +24,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PASSWORD = "ui-test-" + uuid.uuid4().hex[:8]
 AUTH = ("posegraph", PASSWORD)
 MAX_UPLOAD_MB = 5
+REPO = Path(__file__).resolve().parents[1]
 
 
 @contextlib.contextmanager
@@ -448,11 +449,13 @@ def test_job_page_plays_the_tracks_glb_following_the_video(page, ui, finished_jo
     page.screenshot(path=str(artifacts / "ui-motion.png"), full_page=True)
 
 
-def _stored_walk_job(tmp_path: Path, walk) -> tuple[str, list]:
-    """A results store holding one finished job whose one track is the synthetic walk (as
-    tests/test_root_motion.py's _stored_walk writes it, with root3d and joint angles), and the
-    job's rendered video: the walk's 2D skeleton drawn on grey, 640 × 360, VP8 WebM. Returns the
-    store's DSN and the frames drawn (grey, a quarter size: what the player's picture is matched to)."""
+def _stored_track_job(tmp_path: Path, job_id: str, keypoints2d, keypoints3d, roots, *, fps: float,
+                      size: tuple[int, int], focal_px: float, results: dict | None = None) -> tuple[str, list]:
+    """A results store holding one finished job whose one track is the given motion (as
+    tests/test_root_motion.py's _stored_walk writes it, with root3d, joint angles and ``results``,
+    a track stage's fields), and the job's rendered video: the 2D skeleton drawn on grey, at half
+    ``size``, VP8 WebM. Returns the store's DSN and the frames drawn (grey, a quarter size: what the
+    player's picture is matched to)."""
     import cv2
     import numpy as np
 
@@ -462,12 +465,12 @@ def _stored_walk_job(tmp_path: Path, walk) -> tuple[str, list]:
     from posegraph.media.video import open_video_writer
     from posegraph.motion.angles import joint_angles
 
-    scale, size = 0.5, (walk.width // 2, walk.height // 2)
-    video, drawn = tmp_path / "walk.webm", []
-    writer = open_video_writer(video, walk.fps, size)
+    scale, half = 0.5, (size[0] // 2, size[1] // 2)
+    video, drawn = tmp_path / f"{job_id}.webm", []
+    writer = open_video_writer(video, fps, half)
     try:
-        for i, k2 in enumerate(walk.keypoints2d):
-            pixels = np.full((size[1], size[0], 3), 110, np.uint8)
+        for i, k2 in enumerate(keypoints2d):
+            pixels = np.full((half[1], half[0], 3), 110, np.uint8)
             points = np.round(k2[:, :2] * scale).astype(int)
             for a, b in COCO_SKELETON:
                 colour = (28, 159, 255) if a in COCO_LEFT or b in COCO_LEFT else (240, 201, 76)
@@ -476,29 +479,35 @@ def _stored_walk_job(tmp_path: Path, walk) -> tuple[str, list]:
                 cv2.circle(pixels, (x, y), 3, (255, 255, 255), -1, cv2.LINE_AA)
             cv2.putText(pixels, f"frame {i}", (10, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2)
             writer.write(pixels)
-            drawn.append(cv2.resize(cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY), (size[0] // 4, size[1] // 4),
+            drawn.append(cv2.resize(cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY), (half[0] // 4, half[1] // 4),
                                     interpolation=cv2.INTER_AREA).astype(np.float32))
     finally:
         writer.release()
 
-    dsn = f"sqlite:///{tmp_path / 'walk.db'}"
+    dsn = f"sqlite:///{tmp_path / (job_id + '.db')}"
     store = open_store(dsn)
     try:
         store.migrate()
-        store.begin_job("walk", str(video), {"focal_px": walk.focal_px, "filename": "walk.webm", "stride": 1})
-        store.update_job("walk", width=walk.width, height=walk.height, fps=walk.fps)
-        frames = [FrameRow(i, i / walk.fps, "ok", None, 1) for i in range(len(walk.keypoints2d))]
+        store.begin_job(job_id, str(video), {"focal_px": focal_px, "filename": video.name, "stride": 1})
+        store.update_job(job_id, width=size[0], height=size[1], fps=fps)
+        frames = [FrameRow(i, i / fps, "ok", None, 1) for i in range(len(keypoints2d))]
         persons = [PersonRow(1, 0.9, [*k2[:, :2].min(0), *k2[:, :2].max(0)], k2.tolist(), None, frame_index=i,
-                             person_index=0) for i, k2 in enumerate(walk.keypoints2d)]
-        store.commit_batch("walk", frames, persons, [(1, 0, len(frames) - 1)], last_frame=len(frames) - 1,
+                             person_index=0) for i, k2 in enumerate(keypoints2d)]
+        store.commit_batch(job_id, frames, persons, [(1, 0, len(frames) - 1)], last_frame=len(frames) - 1,
                            tracker_state=None)
-        rows = [(i, 0, k3.tolist(), walk.root[i].tolist()) for i, k3 in enumerate(walk.keypoints3d)]
-        store.write_lifted("walk", 1, rows, angles=joint_angles(walk.keypoints3d))
+        rows = [(i, 0, k3.tolist(), roots[i].tolist()) for i, k3 in enumerate(keypoints3d)]
+        store.write_lifted(job_id, 1, rows, angles=joint_angles(keypoints3d), results=results)
         # The page plays the job's rendered overlay (the /video route serves outputs["overlay"]).
-        store.update_job("walk", status="succeeded", frames_total=len(frames), outputs={"overlay": str(video)})
+        store.update_job(job_id, status="succeeded", frames_total=len(frames), outputs={"overlay": str(video)})
     finally:
         store.close()
     return dsn, drawn
+
+
+def _stored_walk_job(tmp_path: Path, walk) -> tuple[str, list]:
+    """The synthetic walk (posegraph.motion.synthetic) as a finished job (_stored_track_job)."""
+    return _stored_track_job(tmp_path, "walk", walk.keypoints2d, walk.keypoints3d, walk.root, fps=walk.fps,
+                             size=(walk.width, walk.height), focal_px=walk.focal_px)
 
 
 def test_motion_view_walks_the_synthetic_walk_with_the_video(browser, starts_servers, tmp_path, artifacts):
@@ -590,6 +599,59 @@ def test_motion_view_walks_the_synthetic_walk_with_the_video(browser, starts_ser
         finally:
             context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def test_the_angle_chart_marks_the_form_judges_repetitions(browser, starts_servers, tmp_path, artifacts):
+    """A track judged by the form judge (examples/form_judge, run here on a synthetic squat track): the
+    job page's angle chart bands each repetition, says the one under the cursor, and offers the CSV."""
+    import numpy as np
+
+    sys.path.insert(0, str(REPO / "examples" / "form_judge"))
+    import synthetic_exercise
+
+    from posegraph.frame import TrackDocument, TrackFrame
+    from posegraph.motion.root import project
+    from posegraph.stages.user import load_user_stage
+
+    squat = synthetic_exercise.squat([(1.2, 1.0, 1.0), (0.5, 0.6, 0.55), (1.4, 1.0, 1.0)], [0.6] * 4)
+    roots = np.tile([0.0, 0.1, 3.0], (len(squat.keypoints3d), 1))
+    uv = project(squat.keypoints3d + roots[:, None], 900.0, (480, 360))
+    coco = np.zeros((len(uv), 17, 3))  # COCO joints where coco_to_h36m finds them (hips, knees, ...)
+    for c, h in zip((11, 12, 13, 14, 15, 16, 5, 6, 7, 8, 9, 10, 0, 1, 2), (4, 1, 5, 2, 6, 3, 11, 14, 12, 15, 13, 16, 9, 10, 10)):
+        coco[:, c, :2], coco[:, c, 2] = uv[:, h], 1.0
+    track = TrackDocument(track_id=1, width=960, height=720, fps=squat.fps, frames=[
+        TrackFrame(frame_index=i, bbox=[0, 0, 10, 10], keypoints2d=coco[i].tolist(), keypoints3d=k.tolist())
+        for i, k in enumerate(squat.keypoints3d)])
+    (judged,) = load_user_stage(REPO / "examples" / "form_judge").run([track])
+    assert len(judged.reps) == 3 and [r["ok"] for r in judged.reps] == [True, False, True]
+    results, _ = _stored_track_job(tmp_path, "squat", coco, squat.keypoints3d, roots, fps=squat.fps,
+                                   size=(960, 720), focal_px=900.0,
+                                   results={"exercise": judged.exercise, "reps": judged.reps})
+    data = tmp_path / "ui"
+    data.mkdir()
+    with _posegraph_ui(data, "--graph", "http://127.0.0.1:9", "--results", results,
+                       env={"POSEGRAPH_UI_PASSWORD": PASSWORD}) as running:
+        csv_text = httpx.get(f"{running['url']}/api/jobs/squat/reps.csv", auth=AUTH).text
+        assert csv_text.splitlines()[0].startswith("track_id,exercise,index,start_frame") and len(
+            csv_text.splitlines()) == 4
+        context = browser.new_context(http_credentials={"username": AUTH[0], "password": PASSWORD},
+                                      viewport={"width": 1280, "height": 1100})
+        page = context.new_page()
+        try:
+            page.goto(f"{running['url']}/#/jobs/squat")
+            page.wait_for_selector("#job-angles[data-reps='3']", timeout=60_000)
+            assert page.get_attribute("#job-angles", "data-reps-marked") == "3"
+            assert page.locator("#download-list a", has_text="Repetitions").count() == 1
+            second = judged.reps[1]
+            at = (second["bottom_frame"] + 0.5) / squat.fps
+            page.eval_on_selector("#job-video", f"v => {{ v.pause(); v.currentTime = {at}; }}")
+            page.wait_for_function("document.querySelector('#job-reps').textContent.startsWith('rep 2:')",
+                                   timeout=30_000)
+            note = page.text_content("#job-reps")
+            assert "go deeper" in note and "control the descent" in note, note
+            page.locator("#job-angles-card").screenshot(path=str(artifacts / "ui-reps.png"))
+        finally:
+            context.close()
 
 
 def test_a_video_that_cannot_be_decoded_gets_a_message_and_no_job(page, ui, clip_path, tmp_path, artifacts):

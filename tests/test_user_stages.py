@@ -416,3 +416,24 @@ def test_the_store_keeps_what_user_stages_wrote_and_old_stores_migrate(tmp_path)
     person = stored_frame_document(frame, width=10, height=10, video_uri="v.mp4").persons[0]
     assert person.model_extra == {"height_m": 1.7, "phase": "down"}, "a user's fields back on the person"
     assert reps_csv([track]).splitlines() == ["track_id,exercise,index,feedback,ok", "1,squat,1,a; b,False"]
+
+
+def test_posegraph_up_refuses_a_chain_whose_stage_reads_what_nobody_writes(tmp_path, form_judge_archive):
+    """`posegraph up spec.yaml` reads each extra stage's archive (what it reads and writes) and puts
+    the chain together before starting anything."""
+    from posegraph.embedded.archives import check_user_stages
+    from posegraph.graph.spec import parse_pipeline
+    from posegraph.serving.archive import build_user_archive
+
+    bmi = _stage_dir(tmp_path, GOOD.replace('reads = ("frames.keypoints3d",)', 'reads = ("frames.height_m",)')
+                     .replace('name = "s"', 'name = "bmi"'))
+    bmi_layout = tmp_path / "bmi-archive"
+    # The probe cannot run a stage whose reads no probe document has: it is left to the chain check.
+    build_user_archive(bmi, bmi_layout)
+    layouts = {s: tmp_path / s for s in ("detect", "pose2d", "lift3d")} | {"form-judge": form_judge_archive,
+                                                                             "bmi": bmi_layout}
+    spec = four_stage_spec(layouts)
+    check_user_stages(parse_pipeline(spec), layouts)  # the form judge reads lift3d's frames.keypoints3d
+    spec["spec"]["extraStages"].append({"name": "bmi", "storageUri": str(bmi_layout)})
+    with pytest.raises(UsageError, match="stage bmi reads track field 'frames.height_m', which no earlier stage"):
+        check_user_stages(parse_pipeline(spec), layouts)

@@ -510,8 +510,11 @@ def cmd_up(args) -> int:
     check_router(args.router)  # before archives are built: a missing binary is said at once
     processes.exit_on_sigterm()
     if args.spec:
+        from .embedded.archives import check_user_stages
+
         pipeline = load_pipeline(args.spec)
         layouts = archives_for_pipeline(pipeline)
+        check_user_stages(pipeline, layouts)
     else:
         from .models.checkpoints import default_checkpoint_dir, ensure_checkpoints
 

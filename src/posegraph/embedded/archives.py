@@ -8,7 +8,10 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
+
+import yaml
 
 from .. import __version__
 from ..config import Profile
@@ -17,7 +20,8 @@ from ..graph.spec import PosePipeline
 from ..models.checkpoints import resolve_checkpoint
 from ..models.engine import export_fingerprint
 from ..names import STAGES
-from ..serving.archive import ArchiveOptions, build_archive
+from ..serving.archive import ArchiveOptions, build_archive, find_mar
+from ..stages.user import builtin_chain, check_chain
 from ..uri import _describe, cache_dir, file_sha256, local_path, s3_client, split_s3
 
 
@@ -73,6 +77,22 @@ def _download_prefix(uri: str) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         client.download_file(bucket, key, str(target))
     return dest
+
+
+def check_user_stages(pipeline: PosePipeline, layouts: dict[str, Path]) -> None:
+    """A pipeline's extra stages, as their archives describe them (documents, reads, writes), put
+    after the built-in ones: a read no earlier stage writes is refused in one line, before any
+    server starts (posegraph.stages.user.check_chain)."""
+    chain = builtin_chain(STAGES)
+    for extra in pipeline.spec.extraStages:
+        with zipfile.ZipFile(find_mar(layouts[extra.name], extra.name)) as z:
+            manifest = yaml.safe_load(z.read("stage.yaml"))
+        user = manifest.get("user")
+        if manifest.get("kind") != "user" or not isinstance(user, dict):
+            raise UsageError(f"extraStages {extra.name}: {extra.storageUri} holds a built-in stage's archive, "
+                             "not a user's (posegraph models archive --stage-dir)")
+        chain.append((extra.name, user["documents"], tuple(user["reads"]), tuple(user["writes"])))
+    check_chain(chain)
 
 
 def archives_for_pipeline(pipeline: PosePipeline) -> dict[str, Path]:

@@ -220,6 +220,59 @@ class Exported:
     skipped: list[str]  # tracks left out, each with why
 
 
+def _write_angles(store, job: JobRow, tracks: list[TrackRow], work: Path, skipped: list[str]) -> None:
+    all_angles = []
+    for t in tracks:
+        angles = track_angles(store, job.job_id, t)
+        if angles is None:
+            skipped.append(f"track {t.track_id}: no 3D keypoints ({t.error or 'not lifted'})")
+            continue
+        all_angles.append(angles)
+        if len(angles.frame_index) < 2:  # one point is no curve (random weights make hundreds)
+            continue
+        plot_track_angles(angles.frame_index, {k: np.asarray(v, np.float64) for k, v in angles.angles.items()},
+                          work / f"track-{t.track_id}-angles.png",
+                          title=f"job {job.job_id}, track {t.track_id}: joint angles",
+                          random_weights=job.random_weights)
+    (work / "angles.csv").write_text(angles_csv(all_angles))
+
+
+def _write_motion(store, job: JobRow, tracks: list[TrackRow], work: Path, skipped: list[str], fmt: str,
+                  motion: MotionOptions) -> None:
+    """bvh, glb, fbx: a file per track long enough."""
+    for t in tracks:
+        try:
+            track_file(store, job, t.track_id, work / f"track-{t.track_id}.{fmt}", fmt, motion)
+        except BlenderMissing:
+            raise
+        except UsageError as exc:
+            skipped.append(str(exc))
+    if not any(work.iterdir()):
+        raise UsageError(f"job {job.job_id} has no track long enough for {fmt.upper()} (2 frames with 3D "
+                         "keypoints): " + "; ".join(skipped[:3]))
+
+
+def _write(store, job: JobRow, fmt: str, work: Path, skipped: list[str], motion: MotionOptions) -> None:
+    tracks = store.tracks(job.job_id)
+    if fmt == "jsonl":
+        with open(work / "frames.jsonl", "w") as f:
+            f.writelines(frames_jsonl(store, job))
+    elif fmt == "reps":
+        text = reps_csv(tracks)
+        if text is None:
+            raise UsageError(f"job {job.job_id} has no repetitions: a track stage that writes 'reps' (the form "
+                             "judge in examples/form_judge) was not in its pipeline")
+        (work / "reps.csv").write_text(text)
+    elif fmt == "csv":
+        for t in tracks:
+            rows = store.track_rows(job.job_id, t.track_id)
+            (work / f"track-{t.track_id}.csv").write_text(track_csv(t.track_id, rows))
+    elif fmt == "angles":
+        _write_angles(store, job, tracks, work, skipped)
+    else:
+        _write_motion(store, job, tracks, work, skipped, fmt, motion)
+
+
 def export_job(store, job_id: str, fmt: str, out_dir: Path, *, finishing: bool = False,
                motion: MotionOptions = MotionOptions()) -> Exported:
     """Write one format of a finished job into out_dir (created): see FORMATS. ``finishing``: the
@@ -230,52 +283,12 @@ def export_job(store, job_id: str, fmt: str, out_dir: Path, *, finishing: bool =
     if fmt == "fbx":
         find_blender()  # before any work: without Blender, one line naming what to install
     job = store.job(job_id) if finishing else finished_job(store, job_id)
-    random_weights = job.random_weights
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{job_id}-{fmt}-", dir=out_dir))
     skipped: list[str] = []
     try:
-        tracks = store.tracks(job_id)
-        if fmt == "jsonl":
-            with open(work / "frames.jsonl", "w") as f:
-                f.writelines(frames_jsonl(store, job))
-        elif fmt == "reps":
-            text = reps_csv(tracks)
-            if text is None:
-                raise UsageError(f"job {job_id} has no repetitions: a track stage that writes 'reps' (the form "
-                                 "judge in examples/form_judge) was not in its pipeline")
-            (work / "reps.csv").write_text(text)
-        elif fmt == "csv":
-            for t in tracks:
-                rows = store.track_rows(job_id, t.track_id)
-                (work / f"track-{t.track_id}.csv").write_text(track_csv(t.track_id, rows))
-        elif fmt == "angles":
-            all_angles = []
-            for t in tracks:
-                angles = track_angles(store, job_id, t)
-                if angles is None:
-                    skipped.append(f"track {t.track_id}: no 3D keypoints ({t.error or 'not lifted'})")
-                    continue
-                all_angles.append(angles)
-                if len(angles.frame_index) < 2:  # one point is no curve (random weights make hundreds)
-                    continue
-                plot_track_angles(angles.frame_index, {k: np.asarray(v, np.float64) for k, v in angles.angles.items()},
-                                  work / f"track-{t.track_id}-angles.png",
-                                  title=f"job {job_id}, track {t.track_id}: joint angles",
-                                  random_weights=random_weights)
-            (work / "angles.csv").write_text(angles_csv(all_angles))
-        else:  # bvh, glb, fbx: a file per track
-            for t in tracks:
-                try:
-                    track_file(store, job, t.track_id, work / f"track-{t.track_id}.{fmt}", fmt, motion)
-                except BlenderMissing:
-                    raise
-                except UsageError as exc:
-                    skipped.append(str(exc))
-            if not any(work.iterdir()):
-                raise UsageError(f"job {job_id} has no track long enough for {fmt.upper()} (2 frames with 3D "
-                                 "keypoints): " + "; ".join(skipped[:3]))
+        _write(store, job, fmt, work, skipped, motion)
         files = []
         for path in sorted(work.iterdir()):
             target = out_dir / path.name

@@ -359,12 +359,28 @@ async def track_csv(request: Request) -> Response:
 
 
 async def track_angles(request: Request) -> Response:
-    """A track's joint angles per frame (degrees), for the page's plot beside the player."""
+    """A track's joint angles per frame (degrees), for the page's plot beside the player, with the
+    repetitions a user's track stage found in it (the form judge's ``reps``), which the plot marks."""
     job, track = await _track(request)
     angles = await _in_thread(export.track_angles, _ui(request).store, job.job_id, track)
     if angles is None:
-        raise ClientError(409, f"track {track['track_id']} has no 3D keypoints yet: no angles")
-    return JSONResponse({"track_id": angles.track_id, "frames": angles.frame_index, "angles": angles.angles})
+        raise ClientError(409, f"track {track.track_id} has no 3D keypoints yet: no angles")
+    results = track.results or {}
+    reps = [r for r in results.get("reps") or [] if isinstance(r, dict)]
+    return JSONResponse({"track_id": angles.track_id, "frames": angles.frame_index, "angles": angles.angles,
+                         "exercise": results.get("exercise"), "reps": reps})
+
+
+async def reps_csv(request: Request) -> Response:
+    """Every track's repetitions (export.reps_csv, what `posegraph export --format reps` writes)."""
+    store = _ui(request).store
+    job = await _get_job(request)
+    _finished(store, job)
+    text = export.reps_csv(await _in_thread(store.tracks, job.job_id))
+    if text is None:
+        raise ClientError(404, f"job {job.job_id} has no repetitions (no track stage wrote 'reps')")
+    return Response(text, media_type="text/csv", headers={
+        "Content-Disposition": f'attachment; filename="{job.job_id}-reps.csv"'})
 
 
 def _finished(store: ResultsStore, job: JobRow) -> None:
@@ -490,6 +506,7 @@ ROUTES = [
     Route("/api/jobs/{job_id}/tracks/{track_id:int}.fbx", track_fbx),
     Route("/api/jobs/{job_id}/tracks/{track_id:int}/angles", track_angles),
     Route("/api/jobs/{job_id}/angles.csv", angles_csv),
+    Route("/api/jobs/{job_id}/reps.csv", reps_csv),
     Route("/api/jobs/{job_id}/video", video),
     WebSocketRoute("/api/live", live_socket),
     Mount("/static", StaticFiles(directory=STATIC), name="static"),

@@ -133,6 +133,26 @@ function make3D(container) {
 // The GLB is what /api/jobs/<id>/tracks/<n>.glb downloads: metres, Y up, floor at y = 0, one animation
 // sampled at the track's frames (sample k at k / fps), and the scene's extras.posegraph with the
 // frame_index of each sample, the fps and the foot contacts per sample.
+// The floor as a textured plane, not a GridHelper: a grid's long lines that reach behind the camera
+// were dropped whole by Chromium's software renderer (SwiftShader), leaving no floor under the feet
+// (tests/artifacts/ui-motion-walk.png); a filled plane is clipped like any mesh.
+function floorMesh(size, cell) {
+  const px = 64, canvas = document.createElement("canvas");
+  canvas.width = canvas.height = px;
+  const g = canvas.getContext("2d");
+  g.fillStyle = "#181d27"; g.fillRect(0, 0, px, px);
+  g.strokeStyle = "#3a4356"; g.lineWidth = 3; g.strokeRect(0, 0, px, px);
+  const texture = new THREE.CanvasTexture(canvas);
+  texture.wrapS = texture.wrapT = THREE.RepeatWrapping;
+  texture.repeat.set(size / cell, size / cell);
+  texture.anisotropy = 8;
+  texture.colorSpace = THREE.SRGBColorSpace;  // the canvas colours as drawn, not brightened
+  const floor = new THREE.Mesh(new THREE.PlaneGeometry(size, size),
+                               new THREE.MeshBasicMaterial({ map: texture, polygonOffset: true, polygonOffsetFactor: 1 }));
+  floor.rotation.x = -Math.PI / 2;
+  return floor;
+}
+
 class MotionView {
   constructor(container) {
     this.container = container;
@@ -148,7 +168,7 @@ class MotionView {
     this.camera = new THREE.PerspectiveCamera(45, 4 / 3, 0.05, 200);
     this.controls = new OrbitControls(this.camera, this.renderer.domElement);
     this.controls.addEventListener("change", () => this.render());
-    this.grid = new THREE.GridHelper(40, 80, 0x3a4356, 0x262c38);  // the floor, y = 0, 0.5 m squares
+    this.grid = floorMesh(40, 0.5);  // the floor, y = 0, 0.5 m squares
     this.scene.add(this.grid);
     // Foot contacts: a disc on the floor under each ankle while that foot is planted.
     this.discs = [0xff9f1c, 0x4cc9f0].map((color) => {
@@ -513,6 +533,9 @@ async function loadPlayer(job) {
   const base = `/api/jobs/${encodeURIComponent(job.job_id)}`;
   link(downloads, `${base}/frames.jsonl`, "Frame documents (JSON Lines)");
   link(downloads, `${base}/angles.csv`, "Joint angles of every track (CSV, degrees)");
+  if ((job.track_list || []).some((t) => (t.results?.reps || []).length)) {
+    link(downloads, `${base}/reps.csv`, "Repetitions of every track (CSV: depth, tempo, symmetry, lean, feedback)");
+  }
   // Longest tracks first; a long tail (short tracks, e.g. from random weights) folds away.
   const tracks = [...(job.track_list || [])].sort((a, b) => b.frames - a.frames || a.track_id - b.track_id);
   const trackItem = (list, t) => {
@@ -614,6 +637,7 @@ function drawAngles(frameIndex) {
       if (v !== null && v !== undefined) ctx.fillRect(x(f) - 2, y(v) - 2, 4, 4);
     });
   }
+  drawReps(ctx, data.reps || [], x, h, pad, frameIndex);
   // The player's frame: a cursor, and the values at it.
   const at = data.frames.indexOf(frameIndex);
   ctx.strokeStyle = "#1d2330"; ctx.lineWidth = 1.5;
@@ -627,6 +651,37 @@ function drawAngles(frameIndex) {
 }
 
 const fmt = (v) => (v === null || v === undefined ? "–" : v.toFixed(0));
+
+// Repetitions a track stage found (the form judge's reps): a band from start to end over the chart,
+// green when every rule held, orange when one did not, numbered, the bottom marked; the rep under
+// the cursor has its numbers and feedback written below the chart.
+function drawReps(ctx, reps, x, h, pad, frameIndex) {
+  let current = null;
+  reps.forEach((rep) => {
+    const ok = rep.ok !== false;
+    ctx.fillStyle = ok ? "rgba(6, 214, 160, 0.16)" : "rgba(248, 150, 30, 0.20)";
+    ctx.fillRect(x(rep.start_frame), pad / 2, Math.max(2, x(rep.end_frame) - x(rep.start_frame)), h - 1.5 * pad);
+    ctx.strokeStyle = ok ? "#06a77d" : "#e07b00"; ctx.lineWidth = 1; ctx.setLineDash([3, 3]);
+    ctx.beginPath(); ctx.moveTo(x(rep.bottom_frame), pad / 2); ctx.lineTo(x(rep.bottom_frame), h - pad); ctx.stroke();
+    ctx.setLineDash([]);
+    ctx.fillStyle = ctx.strokeStyle; ctx.font = "bold 11px system-ui";
+    ctx.fillText(String(rep.index ?? ""), x(rep.start_frame) + 3, h - pad - 4);
+    ctx.font = "11px system-ui";
+    if (frameIndex >= rep.start_frame && frameIndex <= rep.end_frame) current = rep;
+  });
+  const canvas = ctx.canvas;
+  canvas.dataset.reps = String(reps.length);
+  canvas.dataset.repsMarked = String(reps.filter((r) => r.start_frame !== undefined && r.end_frame !== undefined).length);
+  const note = $("#job-reps");
+  if (!note) return;
+  note.hidden = !reps.length;
+  note.textContent = !reps.length ? "" : current
+    ? `rep ${current.index}: depth ${fmt(current.depth_deg)}°, down ${current.down_s} s, up ${current.up_s} s, ` +
+      `symmetry ${fmt(current.symmetry_deg)}°, trunk lean ${fmt(current.trunk_lean_deg)}° — ` +
+      ((current.feedback || []).join("; ") || "good form")
+    : `${reps.length} repetitions (${jobState.angles?.exercise || "exercise"}): ` +
+      `${reps.filter((r) => r.ok !== false).length} with good form; play or seek to one for its numbers`;
+}
 
 // The player's listeners, attached once: they read jobState, so every job page shares them.
 function setupPlayer() {
