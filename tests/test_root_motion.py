@@ -142,6 +142,19 @@ def test_standing_still_or_walking_a_line_does_not_fix_a_plane():
     assert g.fitted == "line" and abs(g.up @ direction) < 1e-9 and g.up[1] < -0.9
 
 
+def test_a_short_walk_along_a_line_under_a_tilted_camera_gets_the_floor_from_the_body():
+    """Ankles on a line do not fix a plane: the body's up (its trunk, perpendicular to the line)
+    does, where the camera's up would leave the floor tilted by the camera's 12°."""
+    short = synthetic.walk(2.5, noise_px=2.0, noise_m=0.015, seed=5)
+    motion = world.track_motion(short.keypoints3d, short.root, short.fps)
+    assert motion.ground.fitted == "line"
+    assert np.degrees(np.arccos(np.clip(motion.ground.up @ short.up, -1, 1))) < 1.0
+    camera_only = floor.fit_ground(short.camera[:, [floor.ANKLES["left"], floor.ANKLES["right"]]])
+    assert np.degrees(np.arccos(np.clip(camera_only.up @ short.up, -1, 1))) > 10.0, "without the body's up"
+    f1 = 2 * (motion.contacts & short.contacts).sum() / (motion.contacts.sum() + short.contacts.sum())
+    assert f1 > 0.9, f1
+
+
 def test_contacts_are_found_where_the_feet_are_planted(noisy):
     motion = world.track_motion(noisy.keypoints3d, roots(lifted(noisy)), noisy.fps)
     found, truth = motion.contacts, noisy.contacts

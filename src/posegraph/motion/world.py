@@ -58,7 +58,7 @@ def track_motion(keypoints3d, root3d, fps: float, frame_index=None, *, track: ob
         raise NoRootPath(f"{where}the root path must be {len(rel)} finite positions, got shape {root.shape}")
     camera = rel + root[:, None]
     ankles = camera[:, [floor.ANKLES["left"], floor.ANKLES["right"]]]
-    ground = floor.fit_ground(ankles)
+    ground = floor.fit_ground(ankles, rel[:, 8] - rel[:, 0])  # thorax − pelvis: the body's up
     axes = world_axes(ground.up)
     origin = root[0] - ground.height(root[0]) * ground.up
     world = (camera - origin) @ axes.T
