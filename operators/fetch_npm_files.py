@@ -25,5 +25,7 @@ Path(out).mkdir(parents=True, exist_ok=True)
 with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
     for member in members:
         source, _, name = member.partition(":")
-        (Path(out) / name).write_bytes(tar.extractfile(source).read())
+        target = Path(out) / name  # a name may keep the package's folders (loaders/GLTFLoader.js)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(tar.extractfile(source).read())
 print(f"fetch_npm_files: {len(members)} files of {url.rsplit('/', 1)[-1]} into {out}")

@@ -309,6 +309,9 @@ def test_posegraph_image_runs_its_commands_and_the_ui(docker, chart, shared_dir)
         three = httpx.get(f"http://{server.ip}:8088/static/vendor/three.module.min.js", auth=("posegraph", "s3cret-ui"),
                           timeout=30)
         assert three.status_code == 200 and len(three.content) > 100_000, "three.js is vendored into the image"
+        loader = httpx.get(f"http://{server.ip}:8088/static/vendor/loaders/GLTFLoader.js",
+                           auth=("posegraph", "s3cret-ui"), timeout=30)
+        assert loader.status_code == 200 and "class GLTFLoader" in loader.text, "the motion view's loader too"
         assert postgres.running()
 
 
@@ -620,10 +623,11 @@ def test_the_posegraph_image_vendors_the_three_js_of_vendor_ui():
     script = (REPO / "scripts" / "vendor-ui.sh").read_text()
     version = re.search(r"^version=(\S+)$", script, re.M).group(1)
     dockerfile = (REPO / "operators" / "Dockerfile").read_text()
-    assert f"three-{version}.tgz" in dockerfile and f"three-{version}.stamp" in dockerfile
+    stamp = re.search(r'^stamp="\$vendor/([^"]+)"$', script, re.M).group(1).replace("$version", version)
+    assert f"three-{version}.tgz" in dockerfile and f"/vendor/{stamp}" in dockerfile, stamp
     assert build_images.THREE_TARBALL == f"three-{version}.tgz"
-    names = re.findall(r'"\$vendor/([\w.\-]+)"', script)
-    assert len(names) >= 3, names
+    names = re.findall(r'^cp "[^"]+" "\$vendor/([\w.\-/]+)"$', script, re.M)
+    assert len(names) >= 5 and "loaders/GLTFLoader.js" in names, names
     for name in names:
         assert f":{name}" in dockerfile, name
     assert "/src/src/posegraph/ui/static/vendor" in dockerfile
