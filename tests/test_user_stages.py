@@ -221,9 +221,13 @@ def form_judge_archive(tmp_path_factory) -> Path:
     return out
 
 
-def test_the_archive_carries_the_stage_and_refuses_a_broken_one(form_judge_archive, tmp_path):
+def test_the_archive_carries_the_stage_and_refuses_a_broken_one(form_judge_archive, tmp_path, monkeypatch):
+    from posegraph import fetchpolicy
     from posegraph.serving.archive import find_mar, unpack
     from posegraph.serving.runtime import load_stage
+
+    # load_stage installs a served process's fetch policy: this process's is put back afterwards.
+    monkeypatch.setattr(fetchpolicy, "_current", fetchpolicy.current())
 
     archive = unpack(find_mar(form_judge_archive, "form-judge"))
     assert archive.is_user_stage and archive.manifest["user"]["writes"] == ["exercise", "reps"]
