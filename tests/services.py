@@ -316,3 +316,23 @@ def rtsp_stream(clip: Path, workdir: Path, fps: int = 30):
         if publisher.poll() is not None:
             raise RuntimeError(f"ffmpeg stopped: {(workdir / 'ffmpeg.log').read_text()[-500:]}")
         yield RtspStream(url, log)
+
+
+@contextlib.contextmanager
+def both_routers(pipeline, layouts, **start):
+    """The pipeline's stage servers behind KServe's router (posegraph.embedded.start_local_graph), and
+    posegraph's router started on the same servers with the same spec: the graph, with ``routers``
+    {"kserve": url, "posegraph": url}, until the block ends."""
+    from posegraph.embedded import start_local_graph, start_router
+
+    graph = start_local_graph(pipeline, layouts, router="kserve", **start)
+    port = free_port()
+    ours = start_router("posegraph", graph.graph_spec, port, pipeline.spec.graph.headersToPropagate,
+                        log=graph.workdir / "router-posegraph.log")
+    graph.routers = {"kserve": graph.endpoint, "posegraph": f"http://127.0.0.1:{port}/"}
+    try:
+        yield graph
+    finally:
+        ours.kill()
+        ours.wait(10)
+        graph.stop()

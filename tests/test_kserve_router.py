@@ -57,25 +57,18 @@ def test_the_router_binary_differs_from_kserves_only_in_its_listen_address(kserv
 def graphs(request, checkpoints, kserve_router):
     """Three token-protected stage servers of one runtime behind KServe's router, and posegraph's
     router started on the same servers with the same spec."""
-    from services import free_port
+    from services import both_routers
 
     from posegraph.config import load_profile
-    from posegraph.embedded import archives_for_profile, start_local_graph, start_router
+    from posegraph.embedded import archives_for_profile
     from posegraph.graph.spec import parse_pipeline
 
     layouts = archives_for_profile(load_profile("cpu"), checkpoints)
     pipeline = parse_pipeline({"metadata": {"name": "parity"}, "spec": {
         "runtime": request.param, "stages": {s: {"storageUri": str(p)} for s, p in layouts.items()},
         "graph": {"routerTimeouts": {"serviceClient": SERVICE_CLIENT_S}}}})
-    graph = start_local_graph(pipeline, layouts, router="kserve", env={"POSEGRAPH_AUTH_TOKEN": TOKEN})
-    port = free_port()
-    ours = start_router("posegraph", graph.graph_spec, port, pipeline.spec.graph.headersToPropagate,
-                        log=graph.workdir / "router-posegraph.log")
-    graph.routers = {"kserve": graph.endpoint, "posegraph": f"http://127.0.0.1:{port}/"}
-    yield graph
-    ours.kill()
-    ours.wait(10)
-    graph.stop()
+    with both_routers(pipeline, layouts, env={"POSEGRAPH_AUTH_TOKEN": TOKEN}) as graph:
+        yield graph
 
 
 def same_documents(answers: dict[str, httpx.Response]) -> bool:

@@ -312,23 +312,15 @@ def test_the_operators_status_counts_every_stage():
 def judged_graph(request, checkpoints, form_judge_archive, kserve_router, tmp_path_factory):
     """Four stage servers (the form judge after lift3d) behind KServe's router, and posegraph's router
     on the same servers with the same spec."""
-    from services import free_port
+    from services import both_routers
 
     from posegraph.config import load_profile
-    from posegraph.embedded import archives_for_profile, start_local_graph, start_router
+    from posegraph.embedded import archives_for_profile
     from posegraph.graph.spec import parse_pipeline
 
     layouts = {**archives_for_profile(load_profile("cpu"), checkpoints), "form-judge": form_judge_archive}
-    pipeline = parse_pipeline(four_stage_spec(layouts, request.param))
-    graph = start_local_graph(pipeline, layouts, router="kserve")
-    port = free_port()
-    ours = start_router("posegraph", graph.graph_spec, port, pipeline.spec.graph.headersToPropagate,
-                        log=graph.workdir / "router-posegraph.log")
-    graph.routers = {"kserve": graph.endpoint, "posegraph": f"http://127.0.0.1:{port}/"}
-    yield graph
-    ours.kill()
-    ours.wait(10)
-    graph.stop()
+    with both_routers(parse_pipeline(four_stage_spec(layouts, request.param)), layouts) as graph:
+        yield graph
 
 
 def test_a_track_through_both_routers_comes_back_lifted_then_judged(judged_graph):

@@ -148,6 +148,17 @@ def config_properties(model_name: str, options: ArchiveOptions, *, inference: st
     return "".join(f"{k}={v}\n" for k, v in lines.items())
 
 
+def _layout(out_dir: Path, model_name: str) -> Path:
+    """KServe's TorchServe layout in ``out_dir`` (model-store/ and config/), for ``model_name``,
+    which becomes a URL path; returns the model store."""
+    if not model_name.replace("-", "").isalnum():
+        raise UsageError(f"model name {model_name!r}: use letters, digits and '-' (it becomes a URL path)")
+    store = out_dir / "model-store"
+    store.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config").mkdir(parents=True, exist_ok=True)
+    return store
+
+
 # Long on purpose: the archive's steps in the order a reader checks them against KServe's layout.
 def build_archive(stage: str, checkpoint_uri: str, out_dir: Path, *, settings: StageSettings | dict | None = None,
                   options: ArchiveOptions | None = None) -> Path:
@@ -159,12 +170,8 @@ def build_archive(stage: str, checkpoint_uri: str, out_dir: Path, *, settings: S
     stage_obj = make_stage(stage, settings)
     spec = stage_obj.spec
     model_name = options.model_name or stage
-    if not model_name.replace("-", "").isalnum():
-        raise UsageError(f"model name {model_name!r}: use letters, digits and '-' (it becomes a URL path)")
     out_dir = Path(out_dir)
-    store = out_dir / "model-store"
-    store.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config").mkdir(parents=True, exist_ok=True)
+    store = _layout(out_dir, model_name)
 
     uri = str(checkpoint_uri)
     with tempfile.TemporaryDirectory(prefix="posegraph-archive-") as tmp:
@@ -199,9 +206,7 @@ def build_archive(stage: str, checkpoint_uri: str, out_dir: Path, *, settings: S
             "random_weights": bool(random_init),
         }
         extra.append(_yaml(work / "stage.yaml", manifest))
-        _package(model_name, model_file, extra, work, store, options)
-    (out_dir / "config" / "config.properties").write_text(config_properties(model_name, options))
-    _yaml(out_dir / "config" / "metrics.yaml", metrics_declarations())
+        _package(model_name, model_file, extra, work, out_dir, options)
     return store / f"{model_name}.mar"
 
 
@@ -229,12 +234,8 @@ def build_user_archive(stage_dir: Path, out_dir: Path, *, options: ArchiveOption
     description = read_stage_file(stage_dir)
     options = options or ArchiveOptions()
     model_name = options.model_name or runner.name
-    if not model_name.replace("-", "").isalnum():
-        raise UsageError(f"model name {model_name!r}: use letters, digits and '-' (it becomes a URL path)")
     out_dir = Path(out_dir)
-    store = out_dir / "model-store"
-    store.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config").mkdir(parents=True, exist_ok=True)
+    store = _layout(out_dir, model_name)
     with tempfile.TemporaryDirectory(prefix="posegraph-archive-") as tmp:
         work = Path(tmp)
         code = work / USER_CODE
@@ -253,15 +254,15 @@ def build_user_archive(stage_dir: Path, out_dir: Path, *, options: ArchiveOption
             "random_weights": False,
         }
         extra = [_yaml(work / "stage.yaml", manifest)]
-        _package(model_name, code, extra, work, store, options)
-    (out_dir / "config" / "config.properties").write_text(config_properties(model_name, options))
-    _yaml(out_dir / "config" / "metrics.yaml", metrics_declarations())
+        _package(model_name, code, extra, work, out_dir, options)
     return store / f"{model_name}.mar"
 
 
-def _package(model_name: str, serialized: Path, extra: list[Path], work: Path, store: Path,
+def _package(model_name: str, serialized: Path, extra: list[Path], work: Path, out_dir: Path,
              options: ArchiveOptions) -> None:
-    """torch-model-archiver: the .mar TorchServe loads and the KServe runtime unpacks."""
+    """torch-model-archiver: the .mar TorchServe loads and the KServe runtime unpacks, into the
+    layout's model store, then the layout's config (TorchServe's properties, the metrics)."""
+    store = out_dir / "model-store"
     handler = work / "posegraph_handler.py"
     handler.write_text(HANDLER_SOURCE)
     model_config = _yaml(work / "model-config.yaml", {
@@ -277,6 +278,8 @@ def _package(model_name: str, serialized: Path, extra: list[Path], work: Path, s
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise PosegraphError(f"torch-model-archiver failed: {done.stderr.strip().splitlines()[-1:]}")
+    (out_dir / "config" / "config.properties").write_text(config_properties(model_name, options))
+    _yaml(out_dir / "config" / "metrics.yaml", metrics_declarations())
 
 
 @dataclass

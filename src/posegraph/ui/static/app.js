@@ -35,27 +35,21 @@ async function api(path, options = {}) {
   return body;
 }
 
-// ---- 3D view (three.js) -----------------------------------------------------------------------------
-class Skeleton3D {
-  constructor(container) {
+// ---- 3D views (three.js) ----------------------------------------------------------------------------
+// What both 3D views share: a renderer in the container, a scene, a camera the user orbits, kept to
+// the container's size; each view adds what it shows.
+class ThreeView {
+  constructor(container, fov, near, far) {
     this.container = container;
     this.renderer = new THREE.WebGLRenderer({ antialias: true, preserveDrawingBuffer: true });
     this.renderer.setPixelRatio(window.devicePixelRatio || 1);
     this.renderer.setClearColor(0x11151c);
     container.replaceChildren(this.renderer.domElement);
     this.scene = new THREE.Scene();
-    this.camera = new THREE.PerspectiveCamera(40, 4 / 3, 0.01, 100);
-    this.camera.position.set(0.6, 0.5, 3.2);
+    this.camera = new THREE.PerspectiveCamera(fov, 4 / 3, near, far);
     this.controls = new OrbitControls(this.camera, this.renderer.domElement);
-    this.controls.target.set(0, 0, 0);
     this.controls.addEventListener("change", () => this.render());
-    const grid = new THREE.GridHelper(4, 16, 0x3a4356, 0x262c38);
-    grid.position.y = -1.0;
-    this.scene.add(grid);
-    this.group = new THREE.Group();
-    this.scene.add(this.group);
     new ResizeObserver(() => this.resize()).observe(container);
-    this.resize();
   }
 
   resize() {
@@ -64,6 +58,25 @@ class Skeleton3D {
     this.camera.aspect = w / h;
     this.camera.updateProjectionMatrix();
     this.render();
+  }
+
+  render() {
+    this.renderer.render(this.scene, this.camera);
+    this.container.dataset.rendered = String(Number(this.container.dataset.rendered || 0) + 1);
+  }
+}
+
+class Skeleton3D extends ThreeView {
+  constructor(container) {
+    super(container, 40, 0.01, 100);
+    this.camera.position.set(0.6, 0.5, 3.2);
+    this.controls.target.set(0, 0, 0);
+    const grid = new THREE.GridHelper(4, 16, 0x3a4356, 0x262c38);
+    grid.position.y = -1.0;
+    this.scene.add(grid);
+    this.group = new THREE.Group();
+    this.scene.add(this.group);
+    this.resize();
   }
 
   // poses: [{k3: 17×[x, y, z] (camera frame: y down, z away), color}]; people side by side.
@@ -113,11 +126,6 @@ class Skeleton3D {
     this.camera.updateProjectionMatrix();
     this.controls.update();
   }
-
-  render() {
-    this.renderer.render(this.scene, this.camera);
-    this.container.dataset.rendered = String(Number(this.container.dataset.rendered || 0) + 1);
-  }
 }
 
 function make3D(container) {
@@ -153,21 +161,13 @@ function floorMesh(size, cell) {
   return floor;
 }
 
-class MotionView {
+class MotionView extends ThreeView {
   constructor(container) {
-    this.container = container;
-    this.renderer = new THREE.WebGLRenderer({ antialias: true, preserveDrawingBuffer: true });
-    this.renderer.setPixelRatio(window.devicePixelRatio || 1);
-    this.renderer.setClearColor(0x11151c);
-    container.replaceChildren(this.renderer.domElement);
-    this.scene = new THREE.Scene();
+    super(container, 45, 0.05, 200);
     this.scene.add(new THREE.HemisphereLight(0xffffff, 0x445066, 2.2));
     const sun = new THREE.DirectionalLight(0xffffff, 1.5);
     sun.position.set(2, 5, 3);
     this.scene.add(sun);
-    this.camera = new THREE.PerspectiveCamera(45, 4 / 3, 0.05, 200);
-    this.controls = new OrbitControls(this.camera, this.renderer.domElement);
-    this.controls.addEventListener("change", () => this.render());
     this.grid = floorMesh(40, 0.5);  // the floor, y = 0, 0.5 m squares
     this.scene.add(this.grid);
     // Foot contacts: a disc on the floor under each ankle while that foot is planted.
@@ -181,16 +181,7 @@ class MotionView {
     });
     this.model = null;
     this.url = null;
-    new ResizeObserver(() => this.resize()).observe(container);
     this.resize();
-  }
-
-  resize() {
-    const w = this.container.clientWidth || 400, h = this.container.clientHeight || 300;
-    this.renderer.setSize(w, h, false);
-    this.camera.aspect = w / h;
-    this.camera.updateProjectionMatrix();
-    this.render();
   }
 
   clear() {
@@ -296,11 +287,6 @@ class MotionView {
     this.container.dataset.visible = inside ? "1" : "0";
     this.container.dataset.contacts = String(contacts);
     this.render();
-  }
-
-  render() {
-    this.renderer.render(this.scene, this.camera);
-    this.container.dataset.rendered = String(Number(this.container.dataset.rendered || 0) + 1);
   }
 }
 
