@@ -76,18 +76,28 @@ def browser(playwright):
     instance.close()
 
 
-@pytest.fixture
-def page(browser, ui, tmp_path):
+@contextlib.contextmanager
+def _ui_page(browser, height: int = 1000, **options):
+    """A page logged in to the UI (Basic auth), 1280 wide; the block's end closes it, then fails
+    on any JavaScript error the page raised."""
     context = browser.new_context(http_credentials={"username": AUTH[0], "password": PASSWORD},
-                                  viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+                                  viewport={"width": 1280, "height": height}, **options)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(ui["url"] + "/")
-    page.wait_for_selector("body[data-ready='1']", timeout=30_000)
-    yield page
-    context.close()
+    try:
+        yield page
+    finally:
+        context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture
+def page(browser, ui, tmp_path):
+    with _ui_page(browser, accept_downloads=True) as page:
+        page.goto(ui["url"] + "/")
+        page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+        yield page
 
 
 def _jobs(ui) -> list[dict]:
@@ -533,12 +543,7 @@ def test_motion_view_walks_the_synthetic_walk_with_the_video(browser, starts_ser
         assert extras["frame_index"] == list(range(len(walk.world)))
         contacts = np.array([extras["contacts"]["left"], extras["contacts"]["right"]], bool).T
 
-        context = browser.new_context(http_credentials={"username": AUTH[0], "password": PASSWORD},
-                                      viewport={"width": 1280, "height": 1000})
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        try:
+        with _ui_page(browser) as page:
             page.goto(f"{running['url']}/#/jobs/walk")
             page.wait_for_selector("body[data-ready='1']", timeout=30_000)
             page.wait_for_selector("#job-angles-track option[value='1']", state="attached", timeout=30_000)
@@ -596,9 +601,6 @@ def test_motion_view_walks_the_synthetic_walk_with_the_video(browser, starts_ser
             assert any(s["contacts"] > 0 for s in seeks), "a planted foot is shown"
             assert _painted_pixels(page, f"{motion} canvas") > 200
             page.locator("#job-player").screenshot(path=str(artifacts / "ui-motion-walk.png"))
-        finally:
-            context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
 
 
 def test_the_angle_chart_marks_the_form_judges_repetitions(browser, starts_servers, tmp_path, artifacts):
@@ -634,10 +636,7 @@ def test_the_angle_chart_marks_the_form_judges_repetitions(browser, starts_serve
         csv_text = httpx.get(f"{running['url']}/api/jobs/squat/reps.csv", auth=AUTH).text
         assert csv_text.splitlines()[0].startswith("track_id,exercise,index,start_frame") and len(
             csv_text.splitlines()) == 4
-        context = browser.new_context(http_credentials={"username": AUTH[0], "password": PASSWORD},
-                                      viewport={"width": 1280, "height": 1100})
-        page = context.new_page()
-        try:
+        with _ui_page(browser, height=1100) as page:
             page.goto(f"{running['url']}/#/jobs/squat")
             page.wait_for_selector("#job-angles[data-reps='3']", timeout=60_000)
             assert page.get_attribute("#job-angles", "data-reps-marked") == "3"
@@ -650,8 +649,6 @@ def test_the_angle_chart_marks_the_form_judges_repetitions(browser, starts_serve
             note = page.text_content("#job-reps")
             assert "go deeper" in note and "control the descent" in note, note
             page.locator("#job-angles-card").screenshot(path=str(artifacts / "ui-reps.png"))
-        finally:
-            context.close()
 
 
 def test_a_video_that_cannot_be_decoded_gets_a_message_and_no_job(page, ui, clip_path, tmp_path, artifacts):
@@ -766,12 +763,7 @@ def camera_browser(playwright, tmp_path_factory, clip_frames):
 
 
 def test_live_view_follows_the_camera_in_2d_and_3d(camera_browser, ui, artifacts):
-    context = camera_browser.new_context(http_credentials={"username": AUTH[0], "password": PASSWORD},
-                                         viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    try:
+    with _ui_page(camera_browser, height=900) as page:
         page.goto(ui["url"] + "/#/live")
         page.wait_for_selector("body[data-ready='1']", timeout=30_000)
         page.fill("#live-detect-every", "3")
@@ -797,9 +789,6 @@ def test_live_view_follows_the_camera_in_2d_and_3d(camera_browser, ui, artifacts
         page.screenshot(path=str(artifacts / "ui-live.png"), full_page=True)
         page.click("#live-stop")
         page.wait_for_function("!document.querySelector('#live-start').disabled")
-    finally:
-        context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
 
 
 def test_cluster_mode_uploads_to_s3_and_creates_a_posejob(tmp_path, s3_env, clip_path):
