@@ -503,23 +503,37 @@ state = "{root}/state"
                    input=input, timeout=timeout)
 
     def load_images(self) -> None:
-        """Every CPU image of `make images` into the node's containerd, in one `docker save`
-        stream (the stage images share their base layers)."""
-        refs = [image.ref for image in build_images.images() if not image.cuda]
+        """Every CPU image of `make images` into the node's containerd, one `docker save` stream
+        at a time: docker writes a save's layers to a folder under its data root before it streams
+        them, so one save of all eleven needed their whole size again on disk at once (a CI run
+        ran out of disk there). Layers the images share are stored once by containerd."""
+        images = [image for image in build_images.images() if not image.cuda]
         with docker_engine.engine(self.engine_root) as engine:
-            missing = [ref for ref in refs if engine.inspect("image", ref) is None]
-            if missing:
-                raise ClusterError(f"images not built: {', '.join(missing)}: run `make images`")
-            save = subprocess.Popen([docker_engine.client(), "save", *refs], stdout=subprocess.PIPE,
-                                    env=engine.env())
-            done = subprocess.run(["ctr", "--address", str(self.containerd_socket), "--namespace", "k8s.io",
-                                   "images", "import", "--all-platforms", "-"], stdin=save.stdout,
-                                  capture_output=True, timeout=1200)
-            save.wait()
-        if done.returncode != 0 or save.returncode != 0:
-            raise ClusterError(f"loading the images into containerd: {done.stderr.decode(errors='replace')[-300:]}")
+            sizes = {}
+            for image in images:
+                found = engine.inspect("image", image.ref)
+                if found is None:
+                    raise ClusterError(f"images not built: {image.ref}: run `make images`")
+                sizes[image.ref] = found["Size"]
+            for ref in sizes:
+                save = subprocess.Popen([docker_engine.client(), "save", ref], stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, env=engine.env())
+                done = subprocess.run(["ctr", "--address", str(self.containerd_socket), "--namespace", "k8s.io",
+                                       "images", "import", "--all-platforms", "-"], stdin=save.stdout,
+                                      capture_output=True, timeout=1200)
+                save.stdout.close()
+                saved = save.stderr.read().decode(errors="replace").strip()
+                save.wait(timeout=60)
+                if done.returncode != 0 or save.returncode != 0:
+                    # docker's own error first: ctr only sees a stream that ended ("unrecognized
+                    # image format") when docker save failed.
+                    why = saved or done.stderr.decode(errors="replace").strip()
+                    free = shutil.disk_usage(self.dir).free / 1e9
+                    raise ClusterError(f"loading {ref} into containerd: {why[-300:]} ({free:.1f} GB free; the "
+                                       f"CPU images take {2 * sum(sizes.values()) / 1e9:.1f} GB at most in "
+                                       f"containerd, stored and unpacked)")
         listed = self.ctr("images", "list", "--quiet").stdout.decode().split()
-        absent = [ref for ref in refs if _qualified(ref) not in listed]
+        absent = [ref for ref in sizes if _qualified(ref) not in listed]
         if absent:
             raise ClusterError(f"containerd does not list {', '.join(absent)} after the import")
 
@@ -610,7 +624,7 @@ state = "{root}/state"
                       f"web UI       http://{NODE_IP}:30081/   user posegraph, password: "
                       f"{KUBECTL} --kubeconfig {self.kubeconfig} -n {NAMESPACE} get secret {RELEASE}-ui-auth "
                       "-o jsonpath='{.data.password}' | base64 -d",
-                      f"stop         make cluster-down"]
+                      "stop         make cluster-down"]
         timings = self.state().get("timings")
         if timings:
             lines.append("took         " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
