@@ -319,8 +319,9 @@ def start_postgresql(docker, chart, network: str, scratch: Path):
     spec = chart_container(chart, "Deployment", "posegraph-postgresql")
     container = docker.run(IMAGES["postgresql"].ref, *spec.args(), network=network,
                            aliases=(f"posegraph-postgresql.{NAMESPACE}.svc.cluster.local",), options=spec.options(scratch))
-    container.wait_for(lambda: docker("exec", container.name, "pg_isready", "-U", "posegraph", "-d", "posegraph",
-                                      check=False).returncode == 0, "PostgreSQL ready", timeout=90)
+    probe = spec.container["readinessProbe"]["exec"]["command"]   # the chart's: over TCP
+    container.wait_for(lambda: docker("exec", container.name, *probe, check=False).returncode == 0,
+                       "PostgreSQL ready", timeout=90)
     return container
 
 
@@ -340,7 +341,8 @@ def test_postgresql_image_takes_the_charts_user_and_password(docker, chart, shar
             psycopg.connect(dsn + " password=wrong", connect_timeout=10)
         # A restart keeps the cluster: the same data directory is started as it is.
         docker("restart", container.name)
-        container.wait_for(lambda: docker("exec", container.name, "pg_isready", check=False).returncode == 0,
+        probe = spec.container["readinessProbe"]["exec"]["command"]
+        container.wait_for(lambda: docker("exec", container.name, *probe, check=False).returncode == 0,
                            "PostgreSQL ready again")
         with psycopg.connect(dsn + f" password={env['POSTGRES_PASSWORD']}", connect_timeout=10) as conn:
             assert conn.execute("select count(*) from t").fetchone() == (0,)
