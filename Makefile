@@ -9,8 +9,10 @@ demo: bootstrap-run
 	$(VENV)/bin/posegraph demo
 
 # The test suite (what CI runs through .ci/run). It builds the images first: tests/test_images.py
-# runs them.
+# runs them. Then the Go caches of those builds go (scripts/go-caches.sh: 10 GB; every binary is
+# cached by version).
 test: bootstrap-test images
+	@scripts/control-plane.sh reclaim-go
 	POSEGRAPH_FULL_SUITE=1 $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # The unit tier, the command to run while developing: no Go build, no images, no servers, no

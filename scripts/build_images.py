@@ -32,7 +32,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -391,13 +390,12 @@ class _WheelServer(http.server.ThreadingHTTPServer):
 
 # ---- build contexts of the third-party images -------------------------------------------------------
 
-def kserve_module_dir() -> Path:
-    if not shutil.which("go"):
-        raise BuildError("KServe's sources: go not found; install Go (the router and storage initializer are built "
-                         "from KServe's Go module)")
-    out = run(["go", "mod", "download", "-json", f"github.com/kserve/kserve@{kserve_version()}"],
-              "KServe's sources (go mod download)", "check that the Go module proxy answers", cwd=REPO)
-    return Path(json.loads(out)["Dir"])
+def kserve_storage_initializer_dir(env: dict | None = None) -> Path:
+    """The files the storage initializer's image takes from KServe's module, and its uv.lock, as
+    scripts/control-plane.sh keeps them (from the module, in posegraph's own Go cache)."""
+    return Path(run([str(REPO / "scripts" / "control-plane.sh"), "storage-initializer"],
+                    "KServe's storage initializer files", "check that the Go module proxy answers", env=env,
+                    cwd=REPO).strip())
 
 
 def prepare_context(image: Image) -> Path:
@@ -413,10 +411,9 @@ def prepare_context(image: Image) -> Path:
         binary = Path(run([str(REPO / "scripts" / "control-plane.sh"), "router"], "KServe's router", "", cwd=REPO).strip())
         shutil.copy2(binary, context / "router")
     elif image.name == "storage-initializer":
-        module = kserve_module_dir()
-        shutil.copy2(module / "python" / "storage-initializer" / "scripts" / "initializer-entrypoint",
-                     context / "initializer-entrypoint")
-        shutil.copy2(module / "LICENSE", context / "LICENSE")
+        kept = kserve_storage_initializer_dir()
+        shutil.copy2(kept / "initializer-entrypoint", context / "initializer-entrypoint")
+        shutil.copy2(kept / "LICENSE", context / "LICENSE")
         shutil.copy2(REPO / "model-servers" / "slim_venv.py", context / "slim_venv.py")
     elif image.name == "coredns":
         run([str(REPO / "scripts" / "control-plane.sh"), "build-node"], "the node's binaries (go build)",

@@ -13,6 +13,10 @@
 #                                               manager on 127.0.0.1 (log DIR/logs/kserve-manager.log)
 #   scripts/control-plane.sh kserve-down DIR    stop the manager, remove what kserve-up made
 #   scripts/control-plane.sh manager    print the path of KServe's manager
+#   scripts/control-plane.sh storage-initializer  print the folder of the files the storage
+#                                       initializer's image takes from KServe's module
+#   scripts/control-plane.sh reclaim-go remove posegraph's Go caches once every binary is built
+#                                       (scripts/go-caches.sh)
 # No node runs: Pods are created (and admitted) but stay Pending. That is enough to test a chart,
 # its RBAC and PodSecurity, an operator and the controllers (Deployment, Job, garbage collector,
 # and with --with-kserve KServe's InferenceService and InferenceGraph controllers and webhooks).
@@ -33,6 +37,8 @@ KUBE_ROUTER_VERSION="${POSEGRAPH_KUBE_ROUTER_VERSION:-v2.1.0}"
 nodedir="$cache/node-k8s-$K8S_VERSION-coredns-$COREDNS_VERSION-kube-router-$KUBE_ROUTER_VERSION"
 staging_minor="v0.${K8S_VERSION#v1.}"   # k8s.io/api etc. are published as v0.<minor>.<patch>
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/go-caches.sh
+source "$repo/scripts/go-caches.sh"
 KSERVE_NAMESPACE=kserve                        # KServe reads its ConfigMap from $POD_NAMESPACE
 KSERVE_MANAGER_USER=kserve-controller-manager  # the manager's client certificate CN
 
@@ -154,6 +160,45 @@ kserve_module() {
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])'
 }
 
+# What the storage-initializer image takes from KServe's module (scripts/build_images.py), and the
+# lock its pins are checked against (tests/test_images.py), kept beside the router so that neither
+# needs the module cache.
+stash_storage_initializer() {
+  mkdir -p "$2/storage-initializer"
+  cp "$1/python/storage-initializer/scripts/initializer-entrypoint" "$1/LICENSE" "$1/python/storage/uv.lock" \
+    "$2/storage-initializer/"
+}
+
+# The folder of those files (taken from the module once for a router built before they were kept).
+kserve_storage_initializer() {
+  if [ ! -f "$kservedir/storage-initializer/uv.lock" ]; then
+    command -v go >/dev/null || die "go not found: KServe's storage initializer files come from its Go module"
+    mkdir -p "$kservedir"
+    stash_storage_initializer "$(kserve_module)" "$kservedir"
+  fi
+  echo "$kservedir/storage-initializer"
+}
+
+# posegraph's Go caches removed (scripts/go-caches.sh), once every binary they build is there.
+reclaim_go() {
+  local missing=() f
+  for f in "$bindir/etcd" "$bindir/kube-apiserver" "$bindir/kube-controller-manager" "$kservedir/router" \
+           "$kservedir/manager" "$kservedir/storage-initializer/uv.lock" "$nodedir/kubelet" \
+           "$nodedir/kube-proxy" "$nodedir/kube-scheduler" "$nodedir/coredns" "$nodedir/kube-router"; do
+    [ -e "$f" ] || missing+=("${f#"$cache"/}")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    say "posegraph's Go caches kept: not built yet: ${missing[*]}"
+    return
+  fi
+  [ -d "$GOPATH" ] || return 0
+  local size
+  size=$(du -sh "$GOPATH" 2>/dev/null | cut -f1)
+  if [ -d "$GOMODCACHE" ]; then go clean -modcache; fi   # its files are read-only: go removes them
+  rm -rf "$GOPATH"
+  say "removed posegraph's Go caches ($size): every binary they build is cached by version"
+}
+
 # A fresh writable copy of a module tree: KServe's replace directives mean its binaries are built
 # inside their own module, which Go's cache keeps read-only.
 writable_copy() {
@@ -198,6 +243,7 @@ GO
   (cd "$src" && CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o "$kservedir.tmp/router" ./cmd/router) \
     || die "go build ./cmd/router (kserve $KSERVE_VERSION) failed"
   diff -u "$mod/cmd/router/main.go" "$main" > "$kservedir.tmp/router.patch" || true
+  stash_storage_initializer "$mod" "$kservedir.tmp"
   rm -rf "$src"   # 440 MB of sources: the binary and its patch are what is kept
   rm -rf "$kservedir"
   mv "$kservedir.tmp" "$kservedir"
@@ -627,6 +673,8 @@ case "${1:-}" in
   build-router) build_kserve_router ;;
   build-node) build_node ;;
   node-bin) echo "$nodedir" ;;
+  storage-initializer) kserve_storage_initializer ;;
+  reclaim-go) reclaim_go ;;
   build-kserve) build_kserve_manager ;;
   router) echo "$kservedir/router" ;;
   manager) echo "$kservedir/manager" ;;

@@ -8,6 +8,8 @@ set -euo pipefail
 MEDIAMTX_VERSION="${POSEGRAPH_MEDIAMTX_VERSION:-v1.14.0}"
 cache="${POSEGRAPH_CACHE:-$HOME/.cache/posegraph}/rtsp"
 dir="$cache/mediamtx-$MEDIAMTX_VERSION"
+# shellcheck source=scripts/go-caches.sh
+source "$(dirname "${BASH_SOURCE[0]}")/go-caches.sh"
 say() { printf '==> %s\n' "$*" >&2; }
 warn() { printf 'WARNING: %s: the RTSP tests will be skipped\n' "$*" >&2; }
 

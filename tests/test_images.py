@@ -26,7 +26,7 @@ import httpx
 import numpy as np
 import pytest
 
-from containers import (ENGINE_ROOT, IMAGES, REAL_CACHE, REPO, Docker, build_images, chart_container, docker_engine,
+from containers import (ENGINE_ROOT, IMAGES, REPO, Docker, build_images, chart_container, docker_engine,
                         image_values, real_cache_env, rendered_chart)
 
 STAGES = ("detect", "pose2d", "lift3d")
@@ -611,8 +611,7 @@ def test_the_posegraph_image_pins_every_dependency_posegraph_declares_for_it():
 def test_storage_initializer_pins_are_kserves_lock():
     import tomllib
 
-    module = Path(build_images.kserve_module_dir())
-    lock = tomllib.loads((module / "python" / "storage" / "uv.lock").read_text())
+    lock = tomllib.loads((build_images.kserve_storage_initializer_dir(real_cache_env()) / "uv.lock").read_text())
     locked = {p["name"]: p["version"] for p in lock["package"]}
     folder = REPO / "scripts" / "images" / "storage-initializer"
     assert _pins(folder / "requirements.txt") == {"kserve-storage": locked["kserve-storage"]}
