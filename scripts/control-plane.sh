@@ -42,6 +42,12 @@ source "$repo/scripts/go-caches.sh"
 KSERVE_NAMESPACE=kserve                        # KServe reads its ConfigMap from $POD_NAMESPACE
 KSERVE_MANAGER_USER=kserve-controller-manager  # the manager's client certificate CN
 
+# What each build makes: its check for "already built", and reclaim-go's for "every binary built".
+control_plane_binaries=("$bindir/etcd" "$bindir/kube-apiserver" "$bindir/kube-controller-manager")
+node_binaries=("$nodedir/kubelet" "$nodedir/kube-proxy" "$nodedir/kube-scheduler" "$nodedir/coredns"
+               "$nodedir/kube-router")
+missing() { local f; for f in "$@"; do [ -x "$f" ] || echo "${f#"$cache"/}"; done; }
+
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'control-plane: %s\n' "$*" >&2; exit 1; }
 
@@ -104,7 +110,7 @@ k8s_build() {
 }
 
 build() {
-  if [ -x "$bindir/kube-apiserver" ] && [ -x "$bindir/kube-controller-manager" ] && [ -x "$bindir/etcd" ]; then
+  if [ -z "$(missing "${control_plane_binaries[@]}")" ]; then
     say "control plane already built: $bindir (kubernetes $K8S_VERSION, etcd $ETCD_VERSION)"
     return
   fi
@@ -128,8 +134,7 @@ build() {
 # statement does not exist in this machine's kernel ("netlink receive: no such file or directory"
 # on every sync, and no policy enforced), while iptables' NFQUEUE target and ipset do.
 build_node() {
-  if [ -x "$nodedir/kubelet" ] && [ -x "$nodedir/kube-proxy" ] && [ -x "$nodedir/kube-scheduler" ] \
-     && [ -x "$nodedir/coredns" ] && [ -x "$nodedir/kube-router" ]; then
+  if [ -z "$(missing "${node_binaries[@]}")" ]; then
     say "node binaries already built: $nodedir"
     return
   fi
@@ -181,14 +186,11 @@ kserve_storage_initializer() {
 
 # posegraph's Go caches removed (scripts/go-caches.sh), once every binary they build is there.
 reclaim_go() {
-  local missing=() f
-  for f in "$bindir/etcd" "$bindir/kube-apiserver" "$bindir/kube-controller-manager" "$kservedir/router" \
-           "$kservedir/manager" "$kservedir/storage-initializer/uv.lock" "$nodedir/kubelet" \
-           "$nodedir/kube-proxy" "$nodedir/kube-scheduler" "$nodedir/coredns" "$nodedir/kube-router"; do
-    [ -e "$f" ] || missing+=("${f#"$cache"/}")
-  done
-  if [ "${#missing[@]}" -gt 0 ]; then
-    say "posegraph's Go caches kept: not built yet: ${missing[*]}"
+  local absent
+  absent=$(missing "${control_plane_binaries[@]}" "$kservedir/router" "$kservedir/manager" "${node_binaries[@]}")
+  [ -f "$kservedir/storage-initializer/uv.lock" ] || absent+=" ${kservedir#"$cache"/}/storage-initializer"
+  if [ -n "$absent" ]; then
+    say "posegraph's Go caches kept: not built yet: $(echo $absent)"
     return
   fi
   [ -d "$GOPATH" ] || return 0
