@@ -505,8 +505,8 @@ state = "{root}/state"
     def load_images(self) -> None:
         """Every CPU image of `make images` into the node's containerd, one `docker save` stream
         at a time: docker writes a save's layers to a folder under its data root before it streams
-        them, so one save of all eleven needed their whole size again on disk at once (a CI run
-        ran out of disk there). Layers the images share are stored once by containerd."""
+        them, so one save of all nine needed their whole size again on disk at once (a CI run ran
+        out of disk there). Layers the images share are stored once by containerd."""
         images = [image for image in build_images.images() if not image.cuda]
         with docker_engine.engine(self.engine_root) as engine:
             sizes = {}

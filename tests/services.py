@@ -41,7 +41,10 @@ def _is_free(port: int) -> bool:
         return True
 
 
-def free_ports_with_grpc(names: tuple[str, ...], offset: int = 10000) -> dict[str, int]:
+SEAWEEDFS_GRPC_OFFSET = 10000   # each SeaweedFS server's gRPC port is its port + this
+
+
+def free_ports_with_grpc(names: tuple[str, ...], offset: int = SEAWEEDFS_GRPC_OFFSET) -> dict[str, int]:
     """A free port p for each name, with p + offset free too and below 65536: SeaweedFS puts each
     server's gRPC on its port + 10000 and refuses to start when that passes 65535 (a fresh CI run
     drew 55921 from the kernel's ephemeral range, 32768-60999, and every S3 test errored)."""
@@ -202,10 +205,9 @@ def s3_server(workdir: Path, *, fixed_volumes: bool = True):
         # stops (measured); the store is thrown away, so 2 s, then killed.
         stop_process(proc, timeout=2)
         for port in ports.values():   # the unix sockets it keeps in /tmp, named by port
-            for socket_file in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
-                socket_file.unlink(missing_ok=True)
-            for socket_file in Path("/tmp").glob(f"seaweedfs-*-{port + 10000}.sock"):
-                socket_file.unlink(missing_ok=True)
+            for named in (port, port + SEAWEEDFS_GRPC_OFFSET):
+                for socket_file in Path("/tmp").glob(f"seaweedfs-*-{named}.sock"):
+                    socket_file.unlink(missing_ok=True)
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
