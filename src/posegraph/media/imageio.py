@@ -21,6 +21,21 @@ MAX_PIXELS = int(os.environ.get("POSEGRAPH_MAX_PIXELS", 50_000_000))
 MAX_IMAGE_BYTES = int(os.environ.get("POSEGRAPH_MAX_IMAGE_BYTES", 64 << 20))
 
 
+
+def single_threaded_opencv() -> None:
+    """Make OpenCV run each call on its calling thread, for the rest of this process.
+
+    OpenCV 5.1's warpAffine cuts its output into row stripes run side by side, and a stripe's
+    first row can come out one grey level off the same row cut in one piece; when another call
+    holds OpenCV's threads, a call runs in one piece. So a pose2d crop depended on how busy the
+    process was: 21 of 300 crops differed between 1 and 2 threads, 2 to 16 of 300 between passes
+    of 3 concurrent callers, and a split job's keypoint scores were 9.4e-3 off the unsplit job's
+    (frame 2, person 9, in 6 of 7 runs). On one thread a crop depends on its box and image only,
+    and is no slower: 0.135 ms a 256×192 crop against 0.180 ms on 2 threads (2 cores). Stages
+    take their parallelism from the batch (onnxruntime, split_batch), not from OpenCV."""
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
+
 def check_size(width: int, height: int, *, what: str = "image", max_pixels: int = MAX_PIXELS) -> None:
     if width <= 0 or height <= 0:
         raise BadInput(f"{what} has no pixels ({width}×{height})")

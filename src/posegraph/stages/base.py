@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..errors import PosegraphError
 from ..frame import FrameDocument, StageRecord
+from ..media.imageio import single_threaded_opencv
 from ..models.checkpoints import warn_random_weights
 from ..models.engine import Network, load_network
 from ..models.zoo import ModelSpec, get_model
@@ -50,7 +51,9 @@ class Stage:
              threads: int | None = None, split_batch: bool = False) -> "Stage":
         """``split_batch``: run parts of each batch side by side, one thread each, instead of each
         operator over several threads; what a stage server sharing its cores does (serving.runtime).
-        Only stages whose ``splits_batch`` is set do."""
+        Only stages whose ``splits_batch`` is set do. OpenCV is set to one thread in this process
+        (:func:`single_threaded_opencv`): a crop must not depend on how busy the process is."""
+        single_threaded_opencv()
         uri = checkpoint_uri or self.settings.checkpoint
         if not uri:
             raise PosegraphError(f"{self.name}: no checkpoint given for {self.spec.name}")
