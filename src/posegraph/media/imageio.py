@@ -21,7 +21,6 @@ MAX_PIXELS = int(os.environ.get("POSEGRAPH_MAX_PIXELS", 50_000_000))
 MAX_IMAGE_BYTES = int(os.environ.get("POSEGRAPH_MAX_IMAGE_BYTES", 64 << 20))
 
 
-
 def single_threaded_opencv() -> None:
     """Make OpenCV run each call on its calling thread, for the rest of this process.
 
@@ -35,6 +34,7 @@ def single_threaded_opencv() -> None:
     take their parallelism from the batch (onnxruntime, split_batch), not from OpenCV."""
     if cv2.getNumThreads() != 1:
         cv2.setNumThreads(1)
+
 
 def check_size(width: int, height: int, *, what: str = "image", max_pixels: int = MAX_PIXELS) -> None:
     if width <= 0 or height <= 0:
