@@ -218,12 +218,11 @@ def test_split_batch_gives_what_one_run_gives_and_bounds_concurrent_runs(stages,
     assert most == 2, f"{most} runs at once on a 2-thread network"
 
 
-
 def test_a_crop_is_the_same_however_busy_the_process_is(stages, astronaut):
     """Stage servers cut crops for concurrent requests side by side. OpenCV 5.1's warpAffine gave
     rows off by one grey level when its threads were busy with another call, so a split job's pose
     scores were up to 9.4e-3 off the unsplit job's; a loaded stage keeps OpenCV on one thread."""
-    import threading
+    from concurrent.futures import ThreadPoolExecutor
 
     assert cv2.getNumThreads() == 1, "a loaded stage leaves OpenCV on one thread"
     rng = np.random.default_rng(3)
@@ -233,20 +232,11 @@ def test_a_crop_is_the_same_however_busy_the_process_is(stages, astronaut):
     doc.persons = [Person(bbox=[float(v) for v in box], score=0.9) for box in boxes]
     pose2d = stages["pose2d"]
     alone = pose2d.preprocess([doc]).crops
-    together: list[np.ndarray] = []
-
-    def cut() -> None:
-        for _ in range(4):
-            together.append(pose2d.preprocess([doc]).crops)
-
-    callers = [threading.Thread(target=cut) for _ in range(3)]
-    for caller in callers:
-        caller.start()
-    for caller in callers:
-        caller.join()
-    assert len(together) == 12
+    with ThreadPoolExecutor(3) as callers:  # 12 passes, three cutting at once
+        together = list(callers.map(lambda _: pose2d.preprocess([doc]).crops, range(12)))
     differing = [int((crops != alone).any(axis=(1, 2, 3)).sum()) for crops in together]
     assert differing == [0] * 12, f"crops differing from the same crops cut alone, per pass of 300: {differing}"
+
 
 def _track(frames: int, seed: int = 0) -> TrackDocument:
     rng = np.random.default_rng(seed)
